@@ -1,0 +1,389 @@
+"""The run configuration: one tree of typed dataclasses, loaded strictly from YAML.
+
+`load_config(path, overrides)` reads a YAML file whose keys must mirror the dataclasses below
+exactly, applies dotted `key=value` overrides (values parsed as YAML scalars/lists), checks every
+value's type and range, and returns a `Config`. Any mistake raises `ConfigError` with one line naming
+the dotted key and the file. `dump_config` writes the resolved tree back to YAML; loading that file
+gives an equal object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key and the file."""
+
+
+@dataclass
+class RunConfig:
+    """Where the run writes and how it seeds itself."""
+
+    name: str = "demo"
+    """Run name: outputs go to `<out_dir>/<name>/`, and W&B uses it as the run name."""
+    out_dir: str = "runs"
+    """Parent folder of run directories."""
+    seed: int = 0
+    """Seed for model init, the data order and every random op (per rank offset added)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto`: CUDA when available, else CPU. `cpu` forces CPU even where a GPU exists."""
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    """`auto`: bf16 autocast on CUDA, fp32 on CPU."""
+
+
+@dataclass
+class DataConfig:
+    """Which shards to read and how to turn them into (L, ab) batches."""
+
+    shards: str = "demo-data/shards"
+    """Shards directory written by `colorize-shards build` (holds manifest.json)."""
+    backend: Literal["dali", "torch", "seed"] = "dali"
+    """`dali` (GPU nvJPEG when CUDA, CPU otherwise), `torch` (webdataset + torchvision), `seed` (the
+    seed's PIL + skimage loader, a benchmark yardstick)."""
+    size: int = 256
+    """Side S of the square training crop, pixels; a multiple of 256 (the generator's constraint)."""
+    crop: Literal["random_resized", "resize"] = "random_resized"
+    """`random_resized`: random area/aspect crop resized to S×S; `resize`: the seed's whole-image squash."""
+    crop_scale: tuple[float, float] = (0.35, 1.0)
+    """Area fraction range of the random resized crop, each in (0, 1]."""
+    crop_ratio: tuple[float, float] = (0.75, 1.3333333)
+    """Aspect-ratio (w/h) range of the random resized crop."""
+    flip: bool = True
+    """Random horizontal flip with probability 0.5."""
+    batch_size: int = 32
+    """Global batch size (all processes together); must divide by the number of processes."""
+    num_threads: int = 2
+    """DALI CPU threads per process, or DataLoader workers for the `torch` and `seed` backends."""
+    prefetch: int = 2
+    """Batches prepared ahead of the training step (DALI prefetch queue depth)."""
+    shuffle_buffer: int = 1024
+    """Samples held in the reader's shuffle buffer (DALI `initial_fill`); shards are pre-shuffled too."""
+    on_bad_sample: Literal["error", "skip"] = "error"
+    """An undecodable sample: `error` stops with the shard's name; `skip` drops it and counts it."""
+
+
+@dataclass
+class ModelConfig:
+    """Which networks to build (names from `models.registry`) and how to run them."""
+
+    generator: str = "seed_unet"
+    """Generator factory name in `models.registry.GENERATORS`."""
+    discriminator: str = "patchgan70"
+    """Discriminator factory name in `models.registry.DISCRIMINATORS`."""
+    features: int = 64
+    """Generator base width (64 = the seed's network, 57,472,642 parameters)."""
+    disc_features: int = 64
+    """Discriminator base width (64 = pix2pix's 70×70 PatchGAN)."""
+    channels_last: bool = True
+    """Use channels_last memory format on CUDA (faster convolutions with bf16)."""
+    compile: bool = False
+    """Wrap both networks in `torch.compile`."""
+    sync_batchnorm: bool = False
+    """Convert BatchNorm to SyncBatchNorm in multi-process CUDA runs (ignored on CPU)."""
+
+
+@dataclass
+class LossConfig:
+    """Loss terms and their weights."""
+
+    l1_weight: float = 100.0
+    """Weight of the L1 loss on normalised ab (the seed's λ = 100), both phases."""
+    feature_weight_nogan: float = 1.0
+    """Weight of the VGG19-bn feature loss in the NoGAN phase."""
+    feature_weight_gan: float = 0.0
+    """Weight of the VGG19-bn feature loss in the GAN phase (0 = the seed)."""
+    adversarial_weight: float = 1.0
+    """Weight of the generator's BCE adversarial term in the GAN phase."""
+    vgg_layer_weights: tuple[float, float, float] = (30.0, 70.0, 10.0)
+    """Weights of the three VGG slices (to pool3, pool4, pool5)."""
+    vgg_input: Literal["rgb", "seed"] = "rgb"
+    """`rgb`: Lab → sRGB → ImageNet mean/std before VGG (the fix); `seed`: the normalised Lab tensor as-is."""
+    vgg_weights: str = "imagenet"
+    """`imagenet` (torchvision download), `none` (random init, for tests), or a local state_dict path."""
+
+
+@dataclass
+class AdamConfig:
+    """One Adam optimiser."""
+
+    lr: float = 1e-4
+    """Learning rate."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    weight_decay: float = 0.0
+    """L2 weight decay (the seed's README suggests it on D if D grows too strong)."""
+
+
+def _gan_adam() -> AdamConfig:
+    return AdamConfig(lr=2e-4, betas=(0.5, 0.999))
+
+
+@dataclass
+class OptimConfig:
+    """Optimisers per phase: the generator gets a fresh Adam when the GAN phase starts."""
+
+    nogan: AdamConfig = field(default_factory=AdamConfig)
+    """Generator optimiser in the NoGAN phase (seed: lr 1e-4, betas 0.9/0.999)."""
+    generator: AdamConfig = field(default_factory=_gan_adam)
+    """Generator optimiser in the GAN phase (pix2pix: lr 2e-4, betas 0.5/0.999)."""
+    discriminator: AdamConfig = field(default_factory=_gan_adam)
+    """Discriminator optimiser (pix2pix: lr 2e-4, betas 0.5/0.999)."""
+    grad_clip: float = 0.0
+    """Clip each network's gradient norm to this value; 0 disables clipping."""
+
+
+@dataclass
+class ScheduleConfig:
+    """How many optimiser steps each phase runs, in one run."""
+
+    nogan_steps: int = 100
+    """Generator-only steps (L1 + feature loss)."""
+    gan_steps: int = 100
+    """Adversarial steps (one D step then one G step each)."""
+
+
+@dataclass
+class LoggingConfig:
+    """What is logged, where, and how often."""
+
+    wandb: Literal["online", "offline", "disabled", "auto"] = "auto"
+    """`auto`: online when W&B credentials exist, else offline (sync later with `wandb sync`)."""
+    project: str = "colorization"
+    """W&B project name."""
+    entity: Optional[str] = None
+    """W&B entity (team or user); None uses the account default."""
+    every_steps: int = 10
+    """Log scalars every this many steps."""
+    sample_every_steps: int = 500
+    """Write a grey | prediction | truth grid of a fixed validation batch every this many steps."""
+    eval_every_steps: int = 2000
+    """Evaluate ab-L1 and PSNR on the validation shards every this many steps."""
+    eval_batches: int = 8
+    """Validation batches per evaluation (0 = the whole validation split)."""
+    sample_count: int = 8
+    """Images in the sample grid."""
+
+
+@dataclass
+class CheckpointConfig:
+    """When checkpoints are written and how many are kept."""
+
+    every_steps: int = 1000
+    """Save every this many steps (also at the phase switch, at the end and on SIGTERM/SIGINT)."""
+    keep_last: int = 3
+    """Keep this many most recent checkpoints."""
+
+
+@dataclass
+class Config:
+    """The whole run configuration."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run identity, output folder, seed, device."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Shards and the loader."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Networks."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Loss weights and the VGG feature loss."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimisers."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Phase lengths."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """W&B, metrics.jsonl, samples, evaluation."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoint cadence and retention."""
+
+    @property
+    def total_steps(self) -> int:
+        return self.schedule.nogan_steps + self.schedule.gan_steps
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run.name
+
+
+# --------------------------------------------------------------------------------------------------
+# Strict conversion from plain YAML values to the typed tree.
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check `value` against annotation `tp`; return it converted (lists → tuples, int → float)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{source}: {key} = {value!r} is not one of {_type_name(tp)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, key, source)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{source}: {key} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_convert(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, f"{key}.", source)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"config field {key} has an unsupported annotation {tp!r}")
+
+
+def _build(cls: type, values: dict, prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}' (known: {', '.join(sorted(names))})")
+    kwargs = {k: _convert(v, hints[k], f"{prefix}{k}", source) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """The tree as plain YAML-able values (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def _apply_override(tree: dict, override: str, source: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"{source}: override {override!r} is not of the form key=value")
+    dotted, raw = override.split("=", 1)
+    dotted = dotted.strip()
+    parts = dotted.split(".")
+    if not dotted or any(not p for p in parts):
+        raise ConfigError(f"{source}: override {override!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: override {dotted} has an unparsable value {raw!r} ({exc.problem})") from None
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: override {dotted}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate(cfg: Config, source: str = "<config>") -> Config:
+    """Range checks that types alone cannot express; raises ConfigError naming the key."""
+
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"{source}: {key} = {_get(cfg, key)!r} {why}")
+
+    need(cfg.data.size > 0 and cfg.data.size % 256 == 0, "data.size", "must be a positive multiple of 256")
+    need(cfg.data.batch_size > 0, "data.batch_size", "must be positive")
+    need(cfg.data.num_threads > 0, "data.num_threads", "must be positive")
+    need(cfg.data.prefetch > 0, "data.prefetch", "must be positive")
+    need(cfg.data.shuffle_buffer > 0, "data.shuffle_buffer", "must be positive")
+    lo, hi = cfg.data.crop_scale
+    need(0 < lo <= hi <= 1, "data.crop_scale", "must satisfy 0 < low <= high <= 1")
+    lo, hi = cfg.data.crop_ratio
+    need(0 < lo <= hi, "data.crop_ratio", "must satisfy 0 < low <= high")
+    need(cfg.model.features > 0, "model.features", "must be positive")
+    need(cfg.model.disc_features > 0, "model.disc_features", "must be positive")
+    for name in ("l1_weight", "feature_weight_nogan", "feature_weight_gan", "adversarial_weight"):
+        need(getattr(cfg.loss, name) >= 0, f"loss.{name}", "must be >= 0")
+    for name in ("nogan", "generator", "discriminator"):
+        adam: AdamConfig = getattr(cfg.optim, name)
+        need(adam.lr > 0, f"optim.{name}.lr", "must be positive")
+        need(all(0 <= b < 1 for b in adam.betas), f"optim.{name}.betas", "must lie in [0, 1)")
+        need(adam.weight_decay >= 0, f"optim.{name}.weight_decay", "must be >= 0")
+    need(cfg.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
+    need(cfg.schedule.nogan_steps >= 0, "schedule.nogan_steps", "must be >= 0")
+    need(cfg.schedule.gan_steps >= 0, "schedule.gan_steps", "must be >= 0")
+    need(cfg.total_steps > 0, "schedule.nogan_steps", "and schedule.gan_steps must not both be 0")
+    for name in ("every_steps", "sample_every_steps", "eval_every_steps", "sample_count"):
+        need(getattr(cfg.logging, name) > 0, f"logging.{name}", "must be positive")
+    need(cfg.logging.eval_batches >= 0, "logging.eval_batches", "must be >= 0")
+    need(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be positive")
+    need(cfg.checkpoint.keep_last > 0, "checkpoint.keep_last", "must be positive")
+    return cfg
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read `path` (YAML; None = defaults only), apply `key=value` overrides, check, return a Config.
+
+    Raises ConfigError (one line, naming the dotted key and the file) for a missing or unparsable
+    file, an unknown key, a wrong type, a malformed override, or an out-of-range value.
+    """
+    source = str(path) if path is not None else "<defaults>"
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{source}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{source}: not valid YAML{where}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
+        tree = loaded or {}
+    for override in overrides:
+        _apply_override(tree, override, f"{source} (override)" if overrides else source)
+    cfg = _build(Config, tree, "", source)
+    return validate(cfg, source)
+
+
+def dump_config(cfg: Config, path: str | Path | None = None) -> str:
+    """The resolved config as YAML text; also written (atomically) to `path` when given."""
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    if path is not None:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(p)
+    return text
