@@ -253,6 +253,12 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads `1e-4` as a string; accept any text Python reads as a number.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
         return float(value)

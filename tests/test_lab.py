@@ -1,0 +1,94 @@
+"""pipeline/lab.py against skimage.color (float64 reference) and its own inverse."""
+
+import numpy as np
+import pytest
+import torch
+from skimage import color
+
+from pipeline.lab import (
+    denormalize_lab,
+    lab_to_rgb,
+    network_to_rgb,
+    normalize_lab,
+    rgb_to_lab,
+    rgb_to_network,
+)
+
+
+def to_chw(hwc: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1))).float()
+
+
+def test_rgb_to_lab_matches_skimage_on_random_colours():
+    rng = np.random.default_rng(0)
+    rgb = rng.random((64, 64, 3))
+    # Include the exact corners of the cube and values either side of the sRGB knee.
+    rgb[0, :8] = [[0, 0, 0], [1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0.04, 0.04, 0.04], [0.05] * 3, [1, 1, 0]]
+    ours = rgb_to_lab(to_chw(rgb)).numpy().transpose(1, 2, 0)
+    ref = color.rgb2lab(rgb)
+    assert np.abs(ours - ref).max() < 1e-3
+
+
+def test_rgb_to_lab_matches_skimage_on_real_photos(colour_photos):
+    for name, photo in colour_photos.items():
+        rgb = photo[::4, ::4] / 255.0
+        ours = rgb_to_lab(to_chw(rgb)).numpy().transpose(1, 2, 0)
+        err = np.abs(ours - color.rgb2lab(rgb)).max()
+        assert err < 1e-3, f"{name}: max |ΔLab| = {err}"
+
+
+def test_lab_to_rgb_matches_skimage():
+    rng = np.random.default_rng(1)
+    lab = color.rgb2lab(rng.random((32, 32, 3)))
+    ours = lab_to_rgb(to_chw(lab)).numpy().transpose(1, 2, 0)
+    assert np.abs(ours - color.lab2rgb(lab)).max() < 1e-4
+
+
+def test_round_trip_in_gamut_within_one_level():
+    levels = torch.linspace(0, 1, 18)
+    grid = torch.stack(torch.meshgrid(levels, levels, levels, indexing="ij")).reshape(3, 18 * 18, 18)
+    back = lab_to_rgb(rgb_to_lab(grid))
+    assert (back - grid).abs().max() < 1 / 255
+
+
+def test_batched_and_unbatched_agree():
+    batch = torch.rand(4, 3, 8, 8)
+    assert torch.allclose(rgb_to_lab(batch)[2], rgb_to_lab(batch[2]))
+
+
+def test_network_normalisation_is_the_seeds_scaling():
+    lab = torch.tensor([100.0, 64.0, -128.0]).view(3, 1, 1)
+    lightness, ab = normalize_lab(lab)
+    assert lightness.item() == pytest.approx(1.0)
+    assert ab.flatten().tolist() == pytest.approx([0.5, -1.0])
+    assert torch.allclose(denormalize_lab(lightness, ab), lab)
+    black_l, _ = normalize_lab(torch.zeros(3, 1, 1))
+    assert black_l.item() == pytest.approx(-1.0)
+
+
+def test_network_round_trip_and_shapes():
+    rgb = torch.rand(2, 3, 16, 16)
+    lightness, ab = rgb_to_network(rgb)
+    assert lightness.shape == (2, 1, 16, 16) and ab.shape == (2, 2, 16, 16)
+    assert lightness.min() >= -1 and lightness.max() <= 1
+    assert (network_to_rgb(lightness, ab) - rgb).abs().max() < 1 / 255
+
+
+def test_gradients_are_finite_everywhere():
+    # Black, the sRGB knee and pure primaries hit the masked branches of both directions.
+    rgb = torch.tensor([[0.0, 0.04045, 1.0, 0.5], [0.0, 0.0, 0.0, 0.5], [0.0, 1.0, 0.0, 0.5]]).view(3, 1, 4)
+    rgb.requires_grad_(True)
+    lightness, ab = rgb_to_network(rgb)
+    (lightness.sum() + ab.sum() + network_to_rgb(lightness, ab).sum()).backward()
+    assert torch.isfinite(rgb.grad).all()
+    assert rgb.grad.abs().sum() > 0
+
+
+def test_float64_input_stays_float64():
+    assert rgb_to_lab(torch.rand(3, 2, 2, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    rgb = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(rgb_to_lab(rgb.cuda()).cpu(), rgb_to_lab(rgb), atol=1e-3)
