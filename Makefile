@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-data
 DEMO_RUN ?= runs/demo
 PYTEST_ARGS ?=
+# This machine's pip config names local mirrors that may be absent; hide only those warnings.
+PIP_QUIET := { grep -v 'is neither a file nor a directory' || true; }
 
 .PHONY: install test test-gpu demo bench clean
 
@@ -14,8 +16,8 @@ install: $(STAMP)
 # Reinstall only when the project's dependency list changes, so a second `make install` is instant.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[ui,dev]'
+	$(PY) -m pip install -q --upgrade pip 2>&1 | $(PIP_QUIET); exit $${PIPESTATUS[0]}
+	$(PY) -m pip install -q -e '.[ui,dev]' 2>&1 | $(PIP_QUIET); exit $${PIPESTATUS[0]}
 	bash launch/install_browser.sh
 	touch $(STAMP)
 
