@@ -138,6 +138,9 @@ class OptimConfig:
     """Discriminator optimiser (pix2pix: lr 2e-4, betas 0.5/0.999)."""
     grad_clip: float = 0.0
     """Clip each network's gradient norm to this value; 0 disables clipping."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up over this many steps at the start of each phase (0 = none), so a
+    fresh Adam at a large-batch learning rate does not take its first, poorly estimated steps at full size."""
 
 
 @dataclass
@@ -339,6 +342,7 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
         need(all(0 <= b < 1 for b in adam.betas), f"optim.{name}.betas", "must lie in [0, 1)")
         need(adam.weight_decay >= 0, f"optim.{name}.weight_decay", "must be >= 0")
     need(cfg.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
+    need(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
     need(cfg.schedule.nogan_steps >= 0, "schedule.nogan_steps", "must be >= 0")
     need(cfg.schedule.gan_steps >= 0, "schedule.gan_steps", "must be >= 0")
     need(cfg.total_steps > 0, "schedule.nogan_steps", "and schedule.gan_steps must not both be 0")
