@@ -1,0 +1,212 @@
+"""The generator's export format: `generator.safetensors` plus a small JSON sidecar.
+
+    runs/<name>/generator.safetensors   the state_dict (weights and BatchNorm buffers), safetensors
+    runs/<name>/generator.json          {"format": "colorization-generator/1", "model": {...}, ...}
+
+The sidecar says which factory and width rebuild the network and how its tensors are scaled, so a
+user can run the model without the training config. The same JSON is also stored in the safetensors
+header (metadata key `colorization`), so a file copied without its sidecar still loads with its
+metadata. `load_generator` also reads the seed project's `G_*.pth` checkpoints (a plain PyTorch
+state_dict with the same module names), which is how its released weights are imported.
+
+Network tensors (see `pipeline.lab`): input L_net = L*/50 − 1 (B×1×H×W, [-1, 1]), output
+ab_net = ab*/128 (B×2×H×W, [-1, 1]); H and W multiples of 256.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from launch.config import ModelConfig
+
+FORMAT = "colorization-generator/1"
+NORMALISATION = {"L": "L*/50 - 1", "ab": "ab*/128", "colour_space": "CIELAB D65 (skimage constants)"}
+INPUT_MULTIPLE = 256
+# Every generator of ours and the seed's share this first layer: Conv2d(1 → features, 4, 2, 1).
+FIRST_WEIGHT = "initial_down.0.weight"
+_HEADER_KEY = "colorization"
+# Prefixes that wrappers add to parameter names: DistributedDataParallel, torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used; the one-line message names the file and the reason."""
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """`x/generator.safetensors` → `x/generator.json`."""
+    path = Path(path)
+    return path.with_suffix(".json") if path.suffix == ".safetensors" else path.with_name(path.name + ".json")
+
+
+def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def export_metadata(model_cfg: ModelConfig | dict, extra: dict | None = None) -> dict[str, Any]:
+    """The sidecar's content for a generator built from `model_cfg` (a ModelConfig or a dict with
+    `generator` and `features`), with `extra` (e.g. step, phase) merged in at the top level."""
+    if isinstance(model_cfg, ModelConfig):
+        name, features = model_cfg.generator, model_cfg.features
+    else:
+        name, features = model_cfg.get("generator", "seed_unet"), model_cfg["features"]
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "model": {"generator": str(name), "features": int(features)},
+        "normalisation": dict(NORMALISATION),
+        "input_multiple": INPUT_MULTIPLE,
+    }
+    meta.update(extra or {})
+    return meta
+
+
+def save_generator(
+    path: str | Path, generator: torch.nn.Module, model_cfg: ModelConfig | dict, extra: dict | None = None
+) -> Path:
+    """Write `generator`'s state_dict to `path` (safetensors) and its JSON sidecar, both atomically.
+
+    `generator` may be wrapped (DDP `module.`, `torch.compile` `_orig_mod.`); the prefixes are removed
+    so the file loads into a bare Generator. Tensors are copied to contiguous CPU memory (channels_last
+    and CUDA models export the same bytes as a CPU model). Returns the weights path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = export_metadata(model_cfg, extra)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in _strip_wrappers(generator.state_dict()).items()}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(state, str(tmp), metadata={_HEADER_KEY: json.dumps(meta)})
+    os.replace(tmp, path)
+    _atomic_write_bytes(sidecar_path(path), (json.dumps(meta, indent=2) + "\n").encode())
+    return path
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """(state_dict, metadata) when `path` is a safetensors file, else None."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError, UnicodeDecodeError):
+        return None
+    state = load_file(str(path))
+    meta: dict[str, Any] = {}
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise WeightsError(f"{sidecar}: sidecar is not valid JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise WeightsError(f"{sidecar}: sidecar must hold a JSON object")
+    elif _HEADER_KEY in header:
+        meta = json.loads(header[_HEADER_KEY])
+    return state, meta
+
+
+def _read_torch_state_dict(path: Path) -> dict[str, torch.Tensor] | None:
+    """The tensors of a `torch.save`d state_dict (optionally under "state_dict" or "model"), or None."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - pickle, zip and weights_only errors all mean "not a state_dict"
+        return None
+    if isinstance(obj, dict):
+        for wrapper in ("state_dict", "model"):
+            if isinstance(obj.get(wrapper), dict):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, dict):
+        return None
+    # Keep the tensors; a dict without the generator's keys then fails with the missing key named.
+    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build the generator saved in `path` and return `(generator in eval mode on device, metadata)`.
+
+    Accepts our `.safetensors` export (metadata from the sidecar, else from the file header, else the
+    width inferred from `initial_down.0.weight`) and the seed's `G_*.pth` PyTorch state_dicts (loaded
+    with `weights_only=True`). Raises WeightsError, one line naming the file, for a missing file, a
+    file that is neither format, or a state_dict whose keys or shapes do not fit the generator.
+    """
+    from models import build_generator  # the registry imports the networks; keep this module light
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    loaded = _read_safetensors(path)
+    if loaded is not None:
+        state, meta = loaded
+        source = "safetensors"
+    else:
+        state = _read_torch_state_dict(path)
+        if state is None:
+            raise WeightsError(
+                f"{path}: not a safetensors file or a PyTorch state_dict with the generator's keys "
+                f"(cannot be read as either)"
+            )
+        meta, source = {}, "pytorch"
+    state = _strip_wrappers(state)
+    if FIRST_WEIGHT not in state:
+        raise WeightsError(
+            f"{path}: not a safetensors file or a PyTorch state_dict with the generator's keys "
+            f"(missing '{FIRST_WEIGHT}')"
+        )
+    inferred = int(state[FIRST_WEIGHT].shape[0])
+    model_meta = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    name = str(model_meta.get("generator", "seed_unet"))
+    features = int(model_meta.get("features", inferred))
+    if features != inferred:
+        raise WeightsError(f"{path}: metadata says features={features} but '{FIRST_WEIGHT}' has {inferred}")
+    try:
+        generator = build_generator(ModelConfig(generator=name, features=features))
+    except (KeyError, ValueError) as exc:
+        raise WeightsError(f"{path}: cannot build generator {name!r} ({exc})") from None
+    # Seed checkpoints from older PyTorch may lack BatchNorm's num_batches_tracked; it is unused in eval.
+    expected = generator.state_dict()
+    for key in expected:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = expected[key]
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys, e.g. {missing[0]!r}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]!r}")
+        raise WeightsError(f"{path}: does not fit generator {name!r} with features={features} ({'; '.join(parts)})")
+    wrong = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise WeightsError(
+            f"{path}: {len(wrong)} tensors have the wrong shape, e.g. {k!r} is "
+            f"{tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
+        )
+    generator.load_state_dict(state)
+    generator.to(device).eval()
+    full_meta = export_metadata({"generator": name, "features": features})
+    full_meta.update(meta)
+    full_meta["source"] = source
+    full_meta["path"] = str(path)
+    return generator, full_meta
