@@ -1,0 +1,143 @@
+"""`build_shards`: source folder → shuffled WebDataset shards + DALI indexes + manifest, resumably.
+
+Steps: scan the source → plan every shard (a pure function of listing + options) → claim OUT →
+skip shards already finished by an earlier run → inspect the images of the remaining shards in a
+process pool (ordered `imap`, so results arrive in plan order whatever the worker count) and write
+each shard as its images come back → write the manifest last, atomically.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from pathlib import Path
+
+from tqdm import tqdm
+
+from shards.atomic import write_json_atomic
+from shards.convert import COLOURLESS, KEPT, SKIPPED, Inspection, inspect_file
+from shards.manifest import MANIFEST_FILE, assemble_manifest
+from shards.options import BuildOptions
+from shards.output_dir import claim_output
+from shards.plan import ShardPlan, plan_digest, plan_shards
+from shards.progress import finished_shard_record, write_shard_record
+from shards.scan import scan_source
+from shards.tar_writer import ShardWriter
+
+__all__ = ["BuildOptions", "build_shards"]
+
+# Per-process state of pool workers, set once by `_init_worker` instead of pickled with every task.
+_worker_settings: tuple[Path, int | None, int, bool] | None = None
+
+
+def _init_worker(source: Path, short_side: int | None, quality: int, keep_colourless: bool) -> None:
+    global _worker_settings
+    _worker_settings = (source, short_side, quality, keep_colourless)
+
+
+def _inspect_in_worker(relative_path: str) -> Inspection:
+    source, short_side, quality, keep_colourless = _worker_settings
+    return inspect_file(source / relative_path, short_side, quality, keep_colourless)
+
+
+def _inspections(source: Path, paths: list[str], options: BuildOptions) -> Iterator[Inspection]:
+    """Inspection of each path, in order; in a pool of `options.workers` processes when > 1."""
+    settings = (source, options.short_side, options.quality, options.keep_colourless)
+    if options.workers == 1 or len(paths) <= 1:
+        _init_worker(*settings)
+        yield from map(_inspect_in_worker, paths)
+        return
+    # Chunks amortise inter-process overhead yet stay small enough to keep every worker busy.
+    chunksize = max(1, min(64, len(paths) // (options.workers * 8)))
+    with multiprocessing.Pool(options.workers, initializer=_init_worker, initargs=settings) as pool:
+        yield from pool.imap(_inspect_in_worker, paths, chunksize=chunksize)
+
+
+def _write_shard(out: Path, shard: ShardPlan, results: Iterator[Inspection], bar: tqdm) -> dict:
+    """Write one shard from the next `len(shard.images)` results; return its progress record."""
+    writer = ShardWriter(out / shard.name)
+    skipped: list[dict] = []
+    colourless: list[str] = []
+    converted = 0
+    try:
+        for image in shard.images:
+            result = next(results)
+            bar.update(1)
+            if result.colourless:
+                colourless.append(image.path)
+            if result.status == SKIPPED:
+                skipped.append({"path": image.path, "reason": result.reason})
+            elif result.status == KEPT:
+                writer.add(image.key, result.jpeg, image.cls)
+                converted += result.converted
+            else:
+                assert result.status == COLOURLESS, result.status
+        if writer.samples:
+            written = writer.commit()
+            size, sha256 = written.bytes, written.sha256
+        else:  # every image dropped: no file (an empty tar has no index and would trip readers)
+            writer.abort()
+            size, sha256 = 0, None
+    except BaseException:
+        writer.abort()
+        raise
+    return {
+        "name": shard.name,
+        "split": shard.split,
+        "samples": writer.samples,
+        "bytes": size,
+        "sha256": sha256,
+        "converted": converted,
+        "skipped": skipped,
+        "colourless": colourless,
+    }
+
+
+def build_shards(src, out, options: BuildOptions | None = None, progress: bool = True) -> dict:
+    """Build (or finish building) the shards of the image folder `src` in `out`; return the manifest.
+
+    Raises `ShardsError` for a missing/unreadable `src`, an unusable `out`, or an `out` that holds a
+    different build. Undecodable images never raise: they are listed in the manifest's `skipped`.
+    `progress` shows a tqdm bar (images/s) on stderr.
+    """
+    options = options or BuildOptions()
+    source = Path(src).absolute()
+    out = Path(out)
+    listing = scan_source(source)
+    plan = plan_shards(listing, options)
+    digest = plan_digest(listing, options)
+    claim_output(out, source, options.output_options(), digest)
+
+    records: dict[str, dict] = {}
+    pending: list[ShardPlan] = []
+    for shard in plan:
+        record = finished_shard_record(out, shard.name)
+        if record is not None:
+            records[shard.name] = record
+        else:
+            pending.append(shard)
+
+    paths = [image.path for shard in pending for image in shard.images]
+    already = sum(len(shard.images) for shard in plan) - len(paths)
+    with tqdm(
+        total=len(listing.images), initial=already, unit="img", desc="shards", disable=not progress, smoothing=0.1
+    ) as bar:
+        results = _inspections(source, paths, options)
+        try:
+            for shard in pending:
+                record = _write_shard(out, shard, results, bar)
+                write_shard_record(out, record)
+                records[shard.name] = record
+        finally:
+            results.close()  # stops the pool promptly when a shard fails or the user interrupts
+
+    manifest = assemble_manifest(
+        source,
+        options.output_options(),
+        digest,
+        listing.classes,
+        len(listing.images),
+        [records[shard.name] for shard in plan],
+    )
+    write_json_atomic(out / MANIFEST_FILE, manifest)
+    return manifest

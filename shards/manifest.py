@@ -1,0 +1,71 @@
+"""`manifest.json`: what a shards folder holds, written last and atomically by a build.
+
+Layout (paths relative to the source folder; the file's bytes depend only on the plan and the
+source contents, never on timing or worker count):
+    format, version           "colorization-shards", 1
+    source                    absolute source folder the build read
+    options                   BuildOptions without `workers`
+    plan_sha256               digest of the source listing + options (see `plan.plan_digest`)
+    classes                   class names in `cls` order, or null when the source has no classes
+    counts                    {"train": samples, "val": samples}
+    totals                    {"images", "kept", "converted", "colourless", "skipped", "bytes"}
+    shards                    [{name, split, samples, bytes, sha256}], train then val, index order
+    skipped                   [{path, reason}] undecodable files, sorted by path
+    colourless                [path] colourless images (dropped unless options.keep_colourless)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shards.errors import ShardsError
+from shards.plan import SPLITS
+from shards.progress import read_json
+
+MANIFEST_FILE = "manifest.json"
+FORMAT_NAME = "colorization-shards"
+FORMAT_VERSION = 1
+SHARD_FIELDS = ("name", "split", "samples", "bytes", "sha256")
+
+
+def assemble_manifest(
+    source: Path, options: dict, plan_sha256: str, classes, image_count: int, records: list[dict]
+) -> dict:
+    """The manifest of a finished build from the per-shard progress records (in plan order)."""
+    written = [record for record in records if record["samples"] > 0]
+    skipped = sorted((item for record in records for item in record["skipped"]), key=lambda s: s["path"])
+    colourless = sorted(path for record in records for path in record["colourless"])
+    kept = sum(record["samples"] for record in records)
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "source": str(source),
+        "options": options,
+        "plan_sha256": plan_sha256,
+        "classes": list(classes) if classes is not None else None,
+        "counts": {split: sum(r["samples"] for r in records if r["split"] == split) for split in SPLITS},
+        "totals": {
+            "images": image_count,
+            "kept": kept,
+            "converted": sum(record["converted"] for record in records),
+            "colourless": len(colourless),
+            "skipped": len(skipped),
+            "bytes": sum(record["bytes"] for record in written),
+        },
+        "shards": [{field: record[field] for field in SHARD_FIELDS} for record in written],
+        "skipped": skipped,
+        "colourless": colourless,
+    }
+
+
+def read_manifest(out: Path) -> dict:
+    """The manifest of the shards folder `out`; `ShardsError` when it is missing or malformed."""
+    path = Path(out) / MANIFEST_FILE
+    if not path.is_file():
+        raise ShardsError(f"{path}: no manifest (not a shards folder, or its build has not finished)")
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise ShardsError(f"{path}: not a {FORMAT_NAME} manifest")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise ShardsError(f"{path}: version {manifest.get('version')!r} is not {FORMAT_VERSION}")
+    return manifest

@@ -1,0 +1,66 @@
+"""Claim the output folder for a build, refusing anything that would mix or overwrite another build.
+
+OUT may be new, empty, hold unrelated files, or hold an earlier (possibly killed) run of the *same*
+build (same options, same source listing): that one is resumed. OUT holding a manifest, progress
+record or shard files of a different build is refused with one line, and nothing in it is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from shards.errors import ShardsError
+from shards.manifest import MANIFEST_FILE
+from shards.progress import PROGRESS_DIR, read_json, read_plan_record, write_plan_record
+from shards.tar_writer import TEMP_SUFFIX
+
+SHARD_FILE = re.compile(r"^(train|val)-\d{6}\.(tar|idx)$")
+SHARD_TEMP_FILE = re.compile(r"^(train|val)-\d{6}\.(tar|idx)" + re.escape(TEMP_SUFFIX) + "$")
+ATOMIC_TEMP_FILE = re.compile(r"^\..+\.\d+\.tmp$")  # left by shards.atomic when killed mid-write
+
+
+def _differences(recorded: dict, wanted: dict) -> str:
+    keys = sorted(set(recorded) | set(wanted))
+    return ", ".join(f"{k}: {recorded.get(k)!r} → {wanted.get(k)!r}" for k in keys if recorded.get(k) != wanted.get(k))
+
+
+def claim_output(out: Path, source: Path, options: dict, plan_sha256: str) -> None:
+    """Create/check OUT, record the plan, delete stale temporary shard files of a killed run."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ShardsError(f"output {str(out)!r} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ShardsError(f"cannot create output folder {str(out)!r}: {error.strerror or error}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ShardsError(f"output folder {str(out)!r} is not writable")
+
+    refuse = f"output folder {str(out)!r} holds shards built"
+    advice = "choose another output folder or delete it"
+    plan = read_plan_record(out)
+    manifest = read_json(out / MANIFEST_FILE) if (out / MANIFEST_FILE).exists() else None
+    for recorded, what in ((plan, ".progress/plan.json"), (manifest, MANIFEST_FILE)):
+        if recorded is None:
+            continue
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("options"), dict):
+            raise ShardsError(f"{out / what}: unreadable record of an earlier build; {advice}")
+        if recorded["options"] != options:
+            changed = _differences(recorded["options"], options)
+            raise ShardsError(f"{refuse} with other options ({changed}); {advice}")
+        if recorded.get("plan_sha256") != plan_sha256:
+            raise ShardsError(
+                f"{refuse} from a different source listing (was {recorded.get('source')!r}; files added, "
+                f"removed or renamed since); {advice}"
+            )
+    if plan is None and manifest is None and any(SHARD_FILE.match(p.name) for p in out.iterdir()):
+        raise ShardsError(f"{refuse} by something else (shard files without a manifest or progress record); {advice}")
+
+    progress = out / PROGRESS_DIR
+    for stale in [*out.iterdir(), *(progress.iterdir() if progress.is_dir() else ())]:
+        if SHARD_TEMP_FILE.match(stale.name) or ATOMIC_TEMP_FILE.match(stale.name):
+            stale.unlink()
+    if plan is None:
+        write_plan_record(out, {"source": str(source), "options": options, "plan_sha256": plan_sha256})

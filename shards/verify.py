@@ -1,0 +1,81 @@
+"""`verify_shards`: check a shards folder against its manifest.
+
+For every shard in the manifest: the tar exists, has the recorded size and SHA-256, holds the
+recorded number of samples (each with a `.jpg`, and a `.cls` when the build has classes), and its
+`.idx` equals the index DALI's `wds2idx` makes from the tar now. Shard files the manifest does not
+list are reported too.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+from pathlib import Path
+
+from shards.errors import ShardsError
+from shards.manifest import read_manifest
+from shards.output_dir import SHARD_FILE
+from shards.progress import file_sha256
+from shards.tar_writer import index_path, write_index
+
+
+def count_samples(tar_path: Path, needs_cls: bool) -> tuple[int, list[str]]:
+    """Samples in a WebDataset tar (members grouped by key) and problems with their members."""
+    members: dict[str, set[str]] = {}
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, extension = member.name.partition(".")
+            members.setdefault(key, set()).add(extension)
+    wanted = {"jpg", "cls"} if needs_cls else {"jpg"}
+    problems = [f"sample {key!r} has {sorted(exts)}, expected {sorted(wanted)}" for key, exts in members.items() if exts != wanted]
+    return len(members), problems
+
+
+def verify_shard(out: Path, entry: dict, needs_cls: bool) -> list[str]:
+    """Problems of one manifest shard entry `{name, split, samples, bytes, sha256}` (empty = OK)."""
+    tar = Path(out) / entry["name"]
+    name = entry["name"]
+    if not tar.is_file():
+        return [f"{name}: missing"]
+    if tar.stat().st_size != entry["bytes"]:
+        return [f"{name}: {tar.stat().st_size} bytes, manifest says {entry['bytes']}"]
+    if file_sha256(tar) != entry["sha256"]:
+        return [f"{name}: sha256 differs from the manifest (file corrupted or replaced)"]
+    try:
+        samples, member_problems = count_samples(tar, needs_cls)
+    except (tarfile.TarError, OSError) as error:
+        return [f"{name}: unreadable tar: {error}"]
+    problems = [f"{name}: {p}" for p in member_problems[:3]]
+    if samples != entry["samples"]:
+        problems.append(f"{name}: {samples} samples, manifest says {entry['samples']}")
+    index = index_path(tar)
+    if not index.is_file():
+        problems.append(f"{index.name}: missing")
+    else:
+        with tempfile.TemporaryDirectory() as scratch:
+            fresh = Path(scratch) / index.name
+            write_index(tar, fresh)
+            if fresh.read_bytes() != index.read_bytes():
+                problems.append(f"{index.name}: does not match its tar (regenerate with wds2idx)")
+    return problems
+
+
+def verify_shards(out) -> list[str]:
+    """Every problem found in the shards folder `out`, first shard first (empty list = all good)."""
+    out = Path(out)
+    try:
+        manifest = read_manifest(out)
+    except ShardsError as error:
+        return [str(error)]
+    needs_cls = manifest.get("classes") is not None
+    problems: list[str] = []
+    for entry in manifest["shards"]:
+        problems += verify_shard(out, entry, needs_cls)
+    listed = {entry["name"] for entry in manifest["shards"]}
+    listed |= {index_path(Path(name)).name for name in listed}
+    for path in sorted(out.iterdir()):
+        if SHARD_FILE.match(path.name) and path.name not in listed:
+            problems.append(f"{path.name}: not listed in the manifest")
+    return problems
