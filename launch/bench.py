@@ -1,0 +1,47 @@
+"""`colorize-bench`: the project's benchmarks, one sub-command each (`shards`, `loader`, `step`, `train`).
+
+Each sub-command lives in its own module `launch.bench_<name>` exposing `add_arguments(parser)` and
+`run(args) -> int`; modules are imported only when their sub-command runs, so one benchmark's heavy
+imports (torch, DALI) never slow another down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+BENCHMARKS = {
+    "shards": "build shards from generated ImageNet-like JPEGs; prints images/s",
+    "loader": "data loader throughput against the seed-style baseline",
+    "step": "training step time",
+    "train": "end-to-end training throughput",
+}
+
+
+def _module(name: str):
+    return importlib.import_module(f"launch.bench_{name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="colorize-bench", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="benchmark", required=True, metavar="{" + ",".join(BENCHMARKS) + "}")
+    # Only the chosen benchmark's module is imported: peek at the sub-command before building parsers.
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    for name, summary in BENCHMARKS.items():
+        sub = commands.add_parser(name, help=summary, description=summary)
+        if name == chosen:
+            try:
+                _module(name).add_arguments(sub)
+            except ModuleNotFoundError as error:
+                if error.name != f"launch.bench_{name}":
+                    raise
+                print(f"error: benchmark {name!r} is not available yet (no launch/bench_{name}.py)", file=sys.stderr)
+                return 2
+    args = parser.parse_args(argv)
+    return int(_module(args.benchmark).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
