@@ -9,7 +9,7 @@ The network only sees a small copy, but the output keeps every pixel of the orig
                  │ generator (eval mode, inference_mode) → ab_net 2×h×w in [-1, 1]
                  ▼
             ab* = 128·ab_net, upsampled (bilinear) to H×W
-    (L*, ab*) ──► sRGB, with out-of-gamut colours desaturated at constant L* (`lab_to_rgb_in_gamut`)
+    (L*, ab*) ──► sRGB; out-of-gamut colours are desaturated at constant L* (`lab_to_rgb_in_gamut`)
 
 Colour carries far less fine detail than lightness, so predicting it at ~512 px and upsampling loses
 little, while the original's full-resolution L* keeps edges and texture sharp. Unlike the seed's
@@ -26,11 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.lab import AB_SCALE, L_SCALE, L_SHIFT, lab_to_rgb, rgb_to_lab
+from pipeline.lab import AB_SCALE, L_SCALE, L_SHIFT, lab_to_rgb, linear_to_srgb, rgb_to_lab, srgb_to_linear
 
 MODEL_MULTIPLE = 256
-_GAMUT_TOLERANCE = 1e-4
-_GAMUT_STEPS = 10  # bisection steps: chroma found to within 0.1 % of its predicted value
 
 
 def model_shape(height: int, width: int, size: int = 512) -> tuple[int, int]:
@@ -58,26 +56,27 @@ def resolve_device(name: str) -> torch.device:
 
 
 def lab_to_rgb_in_gamut(lab: torch.Tensor) -> torch.Tensor:
-    """CIELAB 3×H×W → sRGB 3×H×W in [0, 1], keeping L* and hue where the colour is out of gamut.
+    """CIELAB 3×H×W → sRGB 3×H×W in [0, 1], keeping L* exactly where the colour is out of gamut.
 
-    Per-channel clipping (what `lab_to_rgb(clip=True)` does) changes lightness and hue of colours the
-    sRGB cube cannot show; here such pixels instead get the largest chroma scale s in [0, 1] for which
-    (L*, s·a*, s·b*) fits, found by bisection over those pixels only (usually few).
+    Per-channel clipping (what `lab_to_rgb(clip=True)` does) changes the lightness and hue of colours
+    the sRGB cube cannot show. Here such a pixel moves instead, in linear-light RGB, along the
+    straight line towards the grey of the same L*, to the point where it meets the cube's surface.
+    Luminance Y is a linear function of linear RGB and fixes L*, so every point of that line has the
+    pixel's L*; a line through the white point also keeps its dominant wavelength (hue). Closed form,
+    one pass, and only over the out-of-gamut pixels.
     """
     rgb = lab_to_rgb(lab, clip=False)
-    outside = ((rgb < -_GAMUT_TOLERANCE) | (rgb > 1 + _GAMUT_TOLERANCE)).any(dim=0)
+    outside = ((rgb < 0) | (rgb > 1)).any(dim=0)
     if outside.any():
-        pixels = lab[:, outside].unsqueeze(-1)  # 3×N×1: one column of out-of-gamut pixels
-        lightness, chroma = pixels[:1], pixels[1:]
-        low = torch.zeros_like(lightness)  # scale 0 (grey) is always inside for 0 ≤ L* ≤ 100
-        high = torch.ones_like(lightness)
-        for _ in range(_GAMUT_STEPS):
-            mid = (low + high) / 2
-            trial = lab_to_rgb(torch.cat((lightness, chroma * mid)), clip=False)
-            fits = ((trial >= -_GAMUT_TOLERANCE) & (trial <= 1 + _GAMUT_TOLERANCE)).all(dim=0, keepdim=True)
-            low = torch.where(fits, mid, low)
-            high = torch.where(fits, high, mid)
-        rgb[:, outside] = lab_to_rgb(torch.cat((lightness, chroma * low)), clip=False).squeeze(-1)
+        pixels = lab[:, outside].unsqueeze(-1)  # 3×N×1: the out-of-gamut pixels as one column
+        colour = srgb_to_linear(rgb[:, outside])  # 3×N, linear light
+        grey = srgb_to_linear(lab_to_rgb(torch.cat((pixels[:1], torch.zeros_like(pixels[1:]))), clip=False)).squeeze(-1)
+        step = colour - grey
+        safe = torch.where(step == 0, torch.ones_like(step), step)
+        # Largest t in [0, 1] with grey + t·step inside [0, 1] in every channel.
+        limit = torch.where(step > 0, (1 - grey) / safe, torch.where(step < 0, -grey / safe, torch.ones_like(step)))
+        t = limit.clamp(0.0, 1.0).amin(dim=0, keepdim=True)
+        rgb[:, outside] = linear_to_srgb((grey + t * step).clamp(0.0, 1.0))
     return rgb.clamp(0.0, 1.0)
 
 
