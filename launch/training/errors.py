@@ -1,0 +1,6 @@
+"""The error a training run stops with when it cannot go on (not a user's config mistake)."""
+
+
+class TrainingError(RuntimeError):
+    """A run that must stop: a non-finite loss, a checkpoint that does not match this run, a bad batch
+    split. The message is one line naming the step, file or key at fault."""

@@ -1,0 +1,39 @@
+"""SIGTERM / SIGINT → a request to stop that the loop honours at the end of the current step.
+
+A handler only sets a flag: saving a checkpoint from inside a signal handler could interrupt a
+collective or an optimizer step half-way. The loop all-reduces the flag every step, so all ranks stop
+after the same step even when the signal reached them at different moments.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+
+class StopRequest:
+    """Set by SIGTERM or SIGINT once `install()` has run; `signal_name` says which arrived first."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self.requested:
+            self.signal_name = signal.Signals(signum).name
+        self.requested = True
+
+    def install(self) -> "StopRequest":
+        """Route SIGTERM and SIGINT to this flag (only possible from the main thread; elsewhere a no-op)."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before `install()`."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        self._previous.clear()
