@@ -1,0 +1,438 @@
+"""Train the colorization GAN: NoGAN (generator only), then GAN (PatchGAN discriminator), in one run.
+
+    accelerate launch [--config_file configs/accelerate/1gpu.yaml] launch/train.py \
+        --config configs/demo.yaml [key=value ...] [--resume]
+
+Also runs as `python launch/train.py ...` (one process) and as `launch.train.main([...])` in-process.
+Everything is built by the small `build_*` functions below; `train_loop` is the loop. Outputs go to
+`<run.out_dir>/<run.name>/` (see the README's training section).
+
+Exit status: 0 finished; 1 the run stopped on an error (non-finite loss, unusable checkpoint);
+2 a configuration or data-location mistake; 128 + signal number (143 for SIGTERM, 130 for SIGINT)
+when a signal stopped the run after saving a checkpoint, so job scripts can tell "stopped early,
+resumable" from "finished".
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+
+from launch.config import Config, ConfigError, dump_config, load_config
+from launch.training.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
+from launch.training.debug import SampleRecorder, maybe_kill_after_checkpoint
+from launch.training.errors import TrainingError
+from launch.training.evaluation import evaluate
+from launch.training.logging import RunLogger, keep_wandb_files_in, resolve_wandb_mode
+from launch.training.samples import sample_grid, save_png
+from launch.training.schedule import GAN, NOGAN, is_phase_switch, learning_rate, phase_at, set_learning_rate
+from launch.training.signals import StopRequest
+from launch.training.steps import GAN_TERMS, NOGAN_TERMS, StepContext, gan_step, nogan_step
+from launch.training.timing import StepTimer
+from losses import build_feature_loss
+from models import build_discriminator, build_generator
+from models.export import save_generator
+from pipeline import make_loader
+from pipeline.shard_list import ShardError, split_shards
+
+
+@dataclass
+class Run:
+    """Everything the loop touches, built once by `build_run`."""
+
+    cfg: Config
+    accelerator: Accelerator
+    state: TrainingState
+    ctx: StepContext
+    loader: object
+    """The training loader: iterable of (L, ab) on the device, with state_dict()/load_state_dict()."""
+    logger: RunLogger
+    stop: StopRequest
+    recorder: SampleRecorder
+    sample_batch: tuple[torch.Tensor, torch.Tensor] | None
+    """Fixed val batch (L, ab) for the sample grid, on rank 0; None elsewhere or without a val split."""
+    has_val: bool
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_dir
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.cfg.run_dir / "checkpoints"
+
+
+# --------------------------------------------------------------------------------------------------
+# Building
+
+
+def build_accelerator(cfg: Config, wandb_mode: str) -> Accelerator:
+    """Accelerate for this process: CPU or CUDA, bf16 autocast on CUDA unless told otherwise, W&B when on."""
+    if cfg.run.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device = 'cuda' but CUDA is not available on this machine")
+    cpu = cfg.run.device == "cpu" or not torch.cuda.is_available()
+    precision = cfg.run.mixed_precision
+    if precision == "auto":
+        precision = "no" if cpu else "bf16"
+    if precision == "bf16" and cpu:
+        raise ConfigError("run.mixed_precision = 'bf16' is for CUDA runs; use 'no' or 'auto' on CPU")
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=precision,
+        log_with="wandb" if wandb_mode != "disabled" else None,
+        project_dir=str(cfg.run_dir),
+    )
+
+
+def check_batch_split(cfg: Config, processes: int) -> None:
+    """The global batch must split evenly over the processes (each gets batch_size // processes)."""
+    if cfg.data.batch_size % processes:
+        raise ConfigError(
+            f"data.batch_size = {cfg.data.batch_size} does not divide by the number of processes ({processes})"
+        )
+
+
+def build_models(cfg: Config, accelerator: Accelerator) -> tuple[nn.Module, nn.Module]:
+    """Generator and discriminator, identically initialised on every rank, on the device, in the
+    configured memory format, SyncBatchNorm'd and compiled when asked (CUDA only where noted)."""
+    set_seed(cfg.run.seed)
+    generator, discriminator = build_generator(cfg.model), build_discriminator(cfg.model)
+    on_cuda = accelerator.device.type == "cuda"
+    if on_cuda and cfg.model.sync_batchnorm and accelerator.num_processes > 1:
+        generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+        discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
+    memory_format = torch.channels_last if on_cuda and cfg.model.channels_last else torch.contiguous_format
+    generator = generator.to(accelerator.device, memory_format=memory_format)
+    discriminator = discriminator.to(accelerator.device, memory_format=memory_format)
+    if cfg.model.compile:
+        # In-place compile keeps state_dict keys unchanged (no `_orig_mod.`), so checkpoints and the
+        # exported generator are the same with and without it.
+        generator.compile()
+        discriminator.compile()
+    return generator, discriminator
+
+
+def build_feature_loss_if_used(cfg: Config, accelerator: Accelerator) -> nn.Module | None:
+    """The frozen VGG19-bn feature loss, only when a phase that runs gives it a non-zero weight."""
+    used = (cfg.schedule.nogan_steps > 0 and cfg.loss.feature_weight_nogan > 0) or (
+        cfg.schedule.gan_steps > 0 and cfg.loss.feature_weight_gan > 0
+    )
+    if not used:
+        return None
+    loss = build_feature_loss(cfg.loss).to(accelerator.device)
+    if accelerator.device.type == "cuda" and cfg.model.channels_last:
+        loss = loss.to(memory_format=torch.channels_last)
+    return loss
+
+
+def build_optimizers(cfg: Config, generator: nn.Module, discriminator: nn.Module, device: torch.device):
+    """Adam for G in NoGAN, Adam for G in GAN, Adam for D — all three exist from the start, so every
+    checkpoint holds the same set and a resume lands in either phase. Fused kernels on CUDA."""
+    fused = device.type == "cuda"
+
+    def adam(params, settings):
+        return torch.optim.Adam(
+            params, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay, fused=fused or None
+        )
+
+    return (
+        adam(generator.parameters(), cfg.optim.nogan),
+        adam(generator.parameters(), cfg.optim.generator),
+        adam(discriminator.parameters(), cfg.optim.discriminator),
+    )
+
+
+def build_loaders(cfg: Config, accelerator: Accelerator) -> tuple[object, bool]:
+    """The endless training loader for this rank, and whether a val split exists (for samples and eval)."""
+    loader = make_loader(
+        cfg.data, accelerator.process_index, accelerator.num_processes, accelerator.device, split="train", seed=cfg.run.seed
+    )
+    try:
+        split_shards(cfg.data.shards, "val", need_index=False)
+        has_val = True
+    except ShardError:
+        has_val = False
+    return loader, has_val
+
+
+def val_batches(cfg: Config, accelerator: Accelerator):
+    """One deterministic pass over this rank's share of the val split: (L, ab) batches on the device."""
+    return make_loader(
+        cfg.data, accelerator.process_index, accelerator.num_processes, accelerator.device,
+        split="val", endless=False, seed=cfg.run.seed,
+    )
+
+
+def build_sample_batch(cfg: Config, accelerator: Accelerator, has_val: bool):
+    """The first `logging.sample_count` val images (rank 0 only), fixed for the whole run."""
+    if not (accelerator.is_main_process and has_val):
+        return None
+    loader = make_loader(cfg.data, 0, 1, accelerator.device, split="val", endless=False, seed=cfg.run.seed)
+    Ls, abs_ = [], []
+    for L, ab in loader:
+        Ls.append(L)
+        abs_.append(ab)
+        if sum(x.shape[0] for x in Ls) >= cfg.logging.sample_count:
+            break
+    if not Ls:
+        return None
+    n = cfg.logging.sample_count
+    return torch.cat(Ls)[:n], torch.cat(abs_)[:n]
+
+
+def build_logger(cfg: Config, accelerator: Accelerator, wandb_mode: str, start_step: int) -> RunLogger:
+    """Start the W&B tracker (rank 0) and the metrics file / progress bar."""
+    if wandb_mode != "disabled":
+        init = {"name": cfg.run.name, "dir": str(cfg.run_dir), "mode": wandb_mode}
+        if cfg.logging.entity:
+            init["entity"] = cfg.logging.entity
+        accelerator.init_trackers(cfg.logging.project, config=_plain_config(cfg), init_kwargs={"wandb": init})
+    logger = RunLogger(accelerator, cfg.run_dir, cfg.total_steps, start_step, wandb_mode)
+    if wandb_mode == "offline":
+        logger.write(f"W&B is offline (no credentials): upload later with `wandb sync {cfg.run_dir / 'wandb'}/offline-run-*`")
+    return logger
+
+
+def _plain_config(cfg: Config) -> dict:
+    from launch.config import config_to_dict
+
+    return config_to_dict(cfg)
+
+
+def build_run(cfg: Config, resume: bool) -> Run:
+    """Build everything, restore the latest checkpoint when resuming, and return the ready Run."""
+    wandb_mode = resolve_wandb_mode(cfg.logging.wandb)
+    if wandb_mode != "disabled":
+        keep_wandb_files_in(cfg.run_dir)
+    accelerator = build_accelerator(cfg, wandb_mode)
+    check_batch_split(cfg, accelerator.num_processes)
+    if accelerator.is_main_process:
+        text = dump_config(cfg, cfg.run_dir / "config.yaml")
+        print(f"resolved config (saved to {cfg.run_dir / 'config.yaml'}):\n{text}", file=sys.stderr)
+    generator, discriminator = build_models(cfg, accelerator)
+    feature_loss = build_feature_loss_if_used(cfg, accelerator)
+    opt_nogan, opt_g, opt_d = build_optimizers(cfg, generator, discriminator, accelerator.device)
+    generator, discriminator, opt_nogan, opt_g, opt_d = accelerator.prepare(
+        generator, discriminator, opt_nogan, opt_g, opt_d
+    )
+    loader, has_val = build_loaders(cfg, accelerator)
+    state = TrainingState()
+    accelerator.register_for_checkpointing(state)
+    # Each rank gets its own random stream (dropout); a resume then overwrites it with the saved one.
+    set_seed(cfg.run.seed + accelerator.process_index)
+    checkpoint = latest_checkpoint(cfg.run_dir / "checkpoints") if resume else None
+    if checkpoint is not None:
+        load_checkpoint(accelerator, checkpoint, loader)
+        if accelerator.is_main_process:
+            print(f"resumed from {checkpoint} (step {state.step}, phase {state.phase})", file=sys.stderr)
+    elif resume and accelerator.is_main_process:
+        print(f"--resume: no checkpoint under {cfg.run_dir / 'checkpoints'}; starting from step 0", file=sys.stderr)
+    ctx = StepContext(
+        accelerator=accelerator,
+        generator=generator,
+        discriminator=discriminator,
+        discriminator_module=accelerator.unwrap_model(discriminator),
+        opt_nogan=opt_nogan,
+        opt_generator=opt_g,
+        opt_discriminator=opt_d,
+        loss=cfg.loss,
+        feature_loss=feature_loss,
+        grad_clip=cfg.optim.grad_clip,
+    )
+    return Run(
+        cfg=cfg,
+        accelerator=accelerator,
+        state=state,
+        ctx=ctx,
+        loader=loader,
+        logger=build_logger(cfg, accelerator, wandb_mode, state.step),
+        stop=StopRequest().install(),
+        recorder=SampleRecorder(),
+        sample_batch=build_sample_batch(cfg, accelerator, has_val),
+        has_val=has_val,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Pieces of the loop
+
+
+def apply_learning_rates(run: Run, step: int) -> dict[str, float]:
+    """Set this step's learning rates on the optimisers in use; return them for logging."""
+    cfg, ctx = run.cfg, run.ctx
+    if phase_at(step, cfg.schedule) == NOGAN:
+        lr_g = learning_rate(step, cfg.optim.nogan, cfg)
+        set_learning_rate(ctx.opt_nogan, lr_g)
+        return {"train/lr_g": lr_g}
+    lr_g, lr_d = learning_rate(step, cfg.optim.generator, cfg), learning_rate(step, cfg.optim.discriminator, cfg)
+    set_learning_rate(ctx.opt_generator, lr_g)
+    set_learning_rate(ctx.opt_discriminator, lr_d)
+    return {"train/lr_g": lr_g, "train/lr_d": lr_d}
+
+
+def reduce_step(run: Run, phase: str, terms: dict[str, torch.Tensor]) -> tuple[dict[str, float], bool]:
+    """Mean of each loss term over ranks, and whether any rank was asked to stop — one collective.
+
+    This is also the loop's one host synchronisation per step (it reads the numbers back).
+    """
+    keys = NOGAN_TERMS if phase == NOGAN else GAN_TERMS
+    acc = run.accelerator
+    packed = torch.stack([terms[k].float() for k in keys] + [torch.tensor(float(run.stop.requested), device=acc.device)])
+    if acc.num_processes > 1:
+        packed = acc.reduce(packed, reduction="sum")
+    numbers = packed.tolist()
+    values = {k: v / acc.num_processes for k, v in zip(keys, numbers)}
+    return values, numbers[-1] > 0
+
+
+def check_finite(values: dict[str, float], step: int) -> None:
+    """Stop on the first non-finite loss term, naming the step and the term."""
+    for key, value in values.items():
+        if not math.isfinite(value):
+            raise TrainingError(f"non-finite loss at step {step}: {key} = {value}")
+
+
+def write_samples(run: Run, step: int) -> None:
+    """Grid of the fixed val batch: runs/<name>/samples/step_<n>.png, and W&B `samples/grid` (rank 0)."""
+    if run.sample_batch is None:
+        return
+    generator = run.accelerator.unwrap_model(run.ctx.generator)
+    was_training = generator.training
+    generator.eval()
+    L, ab = run.sample_batch
+    with torch.no_grad(), torch.random.fork_rng(devices=[]), run.accelerator.autocast():
+        fake = generator(L).float()
+    generator.train(was_training)
+    grid = sample_grid(L, fake, ab)
+    save_png(grid, run.run_dir / "samples" / f"step_{step}.png")
+    run.logger.log_image(step, "samples/grid", grid)
+
+
+def run_eval(run: Run, step: int, phase: str) -> None:
+    """Score the val split on all ranks; log eval/* beside the grey baseline."""
+    if not run.has_val:
+        return
+    generator = run.accelerator.unwrap_model(run.ctx.generator)
+    values = evaluate(run.accelerator, generator, val_batches(run.cfg, run.accelerator), run.cfg.logging.eval_batches)
+    run.logger.log(step, phase, values)
+    run.logger.write(
+        f"step {step}: eval ab-L1 {values['eval/ab_l1']:.3f} (grey {values['eval/ab_l1_grey']:.3f}), "
+        f"PSNR {values['eval/psnr']:.2f} dB (grey {values['eval/psnr_grey']:.2f})"
+    )
+
+
+def save(run: Run, step: int, phase: str) -> None:
+    """Checkpoint (all ranks) and export the generator beside it (rank 0)."""
+    save_checkpoint(run.accelerator, run.checkpoint_root, step, run.loader, run.cfg.checkpoint.keep_last)
+    if run.accelerator.is_main_process:
+        generator = run.accelerator.unwrap_model(run.ctx.generator)
+        save_generator(run.run_dir / "generator.safetensors", generator, run.cfg.model, {"step": step, "phase": phase})
+    maybe_kill_after_checkpoint(step)
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train_loop(run: Run) -> int:
+    """Run the schedule from `run.state.step` to the end; returns the exit status (see module doc)."""
+    cfg, state, ctx = run.cfg, run.state, run.ctx
+    total, log_every = cfg.total_steps, cfg.logging.every_steps
+    timer = StepTimer(images_per_step=cfg.data.batch_size)
+    batches = iter(run.loader)
+    while state.step < total:
+        step = state.step  # 0-based index of the step about to run
+        phase = phase_at(step, cfg.schedule)
+
+        # 1. Next batch; the time blocked here is the data wait.
+        timer.start_step()
+        L, ab = next(batches)
+        timer.data_ready()
+        run.recorder.record(L)
+
+        # 2. Learning rates are a pure function of the step (warm-up per phase): nothing to checkpoint.
+        lrs = apply_learning_rates(run, step)
+
+        # 3. One optimiser step of the phase: G alone, or D then G.
+        terms = nogan_step(ctx, L, ab) if phase == NOGAN else gan_step(ctx, L, ab)
+        state.step, state.phase = step + 1, phase
+        done = state.step
+
+        # 4. Agree across ranks on the losses and on stopping; fail fast on NaN/inf.
+        values, stop = reduce_step(run, phase, terms)
+        timer.end_step(phase)
+        check_finite(values, done)
+
+        # 5. Scalars and progress (rank 0).
+        run.logger.progress(done, phase, values)
+        if done % log_every == 0 or done == total:
+            perf = timer.window()
+            perf["perf/eta_hours"] = timer.eta_hours(done, cfg.schedule)
+            run.logger.log(done, phase, {**values, **lrs, **perf})
+
+        # 6. Pictures and validation metrics.
+        if done % cfg.logging.sample_every_steps == 0 or done == total:
+            write_samples(run, done)
+        if done % cfg.logging.eval_every_steps == 0 or done == total:
+            run_eval(run, done, phase)
+
+        # 7. Checkpoints: on schedule, at the NoGAN → GAN switch, at the end, and when asked to stop.
+        if done % cfg.checkpoint.every_steps == 0 or is_phase_switch(done, cfg.schedule) or done == total or stop:
+            save(run, done, phase)
+        if is_phase_switch(done, cfg.schedule):
+            run.logger.write(f"step {done}: NoGAN phase done, checkpoint saved; GAN phase starts")
+        if stop:
+            signal_name = run.stop.signal_name or "SIGTERM"  # a rank that got no signal follows the others
+            run.logger.write(f"step {done}: stopped by {signal_name}; checkpoint saved, resume with --resume")
+            return 128 + int(signal.Signals[signal_name])
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="run config YAML, e.g. configs/demo.yaml")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of the run")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.batch_size=64")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (see the module docstring)."""
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        run = build_run(cfg, args.resume)
+    except (ConfigError, ShardError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        status = train_loop(run)
+        run.recorder.dump(
+            run.run_dir, run.accelerator.process_index, run.state.step,
+            run.accelerator.unwrap_model(run.ctx.generator), run.ctx.discriminator_module,
+        )
+    except TrainingError as exc:
+        # The last good checkpoint stays as it is: nothing is saved on this exit.
+        print(f"error: {exc}", file=sys.stderr)
+        status = 1
+    finally:
+        run.stop.restore()
+        run.logger.close()
+        run.accelerator.end_training()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
