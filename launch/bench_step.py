@@ -1,0 +1,123 @@
+"""`colorize-bench step`: training-step speed on synthetic batches, per phase, and what it implies for a
+full schedule.
+
+Builds the networks, optimisers and losses exactly as `launch/train.py` does (same build functions,
+same step functions), feeds a fixed synthetic batch already on the device (so no data wait), and
+times `--steps` NoGAN steps and `--steps` GAN steps after `--warmup` untimed ones. The VGG feature
+loss is built with random weights (same cost as ImageNet weights, no download). Projected hours are
+for one device running `--schedule`'s steps at its global batch size (divide by the number of GPUs
+for ideal data-parallel scaling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+
+import torch
+
+from launch.config import ConfigError, load_config
+from launch.training.schedule import GAN, NOGAN
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="configs/imagenet.yaml", help="run config for model and losses")
+    parser.add_argument("--schedule", default="configs/imagenet.yaml", help="config whose schedule is projected")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: the config's)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per phase")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per phase before timing")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both networks (model.compile)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--features", type=int, default=None, help="generator width (default: the config's)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="further config overrides")
+
+
+def synthetic_batch(batch: int, size: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A smooth random colour batch: (L_net B×1×S×S, ab_net B×2×S×S) in [-1, 1] on `device`."""
+    from pipeline.lab import rgb_to_network
+
+    g = torch.Generator().manual_seed(seed)
+    rgb = torch.nn.functional.interpolate(torch.rand(batch, 3, 16, 16, generator=g), size=size, mode="bilinear")
+    L, ab = rgb_to_network(rgb)
+    return L.to(device), ab.to(device)
+
+
+def projected_hours(schedule_cfg, images_per_s: dict[str, float]) -> float:
+    """Hours for one device to run the schedule's NoGAN and GAN samples at the measured phase rates."""
+    batch = schedule_cfg.data.batch_size
+    nogan = schedule_cfg.schedule.nogan_steps * batch / images_per_s[NOGAN]
+    gan = schedule_cfg.schedule.gan_steps * batch / images_per_s[GAN]
+    return (nogan + gan) / 3600.0
+
+
+def _time_phase(ctx, step_fn, L, ab, warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds per step of `step_fn`, synchronised like the training loop (it reads the losses back)."""
+    for _ in range(warmup):
+        step_fn(ctx, L, ab)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        terms = step_fn(ctx, L, ab)
+        torch.stack([t.float() for t in terms.values()]).tolist()
+    return (time.perf_counter() - start) / steps
+
+
+def run(args: argparse.Namespace) -> int:
+    from launch.train import build_accelerator, build_feature_loss_if_used, build_models, build_optimizers
+    from launch.training.steps import StepContext, gan_step, nogan_step
+
+    try:
+        overrides = [f"run.device={args.device}", "loss.vgg_weights=none", *args.overrides]
+        if args.batch_size is not None:
+            overrides.append(f"data.batch_size={args.batch_size}")
+        if args.features is not None:
+            overrides.append(f"model.features={args.features}")
+        if args.compile:
+            overrides.append("model.compile=true")
+        cfg = load_config(args.config, overrides)
+        schedule_cfg = load_config(args.schedule)
+        if args.steps < 1 or args.warmup < 0:
+            raise ConfigError("--steps must be >= 1 and --warmup >= 0")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # Both phases are timed whatever the config's schedule says, so both need the feature loss decided
+    # by weight alone.
+    cfg = replace(cfg, schedule=replace(cfg.schedule, nogan_steps=1, gan_steps=1))
+    accelerator = build_accelerator(cfg, "disabled")
+    generator, discriminator = build_models(cfg, accelerator)
+    feature_loss = build_feature_loss_if_used(cfg, accelerator)
+    opt_nogan, opt_g, opt_d = build_optimizers(cfg, generator, discriminator, accelerator.device)
+    generator, discriminator, opt_nogan, opt_g, opt_d = accelerator.prepare(generator, discriminator, opt_nogan, opt_g, opt_d)
+    ctx = StepContext(
+        accelerator=accelerator, generator=generator, discriminator=discriminator,
+        discriminator_module=accelerator.unwrap_model(discriminator), opt_nogan=opt_nogan, opt_generator=opt_g,
+        opt_discriminator=opt_d, loss=cfg.loss, feature_loss=feature_loss, grad_clip=cfg.optim.grad_clip,
+    )
+    L, ab = synthetic_batch(cfg.data.batch_size, cfg.data.size, accelerator.device)
+    if accelerator.device.type == "cuda" and cfg.model.channels_last:
+        L, ab = L.contiguous(memory_format=torch.channels_last), ab.contiguous(memory_format=torch.channels_last)
+
+    device_name = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(
+        f"device {device_name}, precision {accelerator.mixed_precision}, batch {cfg.data.batch_size} at "
+        f"{cfg.data.size}², features {cfg.model.features}/{cfg.model.disc_features}, "
+        f"feature loss {'on' if feature_loss is not None else 'off'} (NoGAN weight {cfg.loss.feature_weight_nogan}, "
+        f"GAN weight {cfg.loss.feature_weight_gan}), compile {'on' if cfg.model.compile else 'off'}"
+    )
+    rates = {}
+    print(f"{'phase':<6} {'images/s':>10} {'step ms':>10}")
+    for phase, fn in ((NOGAN, nogan_step), (GAN, gan_step)):
+        seconds = _time_phase(ctx, fn, L, ab, args.warmup, args.steps, accelerator.device)
+        rates[phase] = cfg.data.batch_size / seconds
+        print(f"{phase:<6} {rates[phase]:>10.2f} {1000 * seconds:>10.1f}")
+    print("data wait  0 (synthetic batch already on the device; see `colorize-bench train` for the loader)")
+    s = schedule_cfg.schedule
+    print(
+        f"projected for {args.schedule} ({s.nogan_steps:,} NoGAN + {s.gan_steps:,} GAN steps × batch "
+        f"{schedule_cfg.data.batch_size}): {projected_hours(schedule_cfg, rates):,.1f} h on this device"
+    )
+    return 0

@@ -1,0 +1,136 @@
+"""Unit tests of the training loop's parts: schedule, checkpoints on disk, metrics file, W&B mode,
+sample grid, timing, signals, the batch-split check, the demo report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from launch.config import ConfigError, load_config
+from launch.training.checkpoint import latest_checkpoint, list_checkpoints
+from launch.training.logging import MetricsFile, read_metrics, resolve_wandb_mode
+from launch.training.samples import sample_grid, save_png
+from launch.training.schedule import GAN, NOGAN, is_phase_switch, learning_rate, phase_at
+from launch.training.signals import StopRequest
+from launch.training.timing import StepTimer
+
+
+def test_phases_and_switch():
+    cfg = load_config(None, ["schedule.nogan_steps=3", "schedule.gan_steps=2"])
+    assert [phase_at(s, cfg.schedule) for s in range(5)] == [NOGAN] * 3 + [GAN] * 2
+    assert [d for d in range(6) if is_phase_switch(d, cfg.schedule)] == [3]
+    no_gan = load_config(None, ["schedule.nogan_steps=3", "schedule.gan_steps=0"])
+    assert not any(is_phase_switch(d, no_gan.schedule) for d in range(5))
+
+
+def test_warmup_restarts_each_phase():
+    cfg = load_config(None, ["schedule.nogan_steps=10", "schedule.gan_steps=10", "optim.warmup_steps=4"])
+    nogan = [learning_rate(s, cfg.optim.nogan, cfg) for s in range(6)]
+    assert nogan == pytest.approx([0.25e-4, 0.5e-4, 0.75e-4, 1e-4, 1e-4, 1e-4])
+    gan = [learning_rate(s, cfg.optim.generator, cfg) for s in range(10, 15)]
+    assert gan == pytest.approx([0.5e-4, 1e-4, 1.5e-4, 2e-4, 2e-4])
+    flat = load_config(None)
+    assert learning_rate(0, flat.optim.nogan, flat) == flat.optim.nogan.lr
+
+
+def test_latest_checkpoint_ignores_partial_ones(tmp_path):
+    for name in ("step_2", "step_10", "step_12.tmp", "notes"):
+        (tmp_path / name).mkdir()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 10]  # numeric, not text, order
+    assert latest_checkpoint(tmp_path) == tmp_path / "step_10"
+    assert latest_checkpoint(tmp_path / "absent") is None
+
+
+def test_metrics_file_drops_steps_after_resume_point(tmp_path):
+    metrics = MetricsFile(tmp_path / "metrics.jsonl")
+    for step in range(1, 6):
+        metrics.append({"step": step, "phase": "nogan", "train/l1": 0.1 * step})
+    metrics.truncate_after(3)
+    assert [r["step"] for r in read_metrics(metrics.path)] == [1, 2, 3]
+
+
+def test_wandb_mode_auto_follows_credentials(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert resolve_wandb_mode("auto") == "offline"
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password 0123456789abcdef\n")
+    os.chmod(tmp_path / "netrc", 0o600)
+    assert resolve_wandb_mode("auto") == "online"
+    (tmp_path / "netrc").write_text("machine example.com login a password b\n")
+    assert resolve_wandb_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_wandb_mode("auto") == "online"
+    assert resolve_wandb_mode("disabled") == "disabled"
+
+
+def test_sample_grid_rows_are_grey_prediction_truth(tmp_path):
+    n, s = 2, 16
+    L = torch.zeros(n, 1, s, s)  # L* = 50
+    real = torch.zeros(n, 2, s, s)
+    real[:, 0] = 0.5  # a* = +64: red
+    fake = torch.zeros(n, 2, s, s)
+    fake[:, 1] = -0.5  # b* = -64: blue
+    grid = sample_grid(L, fake, real, padding=2)
+    assert grid.shape == (2 + n * (s + 2), 2 + 3 * (s + 2), 3) and grid.dtype == np.uint8
+    tile = lambda row, col: grid[2 + row * (s + 2) + s // 2, 2 + col * (s + 2) + s // 2].astype(int)
+    grey, pred, truth = tile(0, 0), tile(0, 1), tile(0, 2)
+    assert abs(grey[0] - grey[1]) <= 1 and abs(grey[1] - grey[2]) <= 1
+    assert pred[2] > pred[0] + 40  # blue prediction
+    assert truth[0] > truth[2] + 40  # red truth
+    out = save_png(grid, tmp_path / "samples" / "step_1.png")
+    assert out.is_file() and not list(out.parent.glob(".*tmp"))
+
+
+def test_step_timer_window_and_eta():
+    timer = StepTimer(images_per_step=4)
+    cfg = load_config(None, ["schedule.nogan_steps=10", "schedule.gan_steps=10"])
+    timer._phase_time[NOGAN], timer._phase_steps[NOGAN] = 2.0, 4  # 0.5 s/step measured
+    assert timer.eta_hours(4, cfg.schedule) == pytest.approx((6 * 0.5 + 10 * 0.5) / 3600)
+    timer._phase_time[GAN], timer._phase_steps[GAN] = 1.0, 1  # GAN measured at 1 s/step
+    assert timer.eta_hours(12, cfg.schedule) == pytest.approx(8 * 1.0 / 3600)
+    timer.start_step()
+    timer.data_ready()
+    timer.end_step(NOGAN)
+    window = timer.window()
+    assert 0 <= window["data/wait_fraction"] <= 1 and window["perf/step_ms"] >= 0
+    assert timer.window()["perf/images_per_s"] == 0.0  # the window was reset
+
+
+def test_stop_request_is_set_by_sigterm_and_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    stop = StopRequest().install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signal_name == "SIGTERM"
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_batch_must_split_over_processes():
+    from launch.train import check_batch_split
+
+    cfg = load_config(None, ["data.batch_size=6"])
+    check_batch_split(cfg, 3)
+    with pytest.raises(ConfigError, match=r"data.batch_size = 6 does not divide by the number of processes \(4\)"):
+        check_batch_split(cfg, 4)
+
+
+def test_demo_report_checks_both_criteria(tmp_path, capsys):
+    from launch.demo_report import main
+
+    rows = [{"step": s, "phase": "nogan", "train/l1": 1.0 if s <= 10 else 0.5} for s in range(1, 101)]
+    rows.append({"step": 100, "phase": "nogan", "eval/ab_l1": 9.0, "eval/ab_l1_grey": 12.0, "eval/psnr": 25.0, "eval/psnr_grey": 24.0})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "first tenth 1.0000 → last tenth 0.5000" in out and "9.000 vs grey baseline 12.000" in out
+    rows[-1]["eval/ab_l1"] = 13.0
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main([str(tmp_path)]) == 1
+    assert main([str(tmp_path / "missing")]) == 2
