@@ -1,0 +1,273 @@
+"""The `dali` backend: one DALI pipeline per rank, wrapped as a resumable (L, ab) iterator.
+
+Sharding: `fn.readers.webdataset(shard_id=rank, num_shards=world_size)` splits this split's samples
+(counted through the `.idx` files, so it works with fewer shards than ranks) into contiguous,
+disjoint parts, each rank reading its own; training shuffles within `data.shuffle_buffer`.
+
+Resume: the pipeline is built with checkpointing. `state_dict()` returns DALI's checkpoint of the
+batches *consumed* (the iterator's `checkpoints()` accounts for batches prefetched but not yet
+handed out), which holds the reader position and every RNG; `load_state_dict` rebuilds the pipeline
+from it, and the next batches are exactly those an uninterrupted loader would have yielded.
+
+Bad data: before building, each shard is checked against its index (a truncated tar has samples past
+its end). A sample DALI cannot decode stops the pipeline with the sample's source named; in
+`on_bad_sample: error` that becomes one `BadShardError` naming the shard and key. In `skip`, the bad
+sample's entry in a private copy of the shard's index is pointed at its nearest good neighbour's
+JPEG (so positions do not move), the pipeline is rebuilt from the last consumed checkpoint and the
+sample is counted in `skipped`: batches keep their size, and the replaced slot repeats a neighbour.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from launch.config import DataConfig
+from pipeline.dali_index import entries_past_end, read_index, substitute, write_index
+from pipeline.dali_pipeline import READER_NAME, colorization_pipeline
+from pipeline.lab_uint8 import lab_step
+from pipeline.loader_base import BadShardError, per_rank_batch, rank_slice
+from pipeline.shard_list import Shard, split_shards
+
+# "Failed to decode sample #5 : /path/train-000001.tar:166912:img-00020.jpg"
+_FAILED_SAMPLE = re.compile(r"Failed to decode sample #\d+ : (?P<tar>.+?\.tar):(?P<offset>\d+):(?P<member>\S+)")
+
+
+class DaliLoader:
+    """Iterable of (L B×1×S×S, ab B×2×S×S) float32 network-Lab batches on `device`, from DALI."""
+
+    def __init__(
+        self,
+        data_cfg: DataConfig,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        *,
+        split: str = "train",
+        endless: bool = True,
+        seed: int = 0,
+        return_keys: bool = False,
+        compile_lab: bool = False,
+    ) -> None:
+        self.cfg = data_cfg
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device)
+        self.gpu = self.device.type == "cuda"
+        self.split, self.endless, self.seed = split, endless, seed
+        self.return_keys = return_keys
+        self.batch_size = per_rank_batch(data_cfg, world_size)
+        self.shards: list[Shard] = split_shards(data_cfg.shards, split)
+        self.skipped = 0
+        self._excluded: dict[str, set[int]] = {}  # shard name → positions replaced in its index
+        self._indexes = {s.name: read_index(s.index_path) for s in self.shards}
+        for shard in self.shards:
+            self._check_truncation(shard)
+        total = sum(len(entries) for _, entries in self._indexes.values())
+        self.samples_per_epoch = len(rank_slice(total, rank, world_size))
+        self._lab = None if self.gpu else lab_step(compile_lab)
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._checkpoint: bytes | None = None  # to restore from at the next build
+        self._last_good: bytes | None = None  # consumed position, refreshed after every batch
+        self._iterator = None
+
+    # ---------------------------------------------------------------------------------------------
+    def _check_truncation(self, shard: Shard) -> None:
+        _, entries = self._indexes[shard.name]
+        past = entries_past_end(shard.path, entries)
+        if not past:
+            return
+        if self.cfg.on_bad_sample == "error":
+            raise BadShardError(
+                f"{shard.path}: truncated shard: {len(past)} of {len(entries)} samples lie past the end of the "
+                f"file (first: {entries[past[0]].key}); rebuild it, or set data.on_bad_sample=skip"
+            )
+        self._exclude(shard.name, past)
+
+    def _exclude(self, shard_name: str, positions) -> None:
+        new = set(positions) - self._excluded.setdefault(shard_name, set())
+        self._excluded[shard_name] |= new
+        self.skipped += len(new)
+
+    def _index_paths(self) -> list[Path]:
+        """The shards' .idx files, or patched copies for shards with replaced samples."""
+        if not any(self._excluded.values()):
+            return [s.index_path for s in self.shards]
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="colorization-idx-")
+        paths = []
+        for shard in self.shards:
+            bad = self._excluded.get(shard.name)
+            if not bad:
+                paths.append(shard.index_path)
+                continue
+            version, entries = self._indexes[shard.name]
+            try:
+                patched = substitute(entries, bad)
+            except Exception as exc:
+                raise BadShardError(f"{shard.path}: {exc}") from None
+            path = Path(self._tmp.name) / shard.index_path.name
+            write_index(path, version, patched)
+            paths.append(path)
+        return paths
+
+    def _build(self):
+        from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        pipe = colorization_pipeline(
+            tar_paths=[s.path for s in self.shards],
+            index_paths=self._index_paths(),
+            size=self.cfg.size,
+            crop=self.cfg.crop,
+            crop_scale=self.cfg.crop_scale,
+            crop_ratio=self.cfg.crop_ratio,
+            flip=self.cfg.flip,
+            train=self.endless,
+            shard_id=self.rank,
+            num_shards=self.world_size,
+            shuffle_buffer=self.cfg.shuffle_buffer,
+            gpu=self.gpu,
+            with_keys=self.return_keys,
+            batch_size=self.batch_size,
+            num_threads=self.cfg.num_threads,
+            device_id=self.device.index or 0 if self.gpu else None,
+            seed=self.seed * 1000 + self.rank + 1,  # distinct crops per rank; 0 would mean "random"
+            prefetch_queue_depth=self.cfg.prefetch,
+            checkpoint=self._checkpoint,
+        )
+        names = ["lab" if self.gpu else "rgb"] + (["key"] if self.return_keys else [])
+        try:
+            if self.endless:
+                # No reader_name: the iterator runs on across epochs (the reader wraps around), every
+                # batch full.
+                return DALIGenericIterator(pipe, names, size=-1)
+            return DALIGenericIterator(pipe, names, reader_name=READER_NAME,
+                                       last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+        except RuntimeError as exc:
+            self._raise_or_skip(exc)
+            return self._build()
+
+    # ---------------------------------------------------------------------------------------------
+    def _raise_or_skip(self, exc: RuntimeError) -> None:
+        """Turn DALI's error for an undecodable sample into BadShardError, or exclude the sample."""
+        match = _FAILED_SAMPLE.search(str(exc))
+        if match is not None:
+            tar = Path(match["tar"])
+            _, entries = self._indexes[tar.name]
+            offset = int(match["offset"])
+            bad = {tar.name: [i for i, e in enumerate(entries) if e.components.get("jpg", (None,))[0] == offset]}
+        elif "decoders" in str(exc) or "nvImageCodec" in str(exc):
+            # Bytes that are no image at all fail without naming the sample: find them by their header.
+            bad = self._find_non_jpeg()
+            if not bad:
+                raise exc
+        else:
+            raise exc
+        name, positions = next(iter(bad.items()))
+        shard = next(s for s in self.shards if s.name == name)
+        key = self._indexes[name][1][positions[0]].key
+        if self.cfg.on_bad_sample == "error":
+            raise BadShardError(
+                f"{shard.path}: sample {key} could not be decoded (set data.on_bad_sample=skip to drop such samples)"
+            ) from None
+        for name, positions in bad.items():
+            if not positions or set(positions) <= self._excluded.get(name, set()):
+                raise BadShardError(f"{shard.path}: sample {key} could not be decoded and could not be skipped") from None
+            self._exclude(name, positions)
+        # The failed pipeline is unusable: rebuild from the last consumed position.
+        self._iterator = None
+        if self._last_good is not None:
+            self._checkpoint = self._last_good
+
+    def _find_non_jpeg(self) -> dict[str, list[int]]:
+        """Shard name → positions of samples whose `jpg` bytes do not start with a JPEG marker."""
+        bad: dict[str, list[int]] = {}
+        for shard in self.shards:
+            _, entries = self._indexes[shard.name]
+            excluded = self._excluded.get(shard.name, set())
+            with open(shard.path, "rb") as f:
+                for i, entry in enumerate(entries):
+                    offset, size, _ = entry.components["jpg"]
+                    f.seek(offset)
+                    if i not in excluded and (size < 4 or f.read(3) != b"\xff\xd8\xff"):
+                        bad.setdefault(shard.name, []).append(i)
+        return bad
+
+    def _next_raw(self):
+        while True:
+            if self._iterator is None:
+                self._iterator = self._build()
+                self._last_good = self._iterator.checkpoints()[0]
+            try:
+                out = next(self._iterator)[0]
+            except StopIteration:
+                raise
+            except RuntimeError as exc:
+                self._raise_or_skip(exc)
+                continue
+            self._last_good = self._iterator.checkpoints()[0]
+            return out
+
+    def _to_network(self, out: dict):
+        if self.gpu:
+            lab = out["lab"]
+            batch = (lab[:, :1].contiguous(), lab[:, 1:].contiguous())
+        else:
+            batch = self._lab(out["rgb"])
+            if self.device.type != "cpu":
+                batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
+        if self.return_keys:
+            keys = [_key_text(row) for row in out["key"].cpu().numpy()]
+            return (*batch, keys)
+        return batch
+
+    def __iter__(self):
+        while True:
+            try:
+                out = self._next_raw()
+            except StopIteration:
+                return  # one pass done; auto_reset readies the next pass
+            yield self._to_network(out)
+
+    # ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Picklable, small: DALI's checkpoint of the consumed position, plus the skip bookkeeping."""
+        checkpoint = self._iterator.checkpoints()[0] if self._iterator is not None else self._checkpoint
+        return {
+            "backend": "dali",
+            "checkpoint": checkpoint,
+            "skipped": self.skipped,
+            "excluded": {name: sorted(pos) for name, pos in self._excluded.items() if pos},
+            "world_size": self.world_size,
+            "rank": self.rank,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("backend") != "dali":
+            raise ValueError(f"loader state is for backend {state.get('backend')!r}, not 'dali'")
+        if state.get("world_size") != self.world_size:
+            raise ValueError(
+                f"loader state was saved with {state.get('world_size')} processes, now {self.world_size}: "
+                "the data position cannot be carried over"
+            )
+        self._excluded = {name: set(pos) for name, pos in state.get("excluded", {}).items()}
+        self.skipped = int(state.get("skipped", 0))
+        self._checkpoint = state["checkpoint"]
+        self._iterator = None
+
+    def close(self) -> None:
+        self._iterator = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp.name, ignore_errors=True)
+            self._tmp = None
+
+
+def _key_text(row) -> str:
+    """`<tar path>:<offset>:<member>` padded bytes → `<shard file name>/<sample key>`."""
+    text = bytes(row).rstrip(b"\0").decode()
+    tar, _, member = text.rsplit(":", 2)
+    return f"{Path(tar).name}/{member.rsplit('.', 1)[0]}"

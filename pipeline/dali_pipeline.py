@@ -1,0 +1,102 @@
+"""The DALI pipeline: webdataset shards → JPEG decode → crop → flip → (Lab on the GPU) batches.
+
+One definition serves both devices. With a GPU (`device_id` set) JPEGs are decoded by nvJPEG
+(`device="mixed"`, using the hardware decoder where the chip has one), every later op runs on the GPU
+and RGB → CIELAB is computed inside the pipeline from DALI arithmetic with the constants of
+`pipeline/lab_uint8.py` (themselves those of `pipeline/lab.py`); the output is `lab`, B×3×S×S float32
+in network units (L_net, a_net, b_net). Without a GPU (`device_id=None`) every op runs on DALI's CPU
+threads and the output is `rgb`, B×3×S×S uint8 sRGB: DALI's CPU arithmetic is not vectorised, so the
+loader does the Lab step in torch, where it is several times cheaper (see BENCHMARKS.md).
+
+Crops: training with `crop="random_resized"` decodes only a random region of area fraction
+`crop_scale` and aspect ratio `crop_ratio` (`decoders.image_random_crop`, the ROI decode skips the
+rest of the JPEG) and resizes it to S×S; `crop="resize"` squashes the whole image to S×S (the seed);
+evaluation with `random_resized` resizes the shorter side to S and takes the centre S×S. The flip
+and the HWC→CHW transpose are one `crop_mirror_normalize`. With `with_keys`, a `key` output carries
+each sample's `<tar path>:<offset>:<member name>` as zero-padded bytes (debug and tests only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from nvidia.dali import fn, pipeline_def, types
+import nvidia.dali.math as dmath
+
+from pipeline.lab_uint8 import EPSILON, F_OFFSET, KAPPA_SLOPE, SRGB_THRESHOLD, lab_matrix, xyz_matrix
+
+READER_NAME = "Reader"
+KEY_WIDTH = 1024  # bytes of source info kept per sample in the debug `key` output
+
+
+def _lab_on_device(rgb_hwc_float):
+    """HWC float sRGB in [0, 1] → HWC float (L_net, a_net, b_net), as DALI arithmetic (GPU path)."""
+    v = rgb_hwc_float
+    high = v > SRGB_THRESHOLD
+    # Clamp inside pow so the unused branch stays finite.
+    lin = high * dmath.pow((dmath.max(v, SRGB_THRESHOLD) + 0.055) / 1.055, 2.4) + (1 - high) * (v / 12.92)
+    t = fn.coord_transform(lin, M=[x for row in xyz_matrix() for x in row])
+    cube = t > EPSILON
+    f = cube * dmath.cbrt(dmath.max(t, EPSILON)) + (1 - cube) * (t * KAPPA_SLOPE + F_OFFSET)
+    m, offset = lab_matrix()
+    return fn.coord_transform(f, M=[x for row in m for x in row], T=offset)
+
+
+@pipeline_def(enable_checkpointing=True)
+def colorization_pipeline(
+    *,
+    tar_paths: Sequence[Path],
+    index_paths: Sequence[Path],
+    size: int,
+    crop: str,
+    crop_scale: tuple[float, float],
+    crop_ratio: tuple[float, float],
+    flip: bool,
+    train: bool,
+    shard_id: int,
+    num_shards: int,
+    shuffle_buffer: int,
+    gpu: bool,
+    with_keys: bool,
+):
+    """Outputs `lab` (GPU: B×3×S×S float32 network Lab) or `rgb` (CPU: B×3×S×S uint8), then `key`."""
+    jpegs = fn.readers.webdataset(
+        paths=[str(p) for p in tar_paths],
+        index_paths=[str(p) for p in index_paths],
+        ext=["jpg"],
+        missing_component_behavior="error",
+        random_shuffle=train,
+        initial_fill=shuffle_buffer,
+        shard_id=shard_id,
+        num_shards=num_shards,
+        # One-pass evaluation: pad the rank's slice with its last sample so that epochs stay aligned;
+        # the iterator trims the padding (LastBatchPolicy.PARTIAL).
+        pad_last_batch=not train,
+        name=READER_NAME,
+    )
+    decoder = "mixed" if gpu else "cpu"
+    # On GPUs with a hardware JPEG decoder (A100, H100) it takes this share of the batch.
+    hw = {"hw_decoder_load": 0.65} if gpu else {}
+    if train and crop == "random_resized":
+        images = fn.decoders.image_random_crop(
+            jpegs, device=decoder, output_type=types.RGB, random_area=list(crop_scale),
+            random_aspect_ratio=list(crop_ratio), num_attempts=10, **hw,
+        )
+        images = fn.resize(images, size=[size, size])
+    elif crop == "resize":
+        images = fn.resize(fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **hw), size=[size, size])
+    else:  # deterministic evaluation view of a random_resized model: shorter side to S, centre crop
+        images = fn.resize(fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **hw), resize_shorter=size)
+    mirror = fn.random.coin_flip(probability=0.5) if (train and flip) else 0
+    if gpu:
+        hwc = fn.crop_mirror_normalize(images, crop=[size, size], mirror=mirror, mean=[0.0], std=[255.0],
+                                       dtype=types.FLOAT, output_layout="HWC")
+        out = fn.transpose(_lab_on_device(hwc), perm=[2, 0, 1], output_layout="CHW")
+    else:
+        out = fn.crop_mirror_normalize(images, crop=[size, size], mirror=mirror, dtype=types.UINT8,
+                                       output_layout="CHW")
+    if not with_keys:
+        return out
+    info = fn.get_property(jpegs, key="source_info")
+    return out, fn.pad(info, shape=[KEY_WIDTH], fill_value=0)

@@ -1,0 +1,49 @@
+"""`make_loader`: the one entry point that picks a backend from `data.backend`.
+
+All backends share the contract of `pipeline/loader_base.py`: iterate to get `(L, ab)` float32
+network-Lab batches (L B×1×S×S in [-1, 1], ab B×2×S×S) on `device`, B = data.batch_size //
+world_size; `state_dict()` / `load_state_dict()` for resuming; `skipped` (bad samples skipped so
+far); `samples_per_epoch` (this rank's share of the split).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from launch.config import DataConfig
+from pipeline.loader_base import per_rank_batch
+
+
+def make_loader(
+    data_cfg: DataConfig,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    *,
+    split: str = "train",
+    endless: bool = True,
+    seed: int = 0,
+    return_keys: bool = False,
+):
+    """A loader for `split` of `data_cfg.shards`, this rank's part, on `device`.
+
+    `endless=True` (training): shuffled, random crop and flip, never stops. `endless=False`
+    (evaluation): one deterministic pass per `iter()` in manifest order, no flip, the whole image
+    squashed (`data.crop: resize`) or resized by its shorter side and centre-cropped, last batch kept.
+    `return_keys=True` adds a list of `<shard file>/<sample key>` per batch (debugging, tests).
+    Raises ConfigError naming data.batch_size when it does not divide by world_size, ShardError for a
+    missing shards dir, manifest or shard.
+    """
+    per_rank_batch(data_cfg, world_size)
+    kwargs = dict(split=split, endless=endless, seed=seed, return_keys=return_keys)
+    if data_cfg.backend == "dali":
+        from pipeline.dali_loader import DaliLoader
+
+        return DaliLoader(data_cfg, rank, world_size, device, **kwargs)
+    if data_cfg.backend == "torch":
+        from pipeline.torch_loader import TorchLoader
+
+        return TorchLoader(data_cfg, rank, world_size, device, **kwargs)
+    from pipeline.seed_loader import SeedLoader
+
+    return SeedLoader(data_cfg, rank, world_size, device, **kwargs)

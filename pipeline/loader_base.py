@@ -1,0 +1,36 @@
+"""What every loader backend shares: the batch contract, errors, and how ranks split a split.
+
+Every backend yields `(L, ab)` — L B×1×S×S, ab B×2×S×S, float32 network Lab (`pipeline/lab.py`) on
+the requested device — or `(L, ab, keys)` in the debug mode `return_keys=True`, where `keys` lists
+each sample's `<shard file name>/<sample key>`. B is the per-rank batch, `data.batch_size //
+world_size`. Training loaders (`endless=True`) never stop; evaluation loaders (`endless=False`) make
+one deterministic pass per `iter()` and keep the last, partial batch.
+"""
+
+from __future__ import annotations
+
+from launch.config import ConfigError, DataConfig
+
+
+class BadShardError(RuntimeError):
+    """A shard that cannot be read, or a sample that cannot be decoded; the message names the shard."""
+
+
+def per_rank_batch(data_cfg: DataConfig, world_size: int) -> int:
+    """data.batch_size // world_size; ConfigError naming data.batch_size when it does not divide."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if data_cfg.batch_size % world_size:
+        raise ConfigError(
+            f"data.batch_size = {data_cfg.batch_size} does not divide by the number of processes ({world_size})"
+        )
+    return data_cfg.batch_size // world_size
+
+
+def rank_slice(total: int, rank: int, world_size: int) -> range:
+    """Sample positions [begin, end) of `rank` when `total` samples are split into contiguous parts.
+
+    The same arithmetic as DALI's readers (floor(total·r/W) … floor(total·(r+1)/W)), so every rank gets
+    total//W or total//W + 1 samples — never none while total >= world_size.
+    """
+    return range(total * rank // world_size, total * (rank + 1) // world_size)
