@@ -70,7 +70,7 @@ def _build(args) -> int:
     start = time.perf_counter()
     manifest = build_shards(args.src, args.out, options, progress=not args.quiet)
     seconds = time.perf_counter() - start
-    totals, counts = manifest["totals"], manifest["counts"]
+    totals, counts = manifest["totals"], manifest["splits"]
     print(
         f"{totals['images']} images → kept {totals['kept']} (train {counts['train']}, val {counts['val']}, "
         f"re-encoded {totals['converted']}), colourless {totals['colourless']}"

@@ -78,10 +78,12 @@ def random_crop(
     rng: np.random.Generator,
     long_side: tuple[int, int] = (300, 500),
     jitter: float = 0.0,
+    grain: float = 0.0,
 ) -> Image.Image:
     """A random crop (25–100 % of the area, aspect 3:4–4:3) of an RGB `photo`, rescaled so its longer
     side is in `long_side`, mirrored half the time; `jitter` > 0 varies brightness and saturation by up
-    to ±jitter (fraction)."""
+    to ±jitter (fraction); `grain` > 0 adds Gaussian sensor-like noise of that σ (0–255 levels), which
+    upscaled crops lack (it brings JPEG sizes up to camera photos')."""
     width, height = photo.size
     area = rng.uniform(0.25, 1.0) * width * height
     aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
@@ -98,6 +100,9 @@ def random_crop(
     if jitter > 0:
         crop = ImageEnhance.Brightness(crop).enhance(1 + rng.uniform(-jitter, jitter))
         crop = ImageEnhance.Color(crop).enhance(1 + rng.uniform(-jitter, jitter))
+    if grain > 0:
+        noisy = np.asarray(crop, dtype=np.float32) + rng.normal(0.0, grain, (crop.height, crop.width, 1))
+        crop = Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8))
     return crop
 
 
@@ -108,6 +113,7 @@ def write_photo_crops(
     quality: int = 90,
     long_side: tuple[int, int] = (300, 500),
     jitter: float = 0.0,
+    grain: float = 0.0,
 ) -> list[Path]:
     """Write `count` random crops as `directory/<class>/<nnnn>.jpg`, classes taking turns; return paths."""
     if count < 1:
@@ -120,7 +126,7 @@ def write_photo_crops(
         name = names[i % len(names)]
         path = directory / name / f"{i // len(names):04d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        crop = random_crop(_photo(name), rng, long_side, jitter)
+        crop = random_crop(_photo(name), rng, long_side, jitter, grain)
         write_bytes_atomic(path, encode_jpeg(crop, quality))
         paths.append(path)
     return paths

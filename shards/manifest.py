@@ -1,5 +1,7 @@
 """`manifest.json`: what a shards folder holds, written last and atomically by a build.
 
+Beside it: `train-000000.tar` … `val-000000.tar` …, each with its DALI index `<tar name>.idx`.
+
 Layout (paths relative to the source folder; the file's bytes depend only on the plan and the
 source contents, never on timing or worker count):
     format, version           "colorization-shards", 1
@@ -7,7 +9,7 @@ source contents, never on timing or worker count):
     options                   BuildOptions without `workers`
     plan_sha256               digest of the source listing + options (see `plan.plan_digest`)
     classes                   class names in `cls` order, or null when the source has no classes
-    counts                    {"train": samples, "val": samples}
+    splits                    {"train": samples, "val": samples}
     totals                    {"images", "kept", "converted", "colourless", "skipped", "bytes"}
     shards                    [{name, split, samples, bytes, sha256}], train then val, index order
     skipped                   [{path, reason}] undecodable files, sorted by path
@@ -43,7 +45,7 @@ def assemble_manifest(
         "options": options,
         "plan_sha256": plan_sha256,
         "classes": list(classes) if classes is not None else None,
-        "counts": {split: sum(r["samples"] for r in records if r["split"] == split) for split in SPLITS},
+        "splits": {split: sum(r["samples"] for r in records if r["split"] == split) for split in SPLITS},
         "totals": {
             "images": image_count,
             "kept": kept,

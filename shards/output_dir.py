@@ -16,8 +16,8 @@ from shards.manifest import MANIFEST_FILE
 from shards.progress import PROGRESS_DIR, read_json, read_plan_record, write_plan_record
 from shards.tar_writer import TEMP_SUFFIX
 
-SHARD_FILE = re.compile(r"^(train|val)-\d{6}\.(tar|idx)$")
-SHARD_TEMP_FILE = re.compile(r"^(train|val)-\d{6}\.(tar|idx)" + re.escape(TEMP_SUFFIX) + "$")
+SHARD_FILE = re.compile(r"^(train|val)-\d{6}\.tar(\.idx)?$")
+SHARD_TEMP_FILE = re.compile(r"^(train|val)-\d{6}\.tar(\.idx)?" + re.escape(TEMP_SUFFIX) + "$")
 ATOMIC_TEMP_FILE = re.compile(r"^\..+\.\d+\.tmp$")  # left by shards.atomic when killed mid-write
 
 

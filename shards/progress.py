@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from shards.atomic import write_json_atomic
+from shards.tar_writer import index_path
 
 PROGRESS_DIR = ".progress"
 PLAN_FILE = "plan.json"
@@ -68,7 +69,7 @@ def finished_shard_record(out: Path, shard_name: str) -> dict | None:
     if record.get("samples") == 0:
         return record
     tar = Path(out) / shard_name
-    index = tar.with_suffix(".idx")
+    index = index_path(tar)
     try:
         if tar.stat().st_size != record.get("bytes") or not index.is_file():
             return None

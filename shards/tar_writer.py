@@ -1,4 +1,4 @@
-"""Write one WebDataset shard deterministically and atomically, with its DALI index beside it.
+"""Write one WebDataset shard deterministically and atomically, with its DALI index `<shard>.idx` beside it.
 
 Byte-identical output for equal input: USTAR members with mtime 0, uid/gid 0, empty user/group names,
 mode 0o644, and a fixed member order per sample (`<key>.jpg`, then `<key>.cls` when the source has
@@ -33,8 +33,8 @@ class WrittenShard:
 
 
 def index_path(tar_path: Path) -> Path:
-    """The DALI index file beside a shard: `train-000000.tar` → `train-000000.idx`."""
-    return tar_path.with_suffix(".idx")
+    """The DALI index file beside a shard: `train-000000.tar` → `train-000000.tar.idx`."""
+    return tar_path.with_name(tar_path.name + ".idx")
 
 
 def write_index(tar_path: Path, idx_path: Path) -> None:
