@@ -9,6 +9,7 @@ each shard as its images come back → write the manifest last, atomically.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,12 @@ def _init_worker(source: Path, short_side: int | None, quality: int, keep_colour
     _worker_settings = (source, short_side, quality, keep_colourless)
 
 
+def _init_pool_worker(*settings) -> None:
+    # Ctrl-C is the parent's to handle (it stops the pool); workers would only add tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(*settings)
+
+
 def _inspect_in_worker(relative_path: str) -> Inspection:
     source, short_side, quality, keep_colourless = _worker_settings
     return inspect_file(source / relative_path, short_side, quality, keep_colourless)
@@ -49,7 +56,7 @@ def _inspections(source: Path, paths: list[str], options: BuildOptions) -> Itera
         return
     # Chunks amortise inter-process overhead yet stay small enough to keep every worker busy.
     chunksize = max(1, min(64, len(paths) // (options.workers * 8)))
-    with multiprocessing.Pool(options.workers, initializer=_init_worker, initargs=settings) as pool:
+    with multiprocessing.Pool(options.workers, initializer=_init_pool_worker, initargs=settings) as pool:
         yield from pool.imap(_inspect_in_worker, paths, chunksize=chunksize)
 
 

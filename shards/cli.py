@@ -103,7 +103,7 @@ def _demo_images(args) -> int:
 
     if args.count < 1:
         raise ShardsError(f"--count must be positive, got {args.count}")
-    paths = write_demo_images(args.dir, count=args.count, seed=args.seed)
+    paths = write_demo_images(args.dir, count=args.count, seed=args.seed, workers=default_workers())
     print(f"wrote {len(paths)} demo photos in {len({p.parent for p in paths})} class folders under {args.dir}")
     if args.heldout is not None:
         held = write_heldout_photos(args.heldout)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import io
+import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -106,6 +107,16 @@ def random_crop(
     return crop
 
 
+def _write_crop(job: tuple) -> Path:
+    directory, name, number, seed, quality, long_side, jitter, grain = job
+    # One generator per image, seeded by (seed, number): any image can be made alone, in any process.
+    rng = np.random.default_rng([seed, number])
+    path = directory / name / f"{number // len(colour_sources()):04d}.jpg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, encode_jpeg(random_crop(_photo(name), rng, long_side, jitter, grain), quality))
+    return path
+
+
 def write_photo_crops(
     directory,
     count: int,
@@ -114,27 +125,25 @@ def write_photo_crops(
     long_side: tuple[int, int] = (300, 500),
     jitter: float = 0.0,
     grain: float = 0.0,
+    workers: int = 1,
 ) -> list[Path]:
-    """Write `count` random crops as `directory/<class>/<nnnn>.jpg`, classes taking turns; return paths."""
+    """Write `count` random crops as `directory/<class>/<nnnn>.jpg`, classes taking turns; return paths.
+
+    The files depend on `count`, `seed` and the look options only, not on `workers`."""
     if count < 1:
         raise ValueError(f"count must be positive, got {count}")
-    directory = Path(directory)
     names = list(colour_sources())
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(count):
-        name = names[i % len(names)]
-        path = directory / name / f"{i // len(names):04d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        crop = random_crop(_photo(name), rng, long_side, jitter, grain)
-        write_bytes_atomic(path, encode_jpeg(crop, quality))
-        paths.append(path)
-    return paths
+    jobs = [(Path(directory), names[i % len(names)], i, seed, quality, long_side, jitter, grain) for i in range(count)]
+    if workers <= 1:
+        return [_write_crop(job) for job in jobs]
+    with multiprocessing.Pool(workers) as pool:
+        return pool.map(_write_crop, jobs, chunksize=8)
 
 
-def write_demo_images(directory, count: int = 400, seed: int = 0) -> list[Path]:
+def write_demo_images(directory, count: int = 400, seed: int = 0, workers: int = 1) -> list[Path]:
     """The demo training photos (see module doc) in `directory`; returns the written paths."""
-    return write_photo_crops(directory, count, seed=seed, quality=90, long_side=(300, 500), jitter=0.05)
+    return write_photo_crops(directory, count, seed=seed, quality=90, long_side=(300, 500), jitter=0.05,
+                             workers=workers)
 
 
 def write_heldout_photos(directory) -> list[Path]:
