@@ -55,6 +55,15 @@ def _gaussian_window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return g / g.sum()
 
 
+def _band(g: torch.Tensor, n: int) -> torch.Tensor:
+    """(n − 10)×n matrix whose row i holds the 11-tap window `g` at columns i … i + 10."""
+    taps = g.numel()
+    rows = torch.arange(n - taps + 1, device=g.device)
+    band = torch.zeros(n - taps + 1, n, dtype=g.dtype, device=g.device)
+    band[rows.unsqueeze(1), rows.unsqueeze(1) + torch.arange(taps, device=g.device)] = g
+    return band
+
+
 def ssim_rgb(pred_rgb: torch.Tensor, true_rgb: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Structural similarity of B×C×H×W images in [0, 1] (data range 1), averaged over channels.
 
@@ -63,15 +72,18 @@ def ssim_rgb(pred_rgb: torch.Tensor, true_rgb: torch.Tensor, reduction: str = "m
     """
     if min(pred_rgb.shape[-2:]) < 2 * SSIM_RADIUS + 1:
         raise ValueError(f"ssim_rgb needs images of at least {2 * SSIM_RADIUS + 1}×{2 * SSIM_RADIUS + 1}, got {tuple(pred_rgb.shape[-2:])}")
-    x = pred_rgb.double()
-    y = true_rgb.double()
-    b, c, h, w = x.shape
+    # float32: the statistics of [0, 1] images lose < 1e-6 to rounding, far below SSIM's constants
+    # (C2 = 9e-4), and float64 convolutions are several times slower on CPU.
+    x = pred_rgb.float()
+    y = true_rgb.float()
+    h, w = x.shape[-2:]
+    # The separable Gaussian "valid" filter as two banded matrices: blur(t) = G_h · t · G_wᵀ. On CPU
+    # this matmul is several times faster than a grouped convolution.
     g = _gaussian_window(x.dtype, x.device)
-    kernel_h = g.view(1, 1, -1, 1).expand(c, 1, -1, 1)
-    kernel_w = g.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    band_h, band_w = _band(g, h), _band(g, w)
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(t, kernel_h, groups=c), kernel_w, groups=c)
+        return band_h @ t @ band_w.T
 
     mu_x, mu_y = blur(x), blur(y)
     var_x = blur(x * x) - mu_x**2
