@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 
-from launch.config import Config, ConfigError, dump_config, load_config
+from launch.config import Config, ConfigError, config_to_dict, dump_config, load_config
 from launch.training.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from launch.training.debug import SampleRecorder, maybe_kill_after_checkpoint
 from launch.training.errors import TrainingError
@@ -42,6 +42,7 @@ from losses import build_feature_loss
 from models import build_discriminator, build_generator
 from models.export import save_generator
 from pipeline import make_loader
+from pipeline.loader_base import BadShardError
 from pipeline.shard_list import ShardError, split_shards
 
 
@@ -195,21 +196,17 @@ def build_logger(cfg: Config, accelerator: Accelerator, wandb_mode: str, start_s
         init = {"name": cfg.run.name, "dir": str(cfg.run_dir), "mode": wandb_mode}
         if cfg.logging.entity:
             init["entity"] = cfg.logging.entity
-        accelerator.init_trackers(cfg.logging.project, config=_plain_config(cfg), init_kwargs={"wandb": init})
+        accelerator.init_trackers(cfg.logging.project, config=config_to_dict(cfg), init_kwargs={"wandb": init})
     logger = RunLogger(accelerator, cfg.run_dir, cfg.total_steps, start_step, wandb_mode)
     if wandb_mode == "offline":
         logger.write(f"W&B is offline (no credentials): upload later with `wandb sync {cfg.run_dir / 'wandb'}/offline-run-*`")
     return logger
 
 
-def _plain_config(cfg: Config) -> dict:
-    from launch.config import config_to_dict
-
-    return config_to_dict(cfg)
-
-
 def build_run(cfg: Config, resume: bool) -> Run:
     """Build everything, restore the latest checkpoint when resuming, and return the ready Run."""
+    # Missing or incomplete shards are a user mistake: say so before anything is built or written.
+    split_shards(cfg.data.shards, "train", need_index=cfg.data.backend == "dali")
     wandb_mode = resolve_wandb_mode(cfg.logging.wandb)
     if wandb_mode != "disabled":
         keep_wandb_files_in(cfg.run_dir)
@@ -317,17 +314,17 @@ def write_samples(run: Run, step: int) -> None:
     run.logger.log_image(step, "samples/grid", grid)
 
 
-def run_eval(run: Run, step: int, phase: str) -> None:
-    """Score the val split on all ranks; log eval/* beside the grey baseline."""
+def run_eval(run: Run, step: int) -> dict[str, float]:
+    """Score the val split on all ranks: eval/* beside the grey baseline (empty without a val split)."""
     if not run.has_val:
-        return
+        return {}
     generator = run.accelerator.unwrap_model(run.ctx.generator)
     values = evaluate(run.accelerator, generator, val_batches(run.cfg, run.accelerator), run.cfg.logging.eval_batches)
-    run.logger.log(step, phase, values)
     run.logger.write(
         f"step {step}: eval ab-L1 {values['eval/ab_l1']:.3f} (grey {values['eval/ab_l1_grey']:.3f}), "
         f"PSNR {values['eval/psnr']:.2f} dB (grey {values['eval/psnr_grey']:.2f})"
     )
+    return values
 
 
 def save(run: Run, step: int, phase: str) -> None:
@@ -372,18 +369,20 @@ def train_loop(run: Run) -> int:
         timer.end_step(phase)
         check_finite(values, done)
 
-        # 5. Scalars and progress (rank 0).
-        run.logger.progress(done, phase, values)
-        if done % log_every == 0 or done == total:
-            perf = timer.window()
-            perf["perf/eta_hours"] = timer.eta_hours(done, cfg.schedule)
-            run.logger.log(done, phase, {**values, **lrs, **perf})
-
-        # 6. Pictures and validation metrics.
+        # 5. Pictures and validation metrics.
+        record: dict[str, float] = {}
         if done % cfg.logging.sample_every_steps == 0 or done == total:
             write_samples(run, done)
         if done % cfg.logging.eval_every_steps == 0 or done == total:
-            run_eval(run, done, phase)
+            record.update(run_eval(run, done))
+
+        # 6. Scalars (one metrics.jsonl line per logged step) and progress, rank 0.
+        if done % log_every == 0 or done == total:
+            record.update(values, **lrs, **timer.window())
+            record["perf/eta_hours"] = timer.eta_hours(done, cfg.schedule)
+        if record:
+            run.logger.log(done, phase, record)
+        run.logger.progress(done, phase, values)
 
         # 7. Checkpoints: on schedule, at the NoGAN → GAN switch, at the end, and when asked to stop.
         if done % cfg.checkpoint.every_steps == 0 or is_phase_switch(done, cfg.schedule) or done == total or stop:
@@ -423,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             run.run_dir, run.accelerator.process_index, run.state.step,
             run.accelerator.unwrap_model(run.ctx.generator), run.ctx.discriminator_module,
         )
-    except TrainingError as exc:
+    except (TrainingError, BadShardError) as exc:
         # The last good checkpoint stays as it is: nothing is saved on this exit.
         print(f"error: {exc}", file=sys.stderr)
         status = 1

@@ -71,3 +71,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wandb_history(run_file: Path) -> list[dict[str, str]]:
+    """History rows (key → JSON text) of an offline W&B run file `run-<id>.wandb`.
+
+    wandb ≥ 0.20 ships no Python reader for its transaction log, so this reads the format directly:
+    a 7-byte file header (":W&B", magic, version), then LevelDB-log framing — 32 KiB blocks of records
+    with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last) — around protobuf
+    `Record` messages.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B", f"{run_file}: not a W&B run file"
+    block, pos, pending, rows = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        room = block - pos % block
+        if room < 7:  # block trailer padding
+            pos += room
+            continue
+        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
+        kind = data[pos + 6]
+        payload = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending = payload if kind in (1, 2) else pending + payload
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            if record.WhichOneof("record_type") == "history":
+                rows.append({(i.key or "/".join(i.nested_key)): i.value_json for i in record.history.item})
+    return rows

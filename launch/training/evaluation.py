@@ -42,10 +42,10 @@ def evaluate(
                 grey = torch.zeros_like(ab)
                 n = L.shape[0]
                 truth_rgb = network_to_rgb(L, ab)
-                sums[0] += ab_l1_lab_units(fake, ab).double() * n
-                sums[1] += ab_l1_lab_units(grey, ab).double() * n
-                sums[2] += psnr_rgb(network_to_rgb(L, fake), truth_rgb).double() * n
-                sums[3] += psnr_rgb(network_to_rgb(L, grey), truth_rgb).double() * n
+                sums[0] += ab_l1_lab_units(fake, ab, reduction="none").double().sum()
+                sums[1] += ab_l1_lab_units(grey, ab, reduction="none").double().sum()
+                sums[2] += psnr_rgb(network_to_rgb(L, fake), truth_rgb, reduction="none").double().sum()
+                sums[3] += psnr_rgb(network_to_rgb(L, grey), truth_rgb, reduction="none").double().sum()
                 sums[4] += n
     finally:
         generator.train(was_training)

@@ -39,15 +39,24 @@ def resolve_wandb_mode(setting: str) -> str:
     return setting
 
 
+_SET_BY_US: set[str] = set()
+
+
 def keep_wandb_files_in(run_dir: Path) -> None:
-    """Point W&B's run, cache, staging and settings folders into the run directory (unless the user set
-    them), so an offline run writes nothing under the home directory."""
+    """Point W&B's cache, staging and settings folders into the run directory (unless the user set
+    them), so an offline run writes nothing under the home directory. (The run files themselves go to
+    `<run_dir>/wandb/` through `init(dir=run_dir)`.)"""
     wandb_dir = run_dir / "wandb"
     wandb_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("WANDB_DIR", str(run_dir))
-    os.environ.setdefault("WANDB_CACHE_DIR", str(wandb_dir / ".cache"))
-    os.environ.setdefault("WANDB_DATA_DIR", str(wandb_dir / ".data"))
-    os.environ.setdefault("WANDB_CONFIG_DIR", str(wandb_dir / ".config"))
+    for name, value in (
+        ("WANDB_CACHE_DIR", wandb_dir / ".cache"),
+        ("WANDB_DATA_DIR", wandb_dir / ".data"),
+        ("WANDB_CONFIG_DIR", wandb_dir / ".config"),
+    ):
+        # Ours from an earlier run in this process may be replaced; the user's own setting never is.
+        if name not in os.environ or name in _SET_BY_US:
+            os.environ[name] = str(value)
+            _SET_BY_US.add(name)
 
 
 class MetricsFile:

@@ -1,0 +1,145 @@
+"""The training entry point end to end on CPU, one process: both phases, outputs, exact resume after
+a SIGKILL, SIGTERM, non-finite losses, config errors, W&B offline files."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from _train_helpers import REPO, TRAIN_SCRIPT, build_tiny_shards, run_train, subprocess_env, tiny_config, wandb_history
+from launch.training.logging import read_metrics
+
+LOSS_KEYS = ("train/l1", "train/g_total", "train/g_adv", "train/d_real", "train/d_fake", "train/d_total")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return build_tiny_shards(tmp_path_factory.mktemp("train_data"))
+
+
+def _losses(records: list[dict], steps: range) -> dict[int, dict[str, float]]:
+    by_step = {r["step"]: r for r in records if "train/l1" in r}
+    return {s: {k: by_step[s][k] for k in LOSS_KEYS if k in by_step[s]} for s in steps}
+
+
+def test_exact_resume_after_sigkill_across_phase_switch(shards, tmp_path):
+    """2N steps straight vs killed after the checkpoint at N then resumed: identical losses N+1…2N,
+    with the NoGAN → GAN switch inside N+1…2N. Also checks the run directory's contents."""
+    n = 3
+    config = tiny_config(
+        tmp_path / "tiny.yaml", shards, tmp_path / "runs",
+        schedule={"nogan_steps": 4, "gan_steps": 2},
+        checkpoint={"every_steps": n, "keep_last": 2},
+        logging={"every_steps": 1, "sample_every_steps": 3, "eval_every_steps": 3, "eval_batches": 1,
+                 "wandb": "offline"},
+    )
+    # All three runs are child processes with the same environment (thread count included): float
+    # reductions then happen in the same order, and equality can be asked for to ~1 ulp.
+    straight = run_train(["--config", str(config), "run.name=straight"])
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    killed = run_train(["--config", str(config), "run.name=cut"],
+                       env=subprocess_env(COLORIZE_DEBUG_KILL_AFTER_CHECKPOINT=str(n)))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    cut = tmp_path / "runs" / "cut"
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == [f"step_{n}"]
+
+    resumed = run_train(["--config", str(config), "run.name=cut", "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from {cut / 'checkpoints' / f'step_{n}'} (step {n}, phase nogan)" in resumed.stderr
+
+    straight_records = read_metrics(tmp_path / "runs" / "straight" / "metrics.jsonl")
+    cut_records = read_metrics(cut / "metrics.jsonl")
+    assert [r["step"] for r in cut_records] == [r["step"] for r in straight_records] == list(range(1, 7))
+    assert [r["phase"] for r in cut_records] == ["nogan"] * 4 + ["gan"] * 2
+    expected, got = _losses(straight_records, range(n + 1, 2 * n + 1)), _losses(cut_records, range(n + 1, 2 * n + 1))
+    assert set(got[6]) == set(LOSS_KEYS)  # GAN steps report every term
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), f"step {step}"
+    # Eval after resume sees the same generator as the straight run.
+    assert cut_records[-1]["eval/ab_l1"] == pytest.approx(straight_records[-1]["eval/ab_l1"], rel=1e-5)
+
+    # Run directory: config, samples, checkpoints (keep_last 2, no partial ones), exported generator.
+    run_dir = tmp_path / "runs" / "straight"
+    assert "nogan_steps: 4" in (run_dir / "config.yaml").read_text()
+    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["step_3.png", "step_6.png"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_4", "step_6"]  # 3 pruned
+    assert {"loader_rank0.pt", "custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer_2.bin"} <= {
+        p.name for p in (run_dir / "checkpoints" / "step_6").iterdir()
+    }
+    sidecar = json.loads((run_dir / "generator.json").read_text())
+    assert sidecar["step"] == 6 and sidecar["phase"] == "gan" and sidecar["model"]["features"] == 8
+    with safe_open(str(run_dir / "generator.safetensors"), framework="pt") as f:
+        assert "initial_down.0.weight" in f.keys()
+
+    # W&B offline: a run file under the run dir holding the expected metric keys, one row per step.
+    (run_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    rows = wandb_history(run_file)
+    keys = set().union(*rows)
+    for key in (*LOSS_KEYS, "train/lr_g", "train/lr_d", "train/d_out_real", "train/d_out_fake", "perf/images_per_s",
+                "perf/step_ms", "perf/eta_hours", "data/wait_fraction", "eval/ab_l1", "eval/ab_l1_grey",
+                "eval/psnr", "eval/psnr_grey", "samples/grid/path"):
+        assert key in keys, key
+    assert sorted({int(r["_step"]) for r in rows}) == list(range(1, 7))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(shards, tmp_path):
+    config = tiny_config(tmp_path / "tiny.yaml", shards, tmp_path / "runs", schedule={"nogan_steps": 500, "gan_steps": 0})
+    proc = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), "--config", str(config)], cwd=REPO,
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "tiny" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    step = read_metrics(metrics)[-1]["step"]
+    assert f"step {step}: stopped by SIGTERM; checkpoint saved" in stderr
+    assert (tmp_path / "runs" / "tiny" / "checkpoints" / f"step_{step}" / "loader_rank0.pt").is_file()
+    assert json.loads((tmp_path / "runs" / "tiny" / "generator.json").read_text())["step"] == step
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(shards, tmp_path, monkeypatch, capsys):
+    import torch
+
+    import launch.training.steps as steps
+    from launch.train import main
+
+    real_l1, calls = steps.ab_l1, {"n": 0}
+
+    def l1_nan_on_third_step(fake, real):
+        calls["n"] += 1
+        value = real_l1(fake, real)
+        return value * torch.nan if calls["n"] == 3 else value
+
+    monkeypatch.setattr(steps, "ab_l1", l1_nan_on_third_step)
+    config = tiny_config(tmp_path / "tiny.yaml", shards, tmp_path / "runs",
+                         schedule={"nogan_steps": 5, "gan_steps": 0}, checkpoint={"every_steps": 2})
+    assert main(["--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "error: non-finite loss at step 3: train/l1 = nan" in err
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny" / "checkpoints").iterdir()) == ["step_2"]
+    assert json.loads((tmp_path / "runs" / "tiny" / "generator.json").read_text())["step"] == 2
+
+
+def test_config_mistakes_are_one_line_errors(shards, tmp_path, capsys):
+    from launch.train import main
+
+    config = tiny_config(tmp_path / "tiny.yaml", shards, tmp_path / "runs")
+    assert main(["--config", str(config), "optim.nogan.lr=-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "optim.nogan.lr" in err and len(err.splitlines()) == 1
+    assert main(["--config", str(config), "data.shards=" + str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "nowhere" in err and "Traceback" not in err
+    result = run_train(["--config", str(config), "model.features=zero"])
+    assert result.returncode == 2 and "model.features" in result.stderr and "Traceback" not in result.stderr
