@@ -143,3 +143,22 @@ def test_config_mistakes_are_one_line_errors(shards, tmp_path, capsys):
     assert err.startswith("error: ") and "nowhere" in err and "Traceback" not in err
     result = run_train(["--config", str(config), "model.features=zero"])
     assert result.returncode == 2 and "model.features" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_step_and_train_print_phase_rates_and_projection(shards, tmp_path, capsys):
+    from launch.bench import main as bench
+
+    config = tiny_config(tmp_path / "tiny.yaml", shards, tmp_path / "runs")
+    assert bench(["step", "--config", str(config), "--steps", "1", "--warmup", "0", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "batch 2 at 256², features 8/8" in out
+    assert out.count("nogan ") == 1 and out.count("gan ") == 2  # "nogan " contains "gan "
+    assert "projected for configs/imagenet.yaml (50,000 NoGAN + 75,000 GAN steps × batch 64)" in out
+
+    assert bench(["train", "--config", str(config), "--steps", "2", "--warmup", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith(("nogan", "gan"))}
+    assert set(rows) == {"nogan", "gan"}
+    for images_per_s, step_ms, wait in rows.values():
+        assert float(images_per_s) > 0 and float(step_ms) > 0 and 0 <= float(wait.rstrip("%")) <= 100
+    assert "h on this device" in out
