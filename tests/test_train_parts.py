@@ -134,3 +134,27 @@ def test_demo_report_checks_both_criteria(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main([str(tmp_path)]) == 1
     assert main([str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.gpu
+def test_one_bf16_cuda_step_of_each_phase_is_finite():
+    """The CUDA path: bf16 autocast, channels_last, fused Adam, both phases; losses finite."""
+    from launch.bench_step import synthetic_batch
+    from launch.train import build_accelerator, build_feature_loss_if_used, build_models, build_optimizers
+    from launch.training.steps import StepContext, gan_step, nogan_step
+
+    cfg = load_config(None, ["run.device=cuda", "model.features=8", "model.disc_features=16",
+                             "loss.vgg_weights=none", "data.batch_size=2"])
+    accelerator = build_accelerator(cfg, "disabled")
+    assert accelerator.mixed_precision == "bf16"
+    G, D = build_models(cfg, accelerator)
+    opts = build_optimizers(cfg, G, D, accelerator.device)
+    assert all(o.defaults["fused"] for o in opts)
+    G, D, *opts = accelerator.prepare(G, D, *opts)
+    ctx = StepContext(accelerator, G, D, accelerator.unwrap_model(D), *opts, loss=cfg.loss,
+                      feature_loss=build_feature_loss_if_used(cfg, accelerator), grad_clip=0.0)
+    L, ab = synthetic_batch(2, 256, accelerator.device)
+    L, ab = L.contiguous(memory_format=torch.channels_last), ab.contiguous(memory_format=torch.channels_last)
+    for step in (nogan_step, gan_step):
+        terms = step(ctx, L, ab)
+        assert all(torch.isfinite(v).item() for v in terms.values()), terms
