@@ -12,6 +12,11 @@ from __future__ import annotations
 from launch.config import ConfigError, DataConfig
 
 
+# DataLoader workers start from a fork server, not by forking this process: a fork taken while DALI's
+# (or any) threads hold locks can deadlock the child, and the benchmark runs every backend in one process.
+WORKER_START = "forkserver"
+
+
 class BadShardError(RuntimeError):
     """A shard that cannot be read, or a sample that cannot be decoded; the message names the shard."""
 

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from launch.config import DataConfig
-from pipeline.loader_base import BadShardError, per_rank_batch, rank_slice
+from pipeline.loader_base import WORKER_START, BadShardError, per_rank_batch, rank_slice
 from pipeline.shard_list import split_shards
 
 
@@ -109,7 +109,8 @@ class SeedLoader:
             start = self.batch_in_epoch * self.batch_size if self.endless else 0
             loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self._order(epoch)[start:],
                                 num_workers=self.cfg.num_threads, pin_memory=self.device.type == "cuda",
-                                collate_fn=_collate)
+                                collate_fn=_collate,
+                                multiprocessing_context=WORKER_START)
             self.epoch = epoch
             for lightness, ab, keys, skipped in loader:
                 self.skipped += skipped

@@ -31,7 +31,7 @@ from torchvision.transforms import v2
 
 from launch.config import DataConfig
 from pipeline.lab_uint8 import uint8_planar_to_network
-from pipeline.loader_base import BadShardError, per_rank_batch
+from pipeline.loader_base import WORKER_START, BadShardError, per_rank_batch
 from pipeline.shard_list import split_shards
 
 
@@ -178,7 +178,8 @@ class TorchLoader:
                            start_batch=self._start_batch)
         loader = DataLoader(dataset, batch_size=None, num_workers=self.cfg.num_threads,
                             pin_memory=self.device.type == "cuda", prefetch_factor=self.cfg.prefetch,
-                            persistent_workers=False)
+                            persistent_workers=False,
+                            multiprocessing_context=WORKER_START)
         self.batches = self._start_batch
         self._start_batch = 0 if not self.endless else self._start_batch
         for lightness, ab, keys, skipped in loader:
