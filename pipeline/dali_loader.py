@@ -51,7 +51,6 @@ class DaliLoader:
         endless: bool = True,
         seed: int = 0,
         return_keys: bool = False,
-        compile_lab: bool = False,
     ) -> None:
         self.cfg = data_cfg
         self.rank, self.world_size = rank, world_size
@@ -68,7 +67,7 @@ class DaliLoader:
             self._check_truncation(shard)
         total = sum(len(entries) for _, entries in self._indexes.values())
         self.samples_per_epoch = len(rank_slice(total, rank, world_size))
-        self._lab = None if self.gpu else lab_step(compile_lab)
+        self._lab = None if self.gpu else lab_step(data_cfg.compile_lab)
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._checkpoint: bytes | None = None  # to restore from at the next build
         self._last_good: bytes | None = None  # consumed position, refreshed after every batch

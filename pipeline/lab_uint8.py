@@ -4,9 +4,10 @@
 constants folded: D65 white and the RGB→XYZ matrix become one 3×3 matrix (`xyz_matrix`), and
 L*/a*/b* together with the network scaling (L/50 − 1, ab/128) become a second 3×3 matrix plus an
 offset (`lab_matrix`). The per-pixel work is written as plain elementwise torch ops on the three
-colour planes so that `torch.compile` can fuse it into one vectorised loop (on CPU that is ~10× the
-eager speed; the loaders compile it when `compile=True` and fall back to eager otherwise).
-Results match `pipeline.lab.rgb_to_network` within 1e-5 in normalised units (float32).
+colour planes. `uint8_planar_to_network` is exact (within 1e-5 of `pipeline.lab.rgb_to_network` in
+normalised units); `uint8_planar_to_network_tables` replaces the sRGB curve and the cube root by table
+lookups and is what `torch.compile` fuses into one loop for the DALI backend's CPU path (several
+times faster than eager torch on the CPU; within 4.6e-4). See BENCHMARKS.md for the figures.
 
 The DALI pipeline's GPU path uses the same folded constants, so every path computes one formula.
 """
@@ -63,18 +64,50 @@ def uint8_planar_to_network(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return lab[0].unsqueeze(1), torch.stack(lab[1:], dim=1)
 
 
+# f(t) as a table over t in [0, 1] (X/Xn, Y/Yn, Z/Zn never exceed 1 for sRGB input), read at the
+# nearest of 65,536 steps: the fused kernel then has no transcendental call per pixel. Worst case
+# 4.6e-4 in network units (at t ≈ ε, where f is steepest): inside the 1e-3 budget, measured in tests.
+_F_STEPS = 65535
+
+
+def _tables() -> tuple[torch.Tensor, torch.Tensor]:
+    from pipeline.lab import srgb_to_linear
+
+    linear = srgb_to_linear(torch.arange(256, dtype=torch.float64) / 255.0).float()
+    t = torch.arange(_F_STEPS + 1, dtype=torch.float64) / _F_STEPS
+    f = torch.where(t > EPSILON, t.pow(1.0 / 3.0), t * KAPPA_SLOPE + F_OFFSET).float()
+    return linear, f
+
+
+_LINEAR_TABLE, _F_TABLE = _tables()
+
+
+def uint8_planar_to_network_tables(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """As `uint8_planar_to_network`, by table lookups (for torch.compile; ≤ 4.6e-4 off, see above)."""
+    lin = _LINEAR_TABLE[rgb.int()]
+    r, g, b = lin[:, 0], lin[:, 1], lin[:, 2]
+    fx, fy, fz = (_F_TABLE[(m[0] * r + m[1] * g + m[2] * b).mul(_F_STEPS).add(0.5).clamp(0, _F_STEPS).int()]
+                  for m in _XYZ)
+    lab = [m[0] * fx + m[1] * fy + m[2] * fz + o for m, o in zip(_LAB, _LAB_OFFSET)]
+    return lab[0].unsqueeze(1), torch.stack(lab[1:], dim=1)
+
+
 def lab_step(compile: bool) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """The uint8 → network-Lab function, fused with torch.compile when asked and possible."""
+    """The uint8 → network-Lab function: the table form fused by torch.compile, or exact eager torch.
+
+    Compiling takes a few seconds on first use (cached on disk afterwards); if it fails (no C++
+    compiler, unsupported platform) the eager function is used, with a warning.
+    """
     if not compile:
         return uint8_planar_to_network
-    compiled = torch.compile(uint8_planar_to_network, dynamic=False)
+    compiled = torch.compile(uint8_planar_to_network_tables, dynamic=False)
 
     def run(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal compiled
         if compiled is not uint8_planar_to_network:
             try:
                 return compiled(rgb)
-            except Exception as exc:  # no C++ compiler, unsupported platform: eager is correct, only slower
+            except Exception as exc:  # eager is correct, only slower
                 log.warning("torch.compile of the Lab step failed (%s); using eager torch", exc)
                 compiled = uint8_planar_to_network
         return uint8_planar_to_network(rgb)

@@ -34,7 +34,8 @@ def shards(tmp_path_factory, colour_photos):
 
 
 def cfg_for(root: Path, **kw) -> DataConfig:
-    base = dict(shards=str(root), batch_size=8, shuffle_buffer=16, num_threads=2)
+    # The compiled Lab step has its own test; eager keeps the others free of compile time.
+    base = dict(shards=str(root), batch_size=8, shuffle_buffer=16, num_threads=2, compile_lab=False)
     base.update(kw)
     return DataConfig(**base)
 
@@ -57,6 +58,18 @@ def test_uint8_lab_step_matches_reference_and_skimage(colour_photos):
     assert (lightness - ref_l).abs().max() < 1e-5 and (ab - ref_ab).abs().max() < 1e-5
     sk = torch.from_numpy(rgb2lab(rgb[0].numpy())).permute(2, 0, 1)
     assert (lightness[0, 0].double() - (sk[0] / 50 - 1)).abs().max() < 1e-4
+
+
+def test_compiled_table_lab_step_stays_within_budget(colour_photos):
+    from pipeline.lab_uint8 import lab_step, uint8_planar_to_network_tables
+
+    grid = torch.arange(256, dtype=torch.uint8)
+    every_pair = torch.stack(torch.meshgrid(grid, grid, indexing="ij"))  # all (r, g) pairs, b sweeps
+    rgb = torch.stack([every_pair[0], every_pair[1], every_pair[0].flip(0)])[None].contiguous()
+    ref_l, ref_ab = rgb_to_network(rgb.double() / 255)
+    for step in (uint8_planar_to_network_tables, lab_step(compile=True)):
+        lightness, ab = step(rgb)
+        assert (lightness - ref_l).abs().max() < 5e-4 and (ab - ref_ab).abs().max() < 5e-4
 
 
 def test_three_backends_produce_the_same_lab_from_the_same_pixels(tmp_path, colour_photos):

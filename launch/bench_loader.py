@@ -1,0 +1,178 @@
+"""`colorize-bench loader`: the loader backends side by side on the same shards, against the seed.
+
+Runs each backend of `make_loader` (default `seed,torch,dali`) for the same number of seconds, one
+after the other in one process, after a warm-up (worker start, first batches), and prints images/s,
+the ratio to `seed`, and a bare-decode ceiling: DALI's CPU `decoders.image` (libjpeg-turbo) alone —
+read + full decode, no crop, flip or Lab — with the same threads, batch and shards, so the
+pipeline's own cost is visible. Without `--shards`, ImageNet-like shards are generated first
+(untimed): `--images` JPEGs at quality 90, longer side 450–500 px, from real photos with grain
+(`shards.demo_images.write_photo_crops`), built with `shards.build.build_shards`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from launch.config import DataConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", type=Path, help="shards directory (default: generate ImageNet-like shards)")
+    parser.add_argument("--split", default="train", help="split to read (default train)")
+    parser.add_argument("--backends", default="seed,torch,dali", help="comma-separated: seed, torch, dali")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--size", type=int, default=256, help="crop side S (multiple of 256)")
+    parser.add_argument("--crop", choices=("random_resized", "resize"), default="random_resized")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="DALI threads / DataLoader workers (default: all cores)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per backend")
+    parser.add_argument("--warmup", type=int, default=4, help="untimed batches per backend first")
+    parser.add_argument("--images", type=int, default=1500, help="images to generate when --shards is omitted")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, help="also write the results here (atomically)")
+
+
+def generate_shards(directory: Path, images: int, workers: int) -> Path:
+    """ImageNet-like JPEG shards in `directory/shards` (see module doc); returns that path."""
+    from shards.build import build_shards
+    from shards.demo_images import write_photo_crops
+    from shards.options import BuildOptions
+
+    write_photo_crops(directory / "images", images, seed=0, quality=90, long_side=(450, 500), jitter=0.1, grain=12,
+                      workers=workers)
+    build_shards(directory / "images", directory / "shards", BuildOptions(workers=workers, val_fraction=0.0),
+                 progress=False)
+    return directory / "shards"
+
+
+def _timed(batches, batch_size: int, seconds: float, warmup: int) -> float:
+    """Images/s over `seconds` of iterating `batches` (an endless iterator), after `warmup` batches."""
+    it = iter(batches)
+    for _ in range(warmup):
+        next(it)
+    images, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        batch = next(it)
+        images += batch[0].shape[0] if isinstance(batch, (tuple, list)) else batch_size
+    return images / (time.perf_counter() - start)
+
+
+def decode_ceiling(shards_dir: Path, split: str, batch_size: int, threads: int, seconds: float, warmup: int) -> float:
+    """Images/s of DALI CPU read + full JPEG decode only, no crop, flip, Lab or copy out."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from pipeline.shard_list import split_shards
+
+    shards = split_shards(shards_dir, split)
+
+    @pipeline_def
+    def decode_only():
+        jpegs = fn.readers.webdataset(paths=[str(s.path) for s in shards], index_paths=[str(s.index_path) for s in shards],
+                                      ext=["jpg"], random_shuffle=True, initial_fill=1024)
+        return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+
+    pipe = decode_only(batch_size=batch_size, num_threads=threads, device_id=None, seed=1, prefetch_queue_depth=2)
+    pipe.build()
+
+    def runs():
+        while True:
+            pipe.run()
+            yield None
+
+    return _timed(runs(), batch_size, seconds, warmup)
+
+
+def _machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    import nvidia.dali
+
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "dali": nvidia.dali.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = sorted(set(backends) - {"seed", "torch", "dali"})
+    if unknown or not backends:
+        print(f"error: --backends {args.backends!r}: unknown backend(s) {unknown} (choose from seed, torch, dali)",
+              file=sys.stderr)
+        return 2
+    if args.size <= 0 or args.size % 256 or args.batch_size < 1 or args.seconds <= 0 or args.threads < 1:
+        print("error: --size must be a positive multiple of 256; --batch-size, --seconds, --threads positive",
+              file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    scratch = None
+    try:
+        if args.shards is None:
+            scratch = Path(tempfile.mkdtemp(prefix="colorize-bench-loader-"))
+            print(f"generating {args.images} ImageNet-like JPEGs and shards (not timed) …", flush=True)
+            shards_dir = generate_shards(scratch, args.images, args.threads)
+        else:
+            shards_dir = args.shards
+        return _run(args, backends, shards_dir)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(args, backends, shards_dir: Path) -> int:
+    from pipeline import make_loader
+    from pipeline.loader_base import BadShardError
+    from pipeline.shard_list import ShardError
+
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    results: dict[str, dict] = {}
+    load_before = os.getloadavg()[0]
+    try:
+        for backend in backends:
+            cfg = DataConfig(shards=str(shards_dir), backend=backend, size=args.size, crop=args.crop,
+                             batch_size=args.batch_size, num_threads=args.threads)
+            loader = make_loader(cfg, 0, 1, device, split=args.split, endless=True)
+            rate = _timed(loader, args.batch_size, args.seconds, args.warmup)
+            results[backend] = {"images_per_s": round(rate, 1)}
+            print(f"  {backend:6s} {rate:8.1f} images/s", flush=True)
+            del loader
+        ceiling = decode_ceiling(shards_dir, args.split, args.batch_size, args.threads, args.seconds, args.warmup)
+    except (ShardError, BadShardError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    seed_rate = results.get("seed", {}).get("images_per_s")
+    for r in results.values():
+        r["ratio_vs_seed"] = round(r["images_per_s"] / seed_rate, 2) if seed_rate else None
+        r["fraction_of_decode_ceiling"] = round(r["images_per_s"] / ceiling, 3)
+    machine = _machine() | {"load_average_before": round(load_before, 2),
+                            "load_average_after": round(os.getloadavg()[0], 2)}
+    report = {"backends": results, "decode_ceiling_images_per_s": round(ceiling, 1),
+              "decode_ceiling": "DALI CPU fn.decoders.image (read + full decode only), same threads and batch",
+              "settings": {"batch_size": args.batch_size, "size": args.size, "crop": args.crop, "threads": args.threads,
+                           "seconds": args.seconds, "device": args.device, "shards": str(shards_dir)},
+              "machine": machine}
+    print(f"\n{'backend':8s} {'images/s':>10s} {'× seed':>8s} {'of decode':>10s}")
+    for name, r in results.items():
+        ratio = f"{r['ratio_vs_seed']:.2f}" if r["ratio_vs_seed"] is not None else "-"
+        print(f"{name:8s} {r['images_per_s']:10.1f} {ratio:>8s} {100 * r['fraction_of_decode_ceiling']:9.0f}%")
+    print(f"{'decode':8s} {ceiling:10.1f}   (ceiling: DALI CPU decoders.image only, {args.threads} threads)")
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, load average {load_before:.1f} → "
+          f"{machine['load_average_after']:.1f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, args.json)
+    return 0
