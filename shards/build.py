@@ -8,6 +8,7 @@ each shard as its images come back → write the manifest last, atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import signal
 from collections.abc import Iterator
@@ -44,7 +45,12 @@ def _init_pool_worker(*settings) -> None:
 
 def _inspect_in_worker(relative_path: str) -> Inspection:
     source, short_side, quality, keep_colourless = _worker_settings
-    return inspect_file(source / relative_path, short_side, quality, keep_colourless)
+    result = inspect_file(source / relative_path, short_side, quality, keep_colourless)
+    if result.status == KEPT and not result.converted:
+        # The parent re-reads kept source files itself (from the page cache): cheaper than shipping
+        # ~100 KB per image through the pool's pipe, which costs a pickle and two copies each way.
+        return dataclasses.replace(result, jpeg=None)
+    return result
 
 
 def _inspections(source: Path, paths: list[str], options: BuildOptions) -> Iterator[Inspection]:
@@ -60,7 +66,7 @@ def _inspections(source: Path, paths: list[str], options: BuildOptions) -> Itera
         yield from pool.imap(_inspect_in_worker, paths, chunksize=chunksize)
 
 
-def _write_shard(out: Path, shard: ShardPlan, results: Iterator[Inspection], bar: tqdm) -> dict:
+def _write_shard(source: Path, out: Path, shard: ShardPlan, results: Iterator[Inspection], bar: tqdm) -> dict:
     """Write one shard from the next `len(shard.images)` results; return its progress record."""
     writer = ShardWriter(out / shard.name)
     skipped: list[dict] = []
@@ -75,7 +81,8 @@ def _write_shard(out: Path, shard: ShardPlan, results: Iterator[Inspection], bar
             if result.status == SKIPPED:
                 skipped.append({"path": image.path, "reason": result.reason})
             elif result.status == KEPT:
-                writer.add(image.key, result.jpeg, image.cls)
+                jpeg = result.jpeg if result.jpeg is not None else (source / image.path).read_bytes()
+                writer.add(image.key, jpeg, image.cls)
                 converted += result.converted
             else:
                 assert result.status == COLOURLESS, result.status
@@ -132,7 +139,7 @@ def build_shards(src, out, options: BuildOptions | None = None, progress: bool =
         results = _inspections(source, paths, options)
         try:
             for shard in pending:
-                record = _write_shard(out, shard, results, bar)
+                record = _write_shard(source, out, shard, results, bar)
                 write_shard_record(out, record)
                 records[shard.name] = record
         finally:
