@@ -235,6 +235,28 @@ def test_truncated_shard_is_named_or_skipped(tmp_path, colour_photos):
     assert sum(b[0].shape[0] for b in loader) == 32
 
 
+def test_dali_arithmetic_lab_of_the_gpu_path_matches_reference(colour_photos):
+    """The GPU path's in-pipeline Lab (DALI arithmetic + coord_transform), evaluated on DALI's CPU."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from pipeline.dali_pipeline import _lab_on_device
+
+    rgb = np.ascontiguousarray(colour_photos["coffee"][:64, :96])
+
+    @pipeline_def
+    def lab_only():
+        hwc = fn.external_source(source=lambda: [rgb], batch=True, layout="HWC", dtype=types.UINT8)
+        unit = fn.crop_mirror_normalize(hwc, mean=[0.0], std=[255.0], dtype=types.FLOAT, output_layout="HWC")
+        return fn.transpose(_lab_on_device(unit), perm=[2, 0, 1])
+
+    pipe = lab_only(batch_size=1, num_threads=1, device_id=None)
+    pipe.build()
+    (out,) = pipe.run()
+    got = torch.from_numpy(np.array(out.as_tensor()))[0]
+    ref_l, ref_ab = rgb_to_network(torch.from_numpy(rgb).permute(2, 0, 1).double() / 255)
+    assert (got[:1] - ref_l).abs().max() < 1e-4 and (got[1:] - ref_ab).abs().max() < 1e-4
+
+
 @pytest.mark.gpu
 def test_gpu_pipeline_matches_cpu_path(shards):
     """nvJPEG + DALI-arithmetic Lab on the GPU vs libjpeg-turbo + torch Lab on the CPU."""
