@@ -251,7 +251,8 @@ def build_run(cfg: Config, resume: bool) -> Run:
         state=state,
         ctx=ctx,
         loader=loader,
-        logger=build_logger(cfg, accelerator, wandb_mode, state.step),
+        # A finished run resumed (e.g. a second `make demo`) has nothing to log: no empty W&B run.
+        logger=build_logger(cfg, accelerator, wandb_mode if state.step < cfg.total_steps else "disabled", state.step),
         stop=StopRequest().install(),
         recorder=SampleRecorder(),
         sample_batch=build_sample_batch(cfg, accelerator, has_val),
