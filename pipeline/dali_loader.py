@@ -27,11 +27,13 @@ from pathlib import Path
 import torch
 
 from launch.config import DataConfig
+from pipeline.dali_cpu_runner import DaliCpuRunner
 from pipeline.dali_index import entries_past_end, read_index, substitute, write_index
 from pipeline.dali_pipeline import READER_NAME, colorization_pipeline
 from pipeline.lab_uint8 import lab_step
 from pipeline.loader_base import BadShardError, per_rank_batch, rank_slice
 from pipeline.shard_list import Shard, split_shards
+from pipeline.square_resize import resize_to_square
 
 # "Failed to decode sample #5 : /path/train-000001.tar:166912:img-00020.jpg"
 _FAILED_SAMPLE = re.compile(r"Failed to decode sample #\d+ : (?P<tar>.+?\.tar):(?P<offset>\d+):(?P<member>\S+)")
@@ -71,6 +73,9 @@ class DaliLoader:
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._checkpoint: bytes | None = None  # to restore from at the next build
         self._last_good: bytes | None = None  # consumed position, refreshed after every batch
+        # Samples of the current one-pass already handed out at `_last_good` / `_checkpoint` (CPU runner).
+        self._delivered_at_last_good = 0
+        self._delivered_at_checkpoint = 0
         self._iterator = None
 
     # ---------------------------------------------------------------------------------------------
@@ -140,6 +145,8 @@ class DaliLoader:
         )
         names = ["lab" if self.gpu else "rgb"] + (["key"] if self.return_keys else [])
         try:
+            if not self.gpu:
+                return DaliCpuRunner(pipe, names, self.endless, self.samples_per_epoch, self._delivered_at_checkpoint)
             if self.endless:
                 # No reader_name: the iterator runs on across epochs (the reader wraps around), every
                 # batch full.
@@ -181,6 +188,7 @@ class DaliLoader:
         self._iterator = None
         if self._last_good is not None:
             self._checkpoint = self._last_good
+            self._delivered_at_checkpoint = self._delivered_at_last_good
 
     def _find_non_jpeg(self) -> dict[str, list[int]]:
         """Shard name → positions of samples whose `jpg` bytes do not start with a JPEG marker."""
@@ -209,6 +217,7 @@ class DaliLoader:
                 self._raise_or_skip(exc)
                 continue
             self._last_good = self._iterator.checkpoints()[0]
+            self._delivered_at_last_good = getattr(self._iterator, "delivered", 0)
             return out
 
     def _to_network(self, out: dict):
@@ -216,11 +225,13 @@ class DaliLoader:
             lab = out["lab"]
             batch = (lab[:, :1].contiguous(), lab[:, 1:].contiguous())
         else:
-            batch = self._lab(out["rgb"])
+            centre_crop = not self.endless and self.cfg.crop == "random_resized"
+            squares = [resize_to_square(image, self.cfg.size, centre_crop) for image in out["rgb"]]
+            batch = self._lab(torch.stack(squares))
             if self.device.type != "cpu":
                 batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
         if self.return_keys:
-            keys = [_key_text(row) for row in out["key"].cpu().numpy()]
+            keys = [_key_text(row.cpu().numpy()) for row in out["key"]]
             return (*batch, keys)
         return batch
 
@@ -256,6 +267,7 @@ class DaliLoader:
         self._excluded = {name: set(pos) for name, pos in state.get("excluded", {}).items()}
         self.skipped = int(state.get("skipped", 0))
         self._checkpoint = state["checkpoint"]
+        self._delivered_at_checkpoint = 0
         self._iterator = None
 
     def close(self) -> None:

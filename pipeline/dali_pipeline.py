@@ -5,14 +5,19 @@ One definition serves both devices. With a GPU (`device_id` set) JPEGs are decod
 and RGB → CIELAB is computed inside the pipeline from DALI arithmetic with the constants of
 `pipeline/lab_uint8.py` (themselves those of `pipeline/lab.py`); the output is `lab`, B×3×S×S float32
 in network units (L_net, a_net, b_net). Without a GPU (`device_id=None`) every op runs on DALI's CPU
-threads and the output is `rgb`, B×3×S×S uint8 sRGB: DALI's CPU arithmetic is not vectorised, so the
-loader does the Lab step in torch, where it is several times cheaper (see BENCHMARKS.md).
+threads and stop after decode and flip: the output `rgb` holds each image as decoded (H×W×3 uint8
+sRGB, sizes differ within a batch; `pipeline/dali_cpu_runner.py` hands them over). The loader then
+resizes each image to S×S with torch's uint8 resampler (`pipeline/square_resize.py`) and does the
+Lab step in torch: DALI's CPU resize, padding and arithmetic are several times slower than those
+torch kernels (see BENCHMARKS.md), and on 2 cores every millisecond per image counts.
 
 Crops: training with `crop="random_resized"` decodes only a random region of area fraction
 `crop_scale` and aspect ratio `crop_ratio` (`decoders.image_random_crop`, the ROI decode skips the
 rest of the JPEG) and resizes it to S×S; `crop="resize"` squashes the whole image to S×S (the seed);
-evaluation with `random_resized` resizes the shorter side to S and takes the centre S×S. The flip
-and the HWC→CHW transpose are one `crop_mirror_normalize`. With `with_keys`, a `key` output carries
+evaluation with `random_resized` resizes the shorter side to S and takes the centre S×S (on the CPU
+path the resizing is the loader's, see above). On the GPU the flip and the HWC→CHW transpose are one
+`crop_mirror_normalize`; on the CPU the flip is `fn.flip`. Either way the coin flips are DALI's, so
+its checkpoints cover them. With `with_keys`, a `key` output carries
 each sample's `<tar path>:<offset>:<member name>` as zero-padded bytes (debug and tests only).
 """
 
@@ -60,7 +65,8 @@ def colorization_pipeline(
     gpu: bool,
     with_keys: bool,
 ):
-    """Outputs `lab` (GPU: B×3×S×S float32 network Lab) or `rgb` (CPU: B×3×S×S uint8), then `key`."""
+    """Outputs `lab` (GPU: B×3×S×S float32 network Lab) or `rgb` (CPU: B images H×W×3 uint8), then
+    `key` when asked."""
     jpegs = fn.readers.webdataset(
         paths=[str(p) for p in tar_paths],
         index_paths=[str(p) for p in index_paths],
@@ -78,25 +84,26 @@ def colorization_pipeline(
     decoder = "mixed" if gpu else "cpu"
     # On GPUs with a hardware JPEG decoder (A100, H100) it takes this share of the batch.
     hw = {"hw_decoder_load": 0.65} if gpu else {}
-    if train and crop == "random_resized":
+    random_crop = train and crop == "random_resized"
+    if random_crop:
         images = fn.decoders.image_random_crop(
             jpegs, device=decoder, output_type=types.RGB, random_area=list(crop_scale),
             random_aspect_ratio=list(crop_ratio), num_attempts=10, **hw,
         )
-        images = fn.resize(images, size=[size, size])
-    elif crop == "resize":
-        images = fn.resize(fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **hw), size=[size, size])
-    else:  # deterministic evaluation view of a random_resized model: shorter side to S, centre crop
-        images = fn.resize(fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **hw), resize_shorter=size)
+    else:
+        images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **hw)
     mirror = fn.random.coin_flip(probability=0.5) if (train and flip) else 0
     if gpu:
+        if random_crop or crop == "resize":
+            images = fn.resize(images, size=[size, size])
+        else:  # deterministic evaluation view of a random_resized model: shorter side to S, centre crop
+            images = fn.resize(images, resize_shorter=size)
         hwc = fn.crop_mirror_normalize(images, crop=[size, size], mirror=mirror, mean=[0.0], std=[255.0],
                                        dtype=types.FLOAT, output_layout="HWC")
-        out = fn.transpose(_lab_on_device(hwc), perm=[2, 0, 1], output_layout="CHW")
+        outputs = [fn.transpose(_lab_on_device(hwc), perm=[2, 0, 1], output_layout="CHW")]
     else:
-        out = fn.crop_mirror_normalize(images, crop=[size, size], mirror=mirror, dtype=types.UINT8,
-                                       output_layout="CHW")
-    if not with_keys:
-        return out
-    info = fn.get_property(jpegs, key="source_info")
-    return out, fn.pad(info, shape=[KEY_WIDTH], fill_value=0)
+        outputs = [fn.flip(images, horizontal=mirror) if train and flip else images]
+    if with_keys:
+        info = fn.get_property(jpegs, key="source_info")
+        outputs.append(fn.pad(info, shape=[KEY_WIDTH], fill_value=0))
+    return tuple(outputs)

@@ -1,0 +1,49 @@
+"""Drive a CPU DALI pipeline directly, one batch of differently sized images at a time.
+
+`DALIGenericIterator` stacks every output into one tensor per batch, which on the CPU path would need
+the decoded images padded to a common size inside DALI — a copy that cost as much as the JPEG decode
+(BENCHMARKS.md). Run directly, the pipeline hands each image over as it is and the loader resizes
+it (`pipeline/square_resize.py`). The runner gives the iterator's interface the loader relies on:
+`next()` → [{output name: list of per-sample tensors}] (a list of one, as the iterator has one
+entry per pipeline), `StopIteration` after one pass when not
+`endless`, and `checkpoints()` → [DALI checkpoint of the batches handed out so far] (the pipeline's
+own checkpoint already accounts for prefetched batches).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class DaliCpuRunner:
+    """Iterator over dicts of per-sample uint8 tensors from a built-on-demand CPU pipeline."""
+
+    def __init__(self, pipe, names: list[str], endless: bool, samples_per_pass: int, delivered: int = 0) -> None:
+        self.pipe, self.names, self.endless = pipe, names, endless
+        self.samples_per_pass = samples_per_pass
+        # Samples handed out in the current pass (one-pass mode); a pipeline rebuilt from a checkpoint
+        # mid-pass starts from the count at that checkpoint.
+        self.delivered = delivered
+        pipe.build()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[dict[str, list[torch.Tensor]]]:
+        if not self.endless and self.delivered >= self.samples_per_pass:
+            raise StopIteration
+        outputs = self.pipe.run()
+        count = len(outputs[0])
+        if not self.endless:
+            # The reader pads a rank's last batch with repeats of its last sample: drop them.
+            count = min(count, self.samples_per_pass - self.delivered)
+            self.delivered += count
+        # Copies out of DALI's buffers, which the next run() may reuse.
+        return [{
+            name: [torch.from_numpy(np.array(out[i])) for i in range(count)]
+            for name, out in zip(self.names, outputs)
+        }]
+
+    def checkpoints(self) -> list:
+        return [self.pipe.checkpoint()]

@@ -1,0 +1,32 @@
+"""Resize one decoded image to the S×S training square with torch's uint8 resampler (CPU path).
+
+DALI's CPU `fn.resize` costs about as much as the JPEG decode itself (BENCHMARKS.md, loader probes),
+while torch's antialiased bilinear kernel for uint8 channels-last images is several times cheaper.
+So on the CPU the DALI pipeline stops after decode (+ ROI crop) and flip, and this finishes each
+image; on the GPU everything stays inside DALI.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def resize_to_square(image_hwc: torch.Tensor, size: int, centre_crop: bool) -> torch.Tensor:
+    """H×W×3 uint8 sRGB → 3×S×S uint8 sRGB (bilinear, antialiased).
+
+    `centre_crop=False` squashes the whole image to S×S (the seed's resize, or an already cropped
+    random region); `centre_crop=True` takes the centred square of side min(H, W) first (the
+    evaluation view: shorter side to S, centre S×S).
+    """
+    height, width = image_hwc.shape[:2]
+    if centre_crop:
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        image_hwc = image_hwc[top : top + side, left : left + side]
+    # A dense HWC tensor, permuted, is a channels-last NCHW view: the layout of torch's fast uint8
+    # kernel. A strided view (a crop, or a slice of a padded batch) would fall back to a slow path.
+    chw = image_hwc.contiguous().permute(2, 0, 1).unsqueeze(0)
+    if chw.shape[-2:] == (size, size):
+        return chw[0]
+    return F.interpolate(chw, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
