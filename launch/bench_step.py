@@ -24,14 +24,31 @@ from launch.training.schedule import GAN, NOGAN
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/imagenet.yaml", help="run config for model and losses")
+    add_timing_arguments(parser, steps=10, warmup=2)
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser, steps: int, warmup: int) -> None:
+    """The options `colorize-bench step` and `colorize-bench train` share."""
     parser.add_argument("--schedule", default="configs/imagenet.yaml", help="config whose schedule is projected")
     parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: the config's)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per phase")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per phase before timing")
+    parser.add_argument("--steps", type=int, default=steps, help="timed steps per phase")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps per phase before timing")
     parser.add_argument("--compile", action="store_true", help="torch.compile both networks (model.compile)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--features", type=int, default=None, help="generator width (default: the config's)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="further config overrides")
+
+
+def timing_overrides(args: argparse.Namespace) -> list[str]:
+    """Config overrides for the shared options (`add_timing_arguments`) that were given."""
+    overrides = []
+    if args.batch_size is not None:
+        overrides.append(f"data.batch_size={args.batch_size}")
+    if args.features is not None:
+        overrides.append(f"model.features={args.features}")
+    if args.compile:
+        overrides.append("model.compile=true")
+    return overrides
 
 
 def synthetic_batch(batch: int, size: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,13 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from launch.training.steps import StepContext, gan_step, nogan_step
 
     try:
-        overrides = [f"run.device={args.device}", "loss.vgg_weights=none", *args.overrides]
-        if args.batch_size is not None:
-            overrides.append(f"data.batch_size={args.batch_size}")
-        if args.features is not None:
-            overrides.append(f"model.features={args.features}")
-        if args.compile:
-            overrides.append("model.compile=true")
+        overrides = [f"run.device={args.device}", "loss.vgg_weights=none", *args.overrides, *timing_overrides(args)]
         cfg = load_config(args.config, overrides)
         schedule_cfg = load_config(args.schedule)
         if args.steps < 1 or args.warmup < 0:

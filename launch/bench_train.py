@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from launch.bench_step import add_timing_arguments, projected_hours, timing_overrides
 from launch.config import ConfigError, load_config
 from launch.training.schedule import GAN, NOGAN
 
@@ -24,14 +25,7 @@ NEVER = 10**9  # a cadence longer than the run: samples/eval/checkpoints only wh
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/demo.yaml", help="run config (model, data, losses)")
     parser.add_argument("--shards", default=None, help="shards directory (default: the config's data.shards)")
-    parser.add_argument("--schedule", default="configs/imagenet.yaml", help="config whose schedule is projected")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default: the config's)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per phase")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each phase")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both networks (model.compile)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--features", type=int, default=None, help="generator width (default: the config's)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="further config overrides")
+    add_timing_arguments(parser, steps=20, warmup=3)
 
 
 def phase_figures(records: list[dict], phase: str, warmup: int, batch: int) -> dict[str, float]:
@@ -46,7 +40,6 @@ def phase_figures(records: list[dict], phase: str, warmup: int, batch: int) -> d
 
 
 def run(args: argparse.Namespace) -> int:
-    from launch.bench_step import projected_hours
     from launch.train import main as train_main
     from launch.training.logging import read_metrics
 
@@ -64,12 +57,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         if args.shards is not None:
             overrides.append(f"data.shards={args.shards}")
-        if args.batch_size is not None:
-            overrides.append(f"data.batch_size={args.batch_size}")
-        if args.features is not None:
-            overrides.append(f"model.features={args.features}")
-        if args.compile:
-            overrides.append("model.compile=true")
+        overrides += timing_overrides(args)
         try:
             cfg = load_config(args.config, overrides)
             schedule_cfg = load_config(args.schedule)
