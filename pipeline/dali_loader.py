@@ -143,7 +143,8 @@ class DaliLoader:
             prefetch_queue_depth=self.cfg.prefetch,
             checkpoint=self._checkpoint,
         )
-        names = ["lab" if self.gpu else "rgb"] + (["key"] if self.return_keys else [])
+        cpu_flips = not self.gpu and self.endless and self.cfg.flip
+        names = ["lab" if self.gpu else "rgb"] + (["mirror"] if cpu_flips else []) + (["key"] if self.return_keys else [])
         try:
             if not self.gpu:
                 return DaliCpuRunner(pipe, names, self.endless, self.samples_per_epoch, self._delivered_at_checkpoint)
@@ -227,6 +228,9 @@ class DaliLoader:
         else:
             centre_crop = not self.endless and self.cfg.crop == "random_resized"
             squares = [resize_to_square(image, self.cfg.size, centre_crop) for image in out["rgb"]]
+            for i, mirror in enumerate(out.get("mirror", ())):
+                if mirror:
+                    squares[i] = squares[i].flip(-1)
             batch = self._lab(torch.stack(squares))
             if self.device.type != "cpu":
                 batch = tuple(t.to(self.device, non_blocking=True) for t in batch)

@@ -5,19 +5,20 @@ One definition serves both devices. With a GPU (`device_id` set) JPEGs are decod
 and RGB → CIELAB is computed inside the pipeline from DALI arithmetic with the constants of
 `pipeline/lab_uint8.py` (themselves those of `pipeline/lab.py`); the output is `lab`, B×3×S×S float32
 in network units (L_net, a_net, b_net). Without a GPU (`device_id=None`) every op runs on DALI's CPU
-threads and stop after decode and flip: the output `rgb` holds each image as decoded (H×W×3 uint8
-sRGB, sizes differ within a batch; `pipeline/dali_cpu_runner.py` hands them over). The loader then
-resizes each image to S×S with torch's uint8 resampler (`pipeline/square_resize.py`) and does the
-Lab step in torch: DALI's CPU resize, padding and arithmetic are several times slower than those
-torch kernels (see BENCHMARKS.md), and on 2 cores every millisecond per image counts.
+threads and stop after decode: the output `rgb` holds each image as decoded (H×W×3 uint8 sRGB, sizes
+differ within a batch; `pipeline/dali_cpu_runner.py` hands them over), and `mirror` the coin flip
+of each (training with flips only). The loader then resizes each image to S×S with torch's uint8
+resampler (`pipeline/square_resize.py`), flips it when told, and does the Lab step in torch: DALI's
+CPU resize, padding, flip and arithmetic cost more than those torch kernels (see BENCHMARKS.md), and
+on 2 cores every fraction of a millisecond per image counts.
 
 Crops: training with `crop="random_resized"` decodes only a random region of area fraction
 `crop_scale` and aspect ratio `crop_ratio` (`decoders.image_random_crop`, the ROI decode skips the
 rest of the JPEG) and resizes it to S×S; `crop="resize"` squashes the whole image to S×S (the seed);
 evaluation with `random_resized` resizes the shorter side to S and takes the centre S×S (on the CPU
 path the resizing is the loader's, see above). On the GPU the flip and the HWC→CHW transpose are one
-`crop_mirror_normalize`; on the CPU the flip is `fn.flip`. Either way the coin flips are DALI's, so
-its checkpoints cover them. With `with_keys`, a `key` output carries
+`crop_mirror_normalize`; on the CPU the loader flips. Either way the coin flips are DALI's, so its
+checkpoints cover them. With `with_keys`, a `key` output carries
 each sample's `<tar path>:<offset>:<member name>` as zero-padded bytes (debug and tests only).
 """
 
@@ -65,8 +66,8 @@ def colorization_pipeline(
     gpu: bool,
     with_keys: bool,
 ):
-    """Outputs `lab` (GPU: B×3×S×S float32 network Lab) or `rgb` (CPU: B images H×W×3 uint8), then
-    `key` when asked."""
+    """Outputs `lab` (GPU: B×3×S×S float32 network Lab) or `rgb` (CPU: B images H×W×3 uint8) and, for
+    CPU training with flips, `mirror` (B int32 0/1); then `key` when asked."""
     jpegs = fn.readers.webdataset(
         paths=[str(p) for p in tar_paths],
         index_paths=[str(p) for p in index_paths],
@@ -102,7 +103,9 @@ def colorization_pipeline(
                                        dtype=types.FLOAT, output_layout="HWC")
         outputs = [fn.transpose(_lab_on_device(hwc), perm=[2, 0, 1], output_layout="CHW")]
     else:
-        outputs = [fn.flip(images, horizontal=mirror) if train and flip else images]
+        # The loader flips after resizing (a 256² copy instead of one of the whole decoded crop), with
+        # DALI's coin flips so that DALI's checkpoints still cover them.
+        outputs = [images, mirror] if train and flip else [images]
     if with_keys:
         info = fn.get_property(jpegs, key="source_info")
         outputs.append(fn.pad(info, shape=[KEY_WIDTH], fill_value=0))

@@ -100,7 +100,10 @@ def lab_step(compile: bool) -> Callable[[torch.Tensor], tuple[torch.Tensor, torc
     """
     if not compile:
         return uint8_planar_to_network
-    compiled = torch.compile(uint8_planar_to_network_tables, dynamic=False)
+    # Every table index is in range by construction (uint8 values; f's index is clamped), so inductor's
+    # per-vector bounds checks on the gathers are dropped: they cost a third of the kernel's time.
+    compiled = torch.compile(uint8_planar_to_network_tables, dynamic=False,
+                             options={"assert_indirect_indexing": False})
 
     def run(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal compiled

@@ -185,6 +185,29 @@ def test_restored_loader_yields_exactly_the_next_batches(shards, backend):
         assert torch.equal(el, gl) and torch.equal(eab, gab)
 
 
+def test_dali_cpu_path_flips_some_images_and_leaves_the_rest(shards):
+    # With the seed's whole-image resize the only random op is the flip: every training image must
+    # equal the deterministic view of its sample, or that view mirrored, and both must occur.
+    root, _ = shards
+    views = {}
+    for L, ab, keys in make_loader(cfg_for(root, crop="resize", flip=False), 0, 1, CPU, split="train",
+                                   endless=False, return_keys=True):
+        views.update({k: torch.cat([L[i], ab[i]]) for i, k in enumerate(keys)})
+    loader = make_loader(cfg_for(root, crop="resize", flip=True), 0, 1, CPU, return_keys=True)
+    flipped = kept = 0
+    for batch_index, (L, ab, keys) in enumerate(loader):
+        if batch_index == 6:
+            break
+        for i, key in enumerate(keys):
+            image, view = torch.cat([L[i], ab[i]]), views[key]
+            if torch.allclose(image, view, atol=1e-5):
+                kept += 1
+            else:
+                assert torch.allclose(image, view.flip(-1), atol=1e-5), f"{key} is neither the view nor its mirror"
+                flipped += 1
+    assert flipped > 0 and kept > 0
+
+
 def test_dali_state_is_small_and_picklable(shards):
     import pickle
 
