@@ -230,3 +230,14 @@ def test_bad_weights_give_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {junk}: ") and err.count("\n") == 1
     assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.gpu
+def test_cuda_colorizing_matches_cpu(weights, colour_photos):
+    generator, _ = load_generator(weights)
+    photo = colour_photos["chelsea"].astype(np.float32) / 255.0
+    on_cpu = Colorizer(generator, "cpu", size=512).colorize([photo])[0].rgb
+    generator, _ = load_generator(weights)
+    on_cuda = Colorizer(generator, "cuda", size=512).colorize([photo])[0].rgb
+    assert on_cuda.shape == photo.shape
+    assert np.abs(on_cuda - on_cpu).max() < 2 / 255  # TF32/cuDNN kernels differ from CPU by rounding only
