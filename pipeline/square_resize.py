@@ -30,3 +30,17 @@ def resize_to_square(image_hwc: torch.Tensor, size: int, centre_crop: bool) -> t
     if chw.shape[-2:] == (size, size):
         return chw[0]
     return F.interpolate(chw, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def resize_all_to_square(images: list[torch.Tensor], size: int, centre_crop: bool) -> list[torch.Tensor]:
+    """`resize_to_square` for each H×W×3 uint8 image, on one intra-op thread.
+
+    One small image is too little work to split across threads: the fork/join and the OpenMP
+    threads' spinning take cores from DALI's decoders (≈ 6 % more images/s this way on 2 cores).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [resize_to_square(image, size, centre_crop) for image in images]
+    finally:
+        torch.set_num_threads(threads)
