@@ -2,8 +2,9 @@
 
 DALI's CPU `fn.resize` costs about as much as the JPEG decode itself (BENCHMARKS.md, loader probes),
 while torch's antialiased bilinear kernel for uint8 channels-last images is several times cheaper.
-So on the CPU the DALI pipeline stops after decode (+ ROI crop) and flip, and this finishes each
-image; on the GPU everything stays inside DALI.
+So on the CPU the DALI pipeline stops after the decode (of the random crop only, for training), and
+this resizes each image before the loader flips it and converts it to Lab; on the GPU everything
+stays inside DALI.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def resize_to_square(image_hwc: torch.Tensor, size: int, centre_crop: bool) -> t
         top, left = (height - side) // 2, (width - side) // 2
         image_hwc = image_hwc[top : top + side, left : left + side]
     # A dense HWC tensor, permuted, is a channels-last NCHW view: the layout of torch's fast uint8
-    # kernel. A strided view (a crop, or a slice of a padded batch) would fall back to a slow path.
+    # kernel. A strided view (the centre crop above) would fall back to a much slower path.
     chw = image_hwc.contiguous().permute(2, 0, 1).unsqueeze(0)
     if chw.shape[-2:] == (size, size):
         return chw[0]
