@@ -3,7 +3,7 @@
 One definition serves both devices. With a GPU (`device_id` set) JPEGs are decoded by nvJPEG
 (`device="mixed"`, using the hardware decoder where the chip has one), every later op runs on the GPU
 and RGB → CIELAB is computed inside the pipeline from DALI arithmetic with the constants of
-`pipeline/lab_uint8.py` (themselves those of `pipeline/lab.py`); the output is `lab`, B×3×S×S float32
+`pipeline/colour_constants.py`, folded as in `pipeline/lab_uint8.py`; the output is `lab`, B×3×S×S float32
 in network units (L_net, a_net, b_net). Without a GPU (`device_id=None`) every op runs on DALI's CPU
 threads and stop after decode: the output `rgb` holds each image as decoded (H×W×3 uint8 sRGB, sizes
 differ within a batch; `pipeline/dali_cpu_runner.py` hands them over), and `mirror` the coin flip
@@ -30,7 +30,8 @@ from typing import Sequence
 from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
 
-from pipeline.lab_uint8 import EPSILON, F_OFFSET, KAPPA_SLOPE, SRGB_THRESHOLD, lab_matrix, xyz_matrix
+from pipeline.colour_constants import EPSILON, F_OFFSET, KAPPA_SLOPE, SRGB_LINEAR_THRESHOLD
+from pipeline.lab_uint8 import lab_matrix, xyz_matrix
 
 READER_NAME = "Reader"
 KEY_WIDTH = 1024  # bytes of source info kept per sample in the debug `key` output
@@ -39,9 +40,9 @@ KEY_WIDTH = 1024  # bytes of source info kept per sample in the debug `key` outp
 def _lab_on_device(rgb_hwc_float):
     """HWC float sRGB in [0, 1] → HWC float (L_net, a_net, b_net), as DALI arithmetic (GPU path)."""
     v = rgb_hwc_float
-    high = v > SRGB_THRESHOLD
+    high = v > SRGB_LINEAR_THRESHOLD
     # Clamp inside pow so the unused branch stays finite.
-    lin = high * dmath.pow((dmath.max(v, SRGB_THRESHOLD) + 0.055) / 1.055, 2.4) + (1 - high) * (v / 12.92)
+    lin = high * dmath.pow((dmath.max(v, SRGB_LINEAR_THRESHOLD) + 0.055) / 1.055, 2.4) + (1 - high) * (v / 12.92)
     t = fn.coord_transform(lin, M=[x for row in xyz_matrix() for x in row])
     cube = t > EPSILON
     f = cube * dmath.cbrt(dmath.max(t, EPSILON)) + (1 - cube) * (t * KAPPA_SLOPE + F_OFFSET)

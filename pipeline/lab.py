@@ -14,22 +14,19 @@ from __future__ import annotations
 
 import torch
 
-# sRGB linear → XYZ (skimage.color.colorconv.xyz_from_rgb), row-major.
-XYZ_FROM_RGB = (
-    (0.412453, 0.357580, 0.180423),
-    (0.212671, 0.715160, 0.072169),
-    (0.019334, 0.119193, 0.950227),
+from pipeline.colour_constants import (
+    AB_SCALE,
+    D65_WHITE,
+    EPSILON,
+    F_INV_THRESHOLD,
+    F_OFFSET,
+    KAPPA_SLOPE,
+    L_SCALE,
+    L_SHIFT,
+    SRGB_ENCODED_THRESHOLD,
+    SRGB_LINEAR_THRESHOLD,
+    XYZ_FROM_RGB,
 )
-D65_WHITE = (0.95047, 1.0, 1.08883)
-
-_EPSILON = 0.008856  # (6/29)^3 as skimage rounds it
-_KAPPA_SLOPE = 7.787  # linear segment slope of f(t)
-_F_OFFSET = 16.0 / 116.0
-_F_INV_THRESHOLD = 0.2068966  # f(ε): where lab→xyz switches from the cube to the linear segment
-_SRGB_LINEAR_THRESHOLD = 0.04045
-_SRGB_ENCODED_THRESHOLD = 0.0031308
-
-L_SCALE, L_SHIFT, AB_SCALE = 50.0, 1.0, 128.0
 
 
 def _matrix(rows, like: torch.Tensor) -> torch.Tensor:
@@ -48,14 +45,14 @@ def _white(like: torch.Tensor) -> torch.Tensor:
 def srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
     """sRGB-encoded values in [0, 1] → linear light. Any shape."""
     # Clamp inside the power branch so its gradient stays finite where the linear branch is chosen.
-    power = ((rgb.clamp(min=_SRGB_LINEAR_THRESHOLD) + 0.055) / 1.055) ** 2.4
-    return torch.where(rgb > _SRGB_LINEAR_THRESHOLD, power, rgb / 12.92)
+    power = ((rgb.clamp(min=SRGB_LINEAR_THRESHOLD) + 0.055) / 1.055) ** 2.4
+    return torch.where(rgb > SRGB_LINEAR_THRESHOLD, power, rgb / 12.92)
 
 
 def linear_to_srgb(linear: torch.Tensor) -> torch.Tensor:
     """Linear light → sRGB-encoded values (not clipped). Any shape."""
-    power = 1.055 * linear.clamp(min=_SRGB_ENCODED_THRESHOLD) ** (1 / 2.4) - 0.055
-    return torch.where(linear > _SRGB_ENCODED_THRESHOLD, power, linear * 12.92)
+    power = 1.055 * linear.clamp(min=SRGB_ENCODED_THRESHOLD) ** (1 / 2.4) - 0.055
+    return torch.where(linear > SRGB_ENCODED_THRESHOLD, power, linear * 12.92)
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
@@ -64,8 +61,8 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     rgb: …×3×H×W, sRGB in [0, 1]. Returns …×3×H×W: L* in [0, 100], a*, b* roughly in [-128, 127].
     """
     xyz = _apply_matrix(_matrix(XYZ_FROM_RGB, rgb), srgb_to_linear(rgb)) / _white(rgb)
-    cube_root = xyz.clamp(min=_EPSILON) ** (1.0 / 3.0)
-    f = torch.where(xyz > _EPSILON, cube_root, _KAPPA_SLOPE * xyz + _F_OFFSET)
+    cube_root = xyz.clamp(min=EPSILON) ** (1.0 / 3.0)
+    f = torch.where(xyz > EPSILON, cube_root, KAPPA_SLOPE * xyz + F_OFFSET)
     fx, fy, fz = f.unbind(dim=-3)
     lightness = 116.0 * fy - 16.0
     a = 500.0 * (fx - fy)
@@ -84,8 +81,8 @@ def lab_to_rgb(lab: torch.Tensor, clip: bool = True) -> torch.Tensor:
     fx = a / 500.0 + fy
     fz = (fy - b / 200.0).clamp(min=0.0)  # skimage clips negative z before cubing
     f = torch.stack((fx, fy, fz), dim=-3)
-    cube = f.clamp(min=_F_INV_THRESHOLD) ** 3
-    xyz = torch.where(f > _F_INV_THRESHOLD, cube, (f - _F_OFFSET) / _KAPPA_SLOPE) * _white(lab)
+    cube = f.clamp(min=F_INV_THRESHOLD) ** 3
+    xyz = torch.where(f > F_INV_THRESHOLD, cube, (f - F_OFFSET) / KAPPA_SLOPE) * _white(lab)
     rgb_from_xyz = torch.linalg.inv(_matrix(XYZ_FROM_RGB, lab).double()).to(lab.dtype)
     rgb = linear_to_srgb(_apply_matrix(rgb_from_xyz, xyz))
     return rgb.clamp(0.0, 1.0) if clip else rgb

@@ -19,14 +19,19 @@ from typing import Callable
 
 import torch
 
-from pipeline.lab import AB_SCALE, D65_WHITE, L_SCALE, L_SHIFT, XYZ_FROM_RGB
+from pipeline.colour_constants import (
+    AB_SCALE,
+    D65_WHITE,
+    EPSILON,
+    F_OFFSET,
+    KAPPA_SLOPE,
+    L_SCALE,
+    L_SHIFT,
+    SRGB_LINEAR_THRESHOLD,
+    XYZ_FROM_RGB,
+)
 
 log = logging.getLogger(__name__)
-
-EPSILON = 0.008856  # (6/29)^3 as skimage rounds it (pipeline/lab.py)
-KAPPA_SLOPE = 7.787
-F_OFFSET = 16.0 / 116.0
-SRGB_THRESHOLD = 0.04045
 
 
 def xyz_matrix() -> list[list[float]]:
@@ -57,7 +62,7 @@ def _f(t: torch.Tensor) -> torch.Tensor:
 def uint8_planar_to_network(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """B×3×H×W uint8 sRGB → (L_net B×1×H×W in [-1, 1], ab_net B×2×H×W ≈ [-1, 1]), float32."""
     v = rgb.float() * (1.0 / 255.0)
-    lin = torch.where(v > SRGB_THRESHOLD, torch.exp(torch.log((v + 0.055) * (1.0 / 1.055)) * 2.4), v * (1.0 / 12.92))
+    lin = torch.where(v > SRGB_LINEAR_THRESHOLD, torch.exp(torch.log((v + 0.055) * (1.0 / 1.055)) * 2.4), v * (1.0 / 12.92))
     r, g, b = lin[:, 0], lin[:, 1], lin[:, 2]
     fx, fy, fz = (_f(m[0] * r + m[1] * g + m[2] * b) for m in _XYZ)
     lab = [m[0] * fx + m[1] * fy + m[2] * fz + o for m, o in zip(_LAB, _LAB_OFFSET)]

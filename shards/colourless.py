@@ -23,20 +23,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.colour_constants import D65_WHITE, EPSILON, F_OFFSET, KAPPA_SLOPE, SRGB_LINEAR_THRESHOLD, XYZ_FROM_RGB
+
 CHROMA_THRESHOLD = 4.0
 MAX_COLOURED_FRACTION = 0.001
 
-_XYZ_FROM_RGB = np.array(
-    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]],
-    dtype=np.float32,
-)
-_D65_WHITE = np.array([0.95047, 1.0, 1.08883], dtype=np.float32)
-_EPSILON = 0.008856
+_XYZ_FROM_RGB = np.array(XYZ_FROM_RGB, dtype=np.float32)
+_D65_WHITE = np.array(D65_WHITE, dtype=np.float32)
 
 # sRGB code value 0–255 → linear light, the same piecewise curve as skimage.
 _levels = np.arange(256, dtype=np.float64) / 255.0
 _LINEAR_FROM_SRGB8 = np.where(
-    _levels > 0.04045, ((_levels + 0.055) / 1.055) ** 2.4, _levels / 12.92
+    _levels > SRGB_LINEAR_THRESHOLD, ((_levels + 0.055) / 1.055) ** 2.4, _levels / 12.92
 ).astype(np.float32)
 # Fold the white-point division into the matrix: rows give X/Xn, Y/Yn, Z/Zn directly.
 _NORMALISED_XYZ_FROM_RGB = _XYZ_FROM_RGB / _D65_WHITE[:, None]
@@ -48,7 +46,7 @@ def chroma(rgb: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected an H×W×3 uint8 image, got {rgb.dtype} {rgb.shape}")
     linear = _LINEAR_FROM_SRGB8[rgb.reshape(-1, 3)]
     xyz = linear @ _NORMALISED_XYZ_FROM_RGB.T
-    f = np.where(xyz > _EPSILON, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
+    f = np.where(xyz > EPSILON, np.cbrt(xyz), KAPPA_SLOPE * xyz + F_OFFSET)
     a = 500.0 * (f[:, 0] - f[:, 1])
     b = 200.0 * (f[:, 1] - f[:, 2])
     return np.sqrt(a * a + b * b).reshape(rgb.shape[:2])
