@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from launch.atomic import write_text_atomic
 from launch.config import DataConfig
 
 
@@ -171,8 +172,5 @@ def _run(args, backends, shards_dir: Path) -> int:
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, load average {load_before:.1f} → "
           f"{machine['load_average_after']:.1f}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, args.json)
+        write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
     return 0

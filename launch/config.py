@@ -394,9 +394,7 @@ def dump_config(cfg: Config, path: str | Path | None = None) -> str:
     """The resolved config as YAML text; also written (atomically) to `path` when given."""
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
     if path is not None:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(p)
+        from launch.atomic import write_text_atomic
+
+        write_text_atomic(path, text)
     return text

@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 
+from launch.atomic import write_text_atomic
 from launch.metrics import ab_l1_lab_units, colourfulness, psnr_rgb, ssim_rgb
 from pipeline.lab import network_to_rgb
 
@@ -121,10 +121,7 @@ def _json_safe(value):
 
 def write_json(path: Path, result: dict) -> None:
     """Write `result` as strict JSON, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

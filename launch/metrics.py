@@ -17,7 +17,6 @@ Every function takes B×C×H×W tensors and returns the batch mean (a 0-d tensor
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from pipeline.lab import AB_SCALE
 

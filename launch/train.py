@@ -34,7 +34,7 @@ from launch.training.errors import TrainingError
 from launch.training.evaluation import evaluate
 from launch.training.logging import RunLogger, keep_wandb_files_in, resolve_wandb_mode
 from launch.training.samples import sample_grid, save_png
-from launch.training.schedule import GAN, NOGAN, is_phase_switch, learning_rate, phase_at, set_learning_rate
+from launch.training.schedule import NOGAN, is_phase_switch, learning_rate, phase_at, set_learning_rate
 from launch.training.signals import StopRequest
 from launch.training.steps import GAN_TERMS, NOGAN_TERMS, StepContext, gan_step, nogan_step
 from launch.training.timing import StepTimer

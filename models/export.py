@@ -16,7 +16,6 @@ ab_net = ab*/128 (B×2×H×W, [-1, 1]); H and W multiples of 256.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from launch.atomic import atomic_path, write_text_atomic
 from launch.config import ModelConfig
 
 FORMAT = "colorization-generator/1"
@@ -59,12 +59,6 @@ def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def export_metadata(model_cfg: ModelConfig | dict, extra: dict | None = None) -> dict[str, Any]:
     """The sidecar's content for a generator built from `model_cfg` (a ModelConfig or a dict with
     `generator` and `features`), with `extra` (e.g. step, phase) merged in at the top level."""
@@ -92,13 +86,11 @@ def save_generator(
     and CUDA models export the same bytes as a CPU model). Returns the weights path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = export_metadata(model_cfg, extra)
     state = {k: v.detach().to("cpu").contiguous() for k, v in _strip_wrappers(generator.state_dict()).items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(state, str(tmp), metadata={_HEADER_KEY: json.dumps(meta)})
-    os.replace(tmp, path)
-    _atomic_write_bytes(sidecar_path(path), (json.dumps(meta, indent=2) + "\n").encode())
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={_HEADER_KEY: json.dumps(meta)})
+    write_text_atomic(sidecar_path(path), json.dumps(meta, indent=2) + "\n")
     return path
 
 

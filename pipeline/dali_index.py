@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launch.atomic import write_text_atomic
 from pipeline.shard_list import ShardError
 
 
@@ -53,9 +54,7 @@ def read_index(index_path: Path) -> tuple[str, list[IndexEntry]]:
 
 def write_index(path: Path, version: str, entries: list[IndexEntry]) -> None:
     """Write an index in `wds2idx`'s format (atomically)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join([f"{version} {len(entries)}", *(e.line() for e in entries)]) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, "\n".join([f"{version} {len(entries)}", *(e.line() for e in entries)]) + "\n")
 
 
 def entries_past_end(tar_path: Path, entries: list[IndexEntry]) -> list[int]:

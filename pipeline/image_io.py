@@ -15,12 +15,13 @@ Anything Pillow cannot decode raises `ImageReadError` with a one-line reason.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from launch.atomic import atomic_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".jfif")
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -105,12 +106,7 @@ def write_image(path: str | Path, rgb: np.ndarray) -> Path:
     if fmt is None:
         raise ValueError(f"{path}: output must end in one of {', '.join(OUTPUT_FORMATS)}")
     pixels = rgb if rgb.dtype == np.uint8 else to_uint8(rgb)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     options = {"quality": JPEG_QUALITY} if fmt == "JPEG" else {}
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(pixels, "RGB").save(tmp, format=fmt, **options)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from shards.atomic import write_json_atomic
+from launch.atomic import write_json_atomic
 from shards.convert import COLOURLESS, KEPT, SKIPPED, Inspection, inspect_file
 from shards.manifest import MANIFEST_FILE, assemble_manifest
 from shards.options import BuildOptions

@@ -12,13 +12,13 @@ import re
 from pathlib import Path
 
 from shards.errors import ShardsError
+from launch.atomic import TEMP_FILE
 from shards.manifest import MANIFEST_FILE
 from shards.progress import PROGRESS_DIR, read_json, read_plan_record, write_plan_record
 from shards.tar_writer import TEMP_SUFFIX
 
 SHARD_FILE = re.compile(r"^(train|val)-\d{6}\.tar(\.idx)?$")
 SHARD_TEMP_FILE = re.compile(r"^(train|val)-\d{6}\.tar(\.idx)?" + re.escape(TEMP_SUFFIX) + "$")
-ATOMIC_TEMP_FILE = re.compile(r"^\..+\.\d+\.tmp$")  # left by shards.atomic when killed mid-write
 
 
 def _differences(recorded: dict, wanted: dict) -> str:
@@ -60,7 +60,7 @@ def claim_output(out: Path, source: Path, options: dict, plan_sha256: str) -> No
 
     progress = out / PROGRESS_DIR
     for stale in [*out.iterdir(), *(progress.iterdir() if progress.is_dir() else ())]:
-        if SHARD_TEMP_FILE.match(stale.name) or ATOMIC_TEMP_FILE.match(stale.name):
+        if SHARD_TEMP_FILE.match(stale.name) or TEMP_FILE.match(stale.name):
             stale.unlink()
     if plan is None:
         write_plan_record(out, {"source": str(source), "options": options, "plan_sha256": plan_sha256})

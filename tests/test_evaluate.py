@@ -15,7 +15,7 @@ from _loader_helpers import write_test_shards
 from launch import evaluate
 from launch.fid import FidError, frechet_distance
 from launch.metrics import ab_l1_lab_units, colourfulness, psnr_rgb, ssim_rgb
-from pipeline.lab import network_to_rgb, rgb_to_network
+from pipeline.lab import rgb_to_network
 
 
 def _batch(photos: dict[str, np.ndarray], size: int = 96) -> torch.Tensor:

@@ -18,6 +18,8 @@ import numpy as np
 from accelerate import Accelerator
 from tqdm import tqdm
 
+from launch.atomic import write_text_atomic
+
 WANDB_HOST = "api.wandb.ai"
 
 
@@ -70,9 +72,7 @@ class MetricsFile:
         if not self.path.is_file():
             return
         kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def append(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as handle:

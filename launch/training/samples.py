@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
+from launch.atomic import atomic_path
 from pipeline.lab import network_to_rgb
 
 
@@ -31,9 +31,6 @@ def sample_grid(L: torch.Tensor, fake_ab: torch.Tensor, real_ab: torch.Tensor, p
 
 def save_png(image: np.ndarray, path: str | Path) -> Path:
     """Write an H×W×3 uint8 sRGB picture as PNG atomically (temp name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+    return Path(path)
