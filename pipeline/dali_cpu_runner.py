@@ -3,7 +3,7 @@
 `DALIGenericIterator` stacks every output into one tensor per batch, which on the CPU path would need
 the decoded images padded to a common size inside DALI — a copy that cost as much as the JPEG decode
 (BENCHMARKS.md). Run directly, the pipeline hands each image over as it is and the loader resizes
-it (`pipeline/square_resize.py`). The runner gives the iterator's interface the loader relies on:
+it (`pipeline/cpu_finish.py`). The runner gives the iterator's interface the loader relies on:
 `next()` → [{output name: list of per-sample tensors}] (a list of one, as the iterator has one entry
 per pipeline), `StopIteration` after one pass when not `endless`, and `checkpoints()` → [DALI
 checkpoint of the batches handed out so far] (the pipeline's own checkpoint already accounts for

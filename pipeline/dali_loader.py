@@ -27,13 +27,13 @@ from pathlib import Path
 import torch
 
 from launch.config import DataConfig
+from pipeline.cpu_finish import decoded_to_network
 from pipeline.dali_cpu_runner import DaliCpuRunner
 from pipeline.dali_index import entries_past_end, read_index, substitute, write_index
 from pipeline.dali_pipeline import READER_NAME, colorization_pipeline
 from pipeline.lab_uint8 import lab_step
 from pipeline.loader_base import BadShardError, per_rank_batch, rank_slice
 from pipeline.shard_list import Shard, split_shards
-from pipeline.square_resize import resize_all_to_square
 
 # "Failed to decode sample #5 : /path/train-000001.tar:166912:img-00020.jpg"
 _FAILED_SAMPLE = re.compile(r"Failed to decode sample #\d+ : (?P<tar>.+?\.tar):(?P<offset>\d+):(?P<member>\S+)")
@@ -227,11 +227,7 @@ class DaliLoader:
             batch = (lab[:, :1].contiguous(), lab[:, 1:].contiguous())
         else:
             centre_crop = not self.endless and self.cfg.crop == "random_resized"
-            squares = resize_all_to_square(out["rgb"], self.cfg.size, centre_crop)
-            for i, mirror in enumerate(out.get("mirror", ())):
-                if mirror:
-                    squares[i] = squares[i].flip(-1)
-            batch = self._lab(torch.stack(squares))
+            batch = decoded_to_network(out["rgb"], out.get("mirror", ()), self.cfg.size, centre_crop, self._lab)
             if self.device.type != "cpu":
                 batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
         if self.return_keys:

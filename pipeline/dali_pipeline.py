@@ -8,7 +8,7 @@ in network units (L_net, a_net, b_net). Without a GPU (`device_id=None`) every o
 threads and stop after decode: the output `rgb` holds each image as decoded (H×W×3 uint8 sRGB, sizes
 differ within a batch; `pipeline/dali_cpu_runner.py` hands them over), and `mirror` the coin flip
 of each (training with flips only). The loader then resizes each image to S×S with torch's uint8
-resampler (`pipeline/square_resize.py`), flips it when told, and does the Lab step in torch: DALI's
+resampler (`pipeline/cpu_finish.py`), flips it when told, and does the Lab step in torch: DALI's
 CPU resize, padding, flip and arithmetic cost more than those torch kernels (see BENCHMARKS.md), and
 on 2 cores every fraction of a millisecond per image counts.
 
