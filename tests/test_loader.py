@@ -207,6 +207,22 @@ def test_dali_cpu_path_flips_some_images_and_leaves_the_rest(shards):
     assert flipped > 0 and kept > 0
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread priorities are read from Linux's /proc")
+def test_dali_cpu_path_runs_decoder_threads_below_the_loader_thread(shards):
+    import os
+
+    from pipeline.dali_cpu_runner import DALI_THREAD_PREFIX, NICE_INCREMENT
+
+    torch_threads = torch.get_num_threads()
+    batches = iter(make_loader(cfg_for(shards[0]), 0, 1, CPU))
+    next(batches)  # the pipeline, and its threads, live while `batches` does
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    dali = {int(t.name): os.getpriority(os.PRIO_PROCESS, int(t.name)) for t in Path("/proc/self/task").iterdir()
+            if (t / "comm").read_text().startswith(DALI_THREAD_PREFIX)}
+    assert dali and set(dali.values()) == {min(19, own + NICE_INCREMENT)}
+    assert torch.get_num_threads() == torch_threads  # the one-thread scope of the resize and Lab is undone
+
+
 def test_dali_state_is_small_and_picklable(shards):
     import pickle
 
