@@ -114,7 +114,10 @@ def _srgb_to_linear_polynomial(v: torch.Tensor) -> torch.Tensor:
 
 
 def _cube_root_halley(t: torch.Tensor) -> torch.Tensor:
-    """t^(1/3) for t in [1/512, 1] (float32, ≤ 1e-5 relative), with multiply-adds and one division."""
+    """t^(1/3) for t in [1/512, 1] (float32, ≤ 1e-5 relative), with multiply-adds and one division.
+
+    Finite for any t in [0, 1] (below 1/512 the guess is poor, not undefined).
+    """
     below_64th, below_8th = t < 1.0 / 64.0, t < 1.0 / 8.0
     s = torch.where(below_64th, t * 64.0, torch.where(below_8th, t * 8.0, t))  # s in [1/8, 1]
     scale = torch.where(below_64th, 0.25, torch.where(below_8th, 0.5, 1.0))  # cbrt(1/64), cbrt(1/8), 1
@@ -124,13 +127,23 @@ def _cube_root_halley(t: torch.Tensor) -> torch.Tensor:
     return root * scale
 
 
+def _affine(row: list[float], values: tuple[torch.Tensor, ...], offset: float = 0.0) -> torch.Tensor:
+    """Σ row_i · values_i + offset, leaving out the zero coefficients (the compiler keeps 0 · x)."""
+    terms = [c * v for c, v in zip(row, values) if c != 0.0]
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total + offset if offset else total
+
+
 def uint8_planar_to_network_fast(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """As `uint8_planar_to_network`, gather- and transcendental-free (for torch.compile; ≤ 1e-4 off)."""
     lin = _srgb_to_linear_polynomial(rgb.float() * (1.0 / 255.0))
-    r, g, b = lin[:, 0], lin[:, 1], lin[:, 2]
-    fx, fy, fz = (torch.where(t > EPSILON, _cube_root_halley(t.clamp(min=EPSILON)), t * KAPPA_SLOPE + F_OFFSET)
-                  for t in (m[0] * r + m[1] * g + m[2] * b for m in _XYZ))
-    lab = [m[0] * fx + m[1] * fy + m[2] * fz + o for m, o in zip(_LAB, _LAB_OFFSET)]
+    rgb_linear = (lin[:, 0], lin[:, 1], lin[:, 2])
+    # Below ε the linear segment applies; the cube root's value there is discarded, and finite.
+    f = tuple(torch.where(t > EPSILON, _cube_root_halley(t), t * KAPPA_SLOPE + F_OFFSET)
+              for t in (_affine(row, rgb_linear) for row in _XYZ))
+    lab = [_affine(row, f, offset) for row, offset in zip(_LAB, _LAB_OFFSET)]
     return lab[0].unsqueeze(1), torch.stack(lab[1:], dim=1)
 
 
