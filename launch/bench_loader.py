@@ -1,10 +1,15 @@
 """`colorize-bench loader`: the loader backends side by side on the same shards, against the seed.
 
 Runs each backend of `make_loader` (default `seed,torch,dali`) for the same number of seconds, one
-after the other in one process, after a warm-up (worker start, first batches), and prints images/s,
-the ratio to `seed`, and a bare-decode ceiling: DALI's CPU `decoders.image` (libjpeg-turbo) alone —
-read + full decode, no crop, flip or Lab — with the same threads, batch and shards, so the
-pipeline's own cost is visible. Without `--shards`, ImageNet-like shards are generated first
+after the other in one process, and prints images/s, the ratio to `seed`, and a bare-decode
+ceiling: DALI's CPU `decoders.image` (libjpeg-turbo) alone — read + full decode, no crop, flip or
+Lab — with the same threads, batch and shards, so the pipeline's own cost is visible.
+
+The time is split into `--rounds` rounds; each round runs every backend and then the ceiling for
+its share of the seconds, after `--warmup` untimed batches (worker start and compile in the first
+round; in later rounds, the batches each source queued while the others ran). A machine whose speed
+drifts over a minute (a shared virtual machine) then shifts every source alike instead of skewing
+the ratios; each rate is its total images over its total timed seconds. Without `--shards`, ImageNet-like shards are generated first
 (untimed): `--images` JPEGs at quality 90, longer side 450–500 px, from real photos with grain
 (`shards.demo_images.write_photo_crops`), built with `shards.build.build_shards`.
 """
@@ -26,6 +31,8 @@ import torch
 from launch.atomic import write_text_atomic
 from launch.config import DataConfig
 
+CEILING = "decode ceiling"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", type=Path, help="shards directory (default: generate ImageNet-like shards)")
@@ -37,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="DALI threads / DataLoader workers (default: all cores)")
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per backend")
-    parser.add_argument("--warmup", type=int, default=4, help="untimed batches per backend first")
+    parser.add_argument("--warmup", type=int, default=4, help="untimed batches per source at the start of each round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds the seconds are split into")
     parser.add_argument("--images", type=int, default=1500, help="images to generate when --shards is omitted")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="also write the results here (atomically)")
@@ -56,20 +64,30 @@ def generate_shards(directory: Path, images: int, workers: int) -> Path:
     return directory / "shards"
 
 
-def _timed(batches, batch_size: int, seconds: float, warmup: int) -> float:
-    """Images/s over `seconds` of iterating `batches` (an endless iterator), after `warmup` batches."""
-    it = iter(batches)
+def _timed(batches, batch_size: int, seconds: float, warmup: int) -> tuple[int, float]:
+    """(images, seconds) from iterating the endless iterator `batches` for `seconds`, after `warmup` batches."""
     for _ in range(warmup):
-        next(it)
+        next(batches)
     images, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        batch = next(it)
+        batch = next(batches)
         images += batch[0].shape[0] if isinstance(batch, (tuple, list)) else batch_size
-    return images / (time.perf_counter() - start)
+    return images, time.perf_counter() - start
 
 
-def decode_ceiling(shards_dir: Path, split: str, batch_size: int, threads: int, seconds: float, warmup: int) -> float:
-    """Images/s of DALI CPU read + full JPEG decode only, no crop, flip, Lab or copy out."""
+def measure_in_rounds(sources: dict, batch_size: int, seconds: float, warmup: int, rounds: int) -> dict[str, float]:
+    """Images/s of each endless iterator in `sources`, timed in `rounds` interleaved rounds (module doc)."""
+    totals = {name: [0, 0.0] for name in sources}
+    for _ in range(rounds):
+        for name, batches in sources.items():
+            images, elapsed = _timed(batches, batch_size, seconds / rounds, warmup)
+            totals[name][0] += images
+            totals[name][1] += elapsed
+    return {name: images / elapsed for name, (images, elapsed) in totals.items()}
+
+
+def decode_ceiling(shards_dir: Path, split: str, batch_size: int, threads: int):
+    """Endless iterator over batches of DALI CPU read + full JPEG decode only: no crop, flip, Lab or copy out."""
     from nvidia.dali import fn, pipeline_def, types
 
     from pipeline.shard_list import split_shards
@@ -84,13 +102,9 @@ def decode_ceiling(shards_dir: Path, split: str, batch_size: int, threads: int, 
 
     pipe = decode_only(batch_size=batch_size, num_threads=threads, device_id=None, seed=1, prefetch_queue_depth=2)
     pipe.build()
-
-    def runs():
-        while True:
-            pipe.run()
-            yield None
-
-    return _timed(runs(), batch_size, seconds, warmup)
+    while True:
+        pipe.run()
+        yield None
 
 
 def _machine() -> dict:
@@ -110,9 +124,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --backends {args.backends!r}: unknown backend(s) {unknown} (choose from seed, torch, dali)",
               file=sys.stderr)
         return 2
-    if args.size <= 0 or args.size % 256 or args.batch_size < 1 or args.seconds <= 0 or args.threads < 1:
-        print("error: --size must be a positive multiple of 256; --batch-size, --seconds, --threads positive",
-              file=sys.stderr)
+    if (args.size <= 0 or args.size % 256 or args.batch_size < 1 or args.seconds <= 0 or args.threads < 1
+            or args.rounds < 1 or args.warmup < 0):
+        print("error: --size must be a positive multiple of 256; --batch-size, --seconds, --threads, --rounds "
+              "positive; --warmup not negative", file=sys.stderr)
         return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
@@ -138,21 +153,23 @@ def _run(args, backends, shards_dir: Path) -> int:
 
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    results: dict[str, dict] = {}
     load_before = os.getloadavg()[0]
     try:
+        sources = {}
         for backend in backends:
             cfg = DataConfig(shards=str(shards_dir), backend=backend, size=args.size, crop=args.crop,
                              batch_size=args.batch_size, num_threads=args.threads)
-            loader = make_loader(cfg, 0, 1, device, split=args.split, endless=True)
-            rate = _timed(loader, args.batch_size, args.seconds, args.warmup)
-            results[backend] = {"images_per_s": round(rate, 1)}
-            print(f"  {backend:6s} {rate:8.1f} images/s", flush=True)
-            del loader
-        ceiling = decode_ceiling(shards_dir, args.split, args.batch_size, args.threads, args.seconds, args.warmup)
+            sources[backend] = iter(make_loader(cfg, 0, 1, device, split=args.split, endless=True))
+        sources[CEILING] = decode_ceiling(shards_dir, args.split, args.batch_size, args.threads)
+        print(f"timing {', '.join(sources)}: {args.rounds} round(s) of {args.seconds / args.rounds:.1f} s each …",
+              flush=True)
+        rates = measure_in_rounds(sources, args.batch_size, args.seconds, args.warmup, args.rounds)
     except (ShardError, BadShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    del sources  # stops the DataLoader workers and DALI threads before the report
+    ceiling = rates.pop(CEILING)
+    results: dict[str, dict] = {name: {"images_per_s": round(rate, 1)} for name, rate in rates.items()}
     seed_rate = results.get("seed", {}).get("images_per_s")
     for r in results.values():
         r["ratio_vs_seed"] = round(r["images_per_s"] / seed_rate, 2) if seed_rate else None
@@ -162,7 +179,8 @@ def _run(args, backends, shards_dir: Path) -> int:
     report = {"backends": results, "decode_ceiling_images_per_s": round(ceiling, 1),
               "decode_ceiling": "DALI CPU fn.decoders.image (read + full decode only), same threads and batch",
               "settings": {"batch_size": args.batch_size, "size": args.size, "crop": args.crop, "threads": args.threads,
-                           "seconds": args.seconds, "device": args.device, "shards": str(shards_dir)},
+                           "seconds": args.seconds, "rounds": args.rounds, "warmup": args.warmup,
+                           "device": args.device, "shards": str(shards_dir)},
               "machine": machine}
     print(f"\n{'backend':8s} {'images/s':>10s} {'× seed':>8s} {'of decode':>10s}")
     for name, r in results.items():

@@ -305,3 +305,34 @@ def test_gpu_pipeline_matches_cpu_path(shards):
     # Decoders differ by a code value here and there; the Lab maths agrees to float precision.
     assert (gpu[0].cpu() - cpu[0]).abs().mean() < 2e-3
     assert (gpu[1].cpu() - cpu[1]).abs().mean() < 2e-3
+
+
+# ------------------------------------------------------------------------------------------ benchmark
+def test_bench_loader_reports_every_backend_against_seed_and_the_ceiling(shards, tmp_path, capsys):
+    import json
+
+    from launch.bench import main as bench
+
+    out = tmp_path / "loader.json"
+    code = bench(["loader", "--shards", str(shards[0]), "--backends", "seed,dali", "--batch-size", "8",
+                  "--seconds", "1", "--rounds", "2", "--warmup", "1", "--threads", "2", "--device", "cpu",
+                  "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    seed, dali = report["backends"]["seed"], report["backends"]["dali"]
+    assert seed["ratio_vs_seed"] == 1.0 and seed["images_per_s"] > 0 and dali["images_per_s"] > 0
+    assert dali["ratio_vs_seed"] == pytest.approx(dali["images_per_s"] / seed["images_per_s"], rel=0.01)
+    assert dali["fraction_of_decode_ceiling"] == pytest.approx(
+        dali["images_per_s"] / report["decode_ceiling_images_per_s"], rel=0.01)
+    assert report["settings"]["rounds"] == 2
+    printed = capsys.readouterr().out
+    assert "seed" in printed and "dali" in printed and "ceiling" in printed
+
+
+def test_bench_loader_rejects_bad_arguments_in_one_line(shards, capsys):
+    from launch.bench import main as bench
+
+    assert bench(["loader", "--shards", str(shards[0]), "--backends", "seed,fast"]) == 2
+    assert "unknown backend(s) ['fast']" in capsys.readouterr().err
+    assert bench(["loader", "--shards", str(shards[0]), "--rounds", "0"]) == 2
+    assert "--rounds" in capsys.readouterr().err
