@@ -69,8 +69,8 @@ class DataConfig:
     on_bad_sample: Literal["error", "skip"] = "error"
     """An undecodable sample: `error` stops with the shard's name; `skip` drops it and counts it."""
     compile_lab: bool = True
-    """DALI backend on CPU: fuse the RGB → Lab step with torch.compile (table form, ≤ 5e-4 off; a few
-    seconds to compile on first use); false = exact eager torch, several times slower."""
+    """DALI backend on CPU: fuse the RGB → Lab step with torch.compile (polynomial form, ≤ 1e-4 off; a
+    few seconds to compile on first use); false = exact eager torch, several times slower."""
 
 
 @dataclass
