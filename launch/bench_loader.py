@@ -9,9 +9,11 @@ The time is split into `--rounds` rounds; each round runs every backend and then
 its share of the seconds, after `--warmup` untimed batches (worker start and compile in the first
 round; in later rounds, the batches each source queued while the others ran). A machine whose speed
 drifts over a minute (a shared virtual machine) then shifts every source alike instead of skewing
-the ratios; each rate is its total images over its total timed seconds. Without `--shards`, ImageNet-like shards are generated first
-(untimed): `--images` JPEGs at quality 90, longer side 450–500 px, from real photos with grain
-(`shards.demo_images.write_photo_crops`), built with `shards.build.build_shards`.
+the ratios; each rate is its total images over its total timed seconds.
+
+Without `--shards`, ImageNet-like shards are generated first (untimed): `--images` JPEGs at quality
+90, longer side 450–500 px, from real photos with grain (`shards.demo_images.write_photo_crops`),
+built with `shards.build.build_shards`.
 """
 
 from __future__ import annotations
