@@ -13,6 +13,20 @@ XYZ_FROM_RGB = (
 )
 D65_WHITE = (0.95047, 1.0, 1.08883)
 
+
+def _inverse_3x3(m):
+    """Inverse of a 3×3 matrix given as rows, by cofactors (float64, no numpy or torch needed)."""
+    (a, b, c), (d, e, f), (g, h, i) = m
+    cof = ((e * i - f * h, c * h - b * i, b * f - c * e),
+           (f * g - d * i, a * i - c * g, c * d - a * f),
+           (d * h - e * g, b * g - a * h, a * e - b * d))
+    det = a * cof[0][0] + b * cof[1][0] + c * cof[2][0]
+    return tuple(tuple(x / det for x in row) for row in cof)
+
+
+# XYZ → sRGB linear, inverted once here so no conversion inverts a matrix at run time.
+RGB_FROM_XYZ = _inverse_3x3(XYZ_FROM_RGB)
+
 EPSILON = 0.008856  # (6/29)^3 as skimage rounds it: where f(t) switches from the cube root to linear
 KAPPA_SLOPE = 7.787  # slope of f(t)'s linear segment
 F_OFFSET = 16.0 / 116.0

@@ -23,23 +23,36 @@ from pipeline.colour_constants import (
     KAPPA_SLOPE,
     L_SCALE,
     L_SHIFT,
+    RGB_FROM_XYZ,
     SRGB_ENCODED_THRESHOLD,
     SRGB_LINEAR_THRESHOLD,
     XYZ_FROM_RGB,
 )
 
+# (device, dtype) → (XYZ_FROM_RGB 3×3, RGB_FROM_XYZ 3×3, D65 white 3×1×1). Built on first use per
+# device and dtype, then reused: a tensor made from Python numbers is a host → device copy that
+# blocks the CPU until the GPU catches up, and the training step converts colours several times.
+_CONSTANTS: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-def _matrix(rows, like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(rows, dtype=like.dtype, device=like.device)
+
+def _constants(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    key = (like.device, like.dtype)
+    found = _CONSTANTS.get(key)
+    if found is None:
+        # Normal tensors even when first asked for under `inference_mode`: an inference tensor could
+        # not later be saved for backward by a training step's colour conversion.
+        with torch.inference_mode(False):
+            xyz_from_rgb, rgb_from_xyz, white = (
+                torch.tensor(values, dtype=like.dtype, device=like.device)
+                for values in (XYZ_FROM_RGB, RGB_FROM_XYZ, D65_WHITE)
+            )
+        found = _CONSTANTS[key] = (xyz_from_rgb, rgb_from_xyz, white.view(3, 1, 1))
+    return found
 
 
 def _apply_matrix(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Per-pixel 3×3 colour transform of `x` (…×3×H×W)."""
     return torch.einsum("ij,...jhw->...ihw", m, x)
-
-
-def _white(like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(D65_WHITE, dtype=like.dtype, device=like.device).view(3, 1, 1)
 
 
 def srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
@@ -60,7 +73,8 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
 
     rgb: …×3×H×W, sRGB in [0, 1]. Returns …×3×H×W: L* in [0, 100], a*, b* roughly in [-128, 127].
     """
-    xyz = _apply_matrix(_matrix(XYZ_FROM_RGB, rgb), srgb_to_linear(rgb)) / _white(rgb)
+    xyz_from_rgb, _, white = _constants(rgb)
+    xyz = _apply_matrix(xyz_from_rgb, srgb_to_linear(rgb)) / white
     cube_root = xyz.clamp(min=EPSILON) ** (1.0 / 3.0)
     f = torch.where(xyz > EPSILON, cube_root, KAPPA_SLOPE * xyz + F_OFFSET)
     fx, fy, fz = f.unbind(dim=-3)
@@ -82,8 +96,8 @@ def lab_to_rgb(lab: torch.Tensor, clip: bool = True) -> torch.Tensor:
     fz = (fy - b / 200.0).clamp(min=0.0)  # skimage clips negative z before cubing
     f = torch.stack((fx, fy, fz), dim=-3)
     cube = f.clamp(min=F_INV_THRESHOLD) ** 3
-    xyz = torch.where(f > F_INV_THRESHOLD, cube, (f - F_OFFSET) / KAPPA_SLOPE) * _white(lab)
-    rgb_from_xyz = torch.linalg.inv(_matrix(XYZ_FROM_RGB, lab).double()).to(lab.dtype)
+    _, rgb_from_xyz, white = _constants(lab)
+    xyz = torch.where(f > F_INV_THRESHOLD, cube, (f - F_OFFSET) / KAPPA_SLOPE) * white
     rgb = linear_to_srgb(_apply_matrix(rgb_from_xyz, xyz))
     return rgb.clamp(0.0, 1.0) if clip else rgb
 

@@ -92,3 +92,35 @@ def test_float64_input_stays_float64():
 def test_cuda_matches_cpu():
     rgb = torch.rand(2, 3, 32, 32)
     assert torch.allclose(rgb_to_lab(rgb.cuda()).cpu(), rgb_to_lab(rgb), atol=1e-3)
+
+
+def test_lab_to_rgb_inverts_no_matrix_and_makes_no_constant_tensors_per_call(monkeypatch):
+    """The colour constants are built once per device and dtype: after the first call, neither
+    `lab_to_rgb` nor `rgb_to_lab` inverts a matrix or turns Python numbers into a tensor (on CUDA
+    each of those is a host → device copy that stalls the training step)."""
+    lab = rgb_to_lab(torch.rand(2, 3, 8, 8))
+    lab_to_rgb(lab)  # first use may build the constants
+
+    def forbidden(name):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"{name} called at run time")
+        return fail
+
+    monkeypatch.setattr(torch.linalg, "inv", forbidden("torch.linalg.inv"))
+    monkeypatch.setattr(torch, "tensor", forbidden("torch.tensor"))
+    monkeypatch.setattr(torch, "as_tensor", forbidden("torch.as_tensor"))
+    rgb = lab_to_rgb(lab)
+    assert torch.allclose(rgb_to_lab(rgb), lab, atol=1e-3)
+
+
+def test_constants_built_under_inference_mode_still_train(monkeypatch):
+    """Constants first built under `inference_mode` (colourising) must not be inference tensors:
+    a later training step saves them for backward."""
+    import pipeline.lab
+
+    monkeypatch.setattr(pipeline.lab, "_CONSTANTS", {})
+    with torch.inference_mode():
+        lab_to_rgb(torch.zeros(1, 3, 2, 2, dtype=torch.float64))
+    lab = torch.rand(1, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    lab_to_rgb(lab, clip=False).sum().backward()
+    assert lab.grad is not None and torch.isfinite(lab.grad).all()
