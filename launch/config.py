@@ -10,6 +10,7 @@ gives an equal object.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ class RunConfig:
     """`auto`: CUDA when available, else CPU. `cpu` forces CPU even where a GPU exists."""
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     """`auto`: bf16 autocast on CUDA, fp32 on CPU."""
+    deterministic: bool = False
+    """CUDA: false lets cuDNN time its algorithms once per shape and keep the fastest (the training
+    shapes are fixed); true asks for deterministic algorithms instead (slower, bit-repeatable runs)."""
 
 
 @dataclass
@@ -59,7 +63,12 @@ class DataConfig:
     flip: bool = True
     """Random horizontal flip with probability 0.5."""
     batch_size: int = 32
-    """Global batch size (all processes together); must divide by the number of processes."""
+    """Images per optimiser step: the global batch (all processes together, which must divide it)
+    when `batch_size_unit` is `global`; each process's batch when it is `per_process`."""
+    batch_size_unit: Literal["global", "per_process"] = "global"
+    """`global`: the run is the same on any number of processes. `per_process` (for multi-GPU
+    configs): each process gets `batch_size` images, so the global batch is batch_size × processes,
+    and with `optim.reference_batch` the learning rates and step counts follow it (see there)."""
     num_threads: int = 2
     """DALI CPU threads per process, or DataLoader workers for the `torch` and `seed` backends."""
     prefetch: int = 2
@@ -71,6 +80,19 @@ class DataConfig:
     compile_lab: bool = True
     """DALI backend on CPU: fuse the RGB → Lab step with torch.compile (polynomial form, ≤ 1e-4 off; a
     few seconds to compile on first use); false = exact eager torch, several times slower."""
+
+    def per_process_batch(self, processes: int) -> int:
+        """Images each of `processes` processes loads per step; ConfigError naming data.batch_size
+        when a global batch does not divide by the number of processes."""
+        if processes < 1:
+            raise ValueError(f"the number of processes must be >= 1, got {processes}")
+        if self.batch_size_unit == "per_process":
+            return self.batch_size
+        if self.batch_size % processes:
+            raise ConfigError(
+                f"data.batch_size = {self.batch_size} does not divide by the number of processes ({processes})"
+            )
+        return self.batch_size // processes
 
 
 @dataclass
@@ -144,6 +166,11 @@ class OptimConfig:
     warmup_steps: int = 0
     """Linear learning-rate warm-up over this many steps at the start of each phase (0 = none), so a
     fresh Adam at a large-batch learning rate does not take its first, poorly estimated steps at full size."""
+    reference_batch: int = 0
+    """0: learning rates and step counts are used as written. > 0: they are written for this global
+    batch, and a run whose global batch G differs rescales them when it starts (and prints so):
+    every lr × √(G / reference_batch) (Adam's square-root rule), `schedule.*_steps` and
+    `optim.warmup_steps` × reference_batch / G (rounded up), so the run sees the same number of samples."""
 
 
 @dataclass
@@ -346,6 +373,7 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
         need(adam.weight_decay >= 0, f"optim.{name}.weight_decay", "must be >= 0")
     need(cfg.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
     need(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    need(cfg.optim.reference_batch >= 0, "optim.reference_batch", "must be >= 0")
     need(cfg.schedule.nogan_steps >= 0, "schedule.nogan_steps", "must be >= 0")
     need(cfg.schedule.gan_steps >= 0, "schedule.gan_steps", "must be >= 0")
     need(cfg.total_steps > 0, "schedule.nogan_steps", "and schedule.gan_steps must not both be 0")
@@ -388,6 +416,45 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         _apply_override(tree, override, f"{source} (override)" if overrides else source)
     cfg = _build(Config, tree, "", source)
     return validate(cfg, source)
+
+
+def scale_to_processes(cfg: Config, processes: int) -> tuple[Config, list[str]]:
+    """The config a run on `processes` processes trains with: `data.batch_size` made global, and
+    learning rates and step counts rescaled by `optim.reference_batch` (see its docstring). Returns
+    the resolved config (unit `global`, reference 0, so saving and reloading it changes nothing) and
+    lines saying what was changed and why. Raises ConfigError when the batch does not split."""
+    data, optim, schedule = cfg.data, cfg.optim, cfg.schedule
+    notes: list[str] = []
+    batch = data.per_process_batch(processes) * processes
+    if data.batch_size_unit == "per_process":
+        notes.append(f"global batch {batch} = data.batch_size {data.batch_size} per process × {processes} processes")
+    reference = optim.reference_batch
+    if reference and batch != reference:
+        lr_factor = math.sqrt(batch / reference)
+
+        def steps(n: int) -> int:
+            return math.ceil(n * reference / batch)
+
+        scaled_adam = {
+            name: dataclasses.replace(getattr(optim, name), lr=getattr(optim, name).lr * lr_factor)
+            for name in ("nogan", "generator", "discriminator")
+        }
+        new_schedule = ScheduleConfig(nogan_steps=steps(schedule.nogan_steps), gan_steps=steps(schedule.gan_steps))
+        notes.append(
+            f"optim.reference_batch {reference} → global batch {batch}: learning rates × √({batch}/{reference}) = "
+            f"{lr_factor:.3f} (nogan {scaled_adam['nogan'].lr:.3g}, generator {scaled_adam['generator'].lr:.3g}, "
+            f"discriminator {scaled_adam['discriminator'].lr:.3g}); steps × {reference}/{batch}: "
+            f"{new_schedule.nogan_steps:,} NoGAN + {new_schedule.gan_steps:,} GAN, warm-up {steps(optim.warmup_steps):,}"
+        )
+        optim = dataclasses.replace(optim, **scaled_adam, warmup_steps=steps(optim.warmup_steps))
+        schedule = new_schedule
+    resolved = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(data, batch_size=batch, batch_size_unit="global"),
+        optim=dataclasses.replace(optim, reference_batch=0),
+        schedule=schedule,
+    )
+    return resolved, notes
 
 
 def dump_config(cfg: Config, path: str | Path | None = None) -> str:

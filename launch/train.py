@@ -16,7 +16,7 @@ resumable" from "finished".
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
 import signal
 import sys
 from dataclasses import dataclass
@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 
-from launch.config import Config, ConfigError, config_to_dict, dump_config, load_config
+from launch.config import Config, ConfigError, config_to_dict, dump_config, load_config, scale_to_processes
 from launch.training.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from launch.training.debug import SampleRecorder, maybe_kill_after_checkpoint
 from launch.training.errors import TrainingError
@@ -36,7 +36,8 @@ from launch.training.logging import RunLogger, keep_wandb_files_in, resolve_wand
 from launch.training.samples import sample_grid, save_png
 from launch.training.schedule import NOGAN, is_phase_switch, learning_rate, phase_at, set_learning_rate
 from launch.training.signals import StopRequest
-from launch.training.steps import GAN_TERMS, NOGAN_TERMS, StepContext, gan_step, nogan_step
+from launch.training.steps import StepContext, gan_step, nogan_step
+from launch.training.monitor import LossMonitor
 from launch.training.timing import StepTimer
 from losses import build_feature_loss
 from models import build_discriminator, build_generator
@@ -61,7 +62,8 @@ class Run:
     recorder: SampleRecorder
     sample_batch: tuple[torch.Tensor, torch.Tensor] | None
     """Fixed val batch (L, ab) for the sample grid, on rank 0; None elsewhere or without a val split."""
-    has_val: bool
+    val_loader: object | None
+    """This rank's val loader, reused by every evaluation; None without a val split."""
 
     @property
     def run_dir(self) -> Path:
@@ -86,20 +88,15 @@ def build_accelerator(cfg: Config, wandb_mode: str) -> Accelerator:
         precision = "no" if cpu else "bf16"
     if precision == "bf16" and cpu:
         raise ConfigError("run.mixed_precision = 'bf16' is for CUDA runs; use 'no' or 'auto' on CPU")
+    if not cpu:
+        torch.backends.cudnn.benchmark = not cfg.run.deterministic
+        torch.backends.cudnn.deterministic = cfg.run.deterministic
     return Accelerator(
         cpu=cpu,
         mixed_precision=precision,
         log_with="wandb" if wandb_mode != "disabled" else None,
         project_dir=str(cfg.run_dir),
     )
-
-
-def check_batch_split(cfg: Config, processes: int) -> None:
-    """The global batch must split evenly over the processes (each gets batch_size // processes)."""
-    if cfg.data.batch_size % processes:
-        raise ConfigError(
-            f"data.batch_size = {cfg.data.batch_size} does not divide by the number of processes ({processes})"
-        )
 
 
 def build_models(cfg: Config, accelerator: Accelerator) -> tuple[nn.Module, nn.Module]:
@@ -116,9 +113,11 @@ def build_models(cfg: Config, accelerator: Accelerator) -> tuple[nn.Module, nn.M
     discriminator = discriminator.to(accelerator.device, memory_format=memory_format)
     if cfg.model.compile:
         # In-place compile keeps state_dict keys unchanged (no `_orig_mod.`), so checkpoints and the
-        # exported generator are the same with and without it.
-        generator.compile()
-        discriminator.compile()
+        # exported generator are the same with and without it. The training shapes are fixed, so
+        # static shapes; evaluation and sample grids run the eager forward (`eager_forward`) rather
+        # than compile graphs for their own batch sizes and the eval-mode BatchNorm.
+        generator.compile(dynamic=False)
+        discriminator.compile(dynamic=False)
     return generator, discriminator
 
 
@@ -129,7 +128,10 @@ def build_feature_loss_if_used(cfg: Config, accelerator: Accelerator) -> nn.Modu
     )
     if not used:
         return None
-    loss = build_feature_loss(cfg.loss).to(accelerator.device)
+    # The main process fetches the ImageNet weights into the torch hub cache first; the others then
+    # read the cached file instead of all downloading it at once.
+    with accelerator.main_process_first():
+        loss = build_feature_loss(cfg.loss).to(accelerator.device)
     if accelerator.device.type == "cuda" and cfg.model.channels_last:
         loss = loss.to(memory_format=torch.channels_last)
     return loss
@@ -165,8 +167,11 @@ def build_loaders(cfg: Config, accelerator: Accelerator) -> tuple[object, bool]:
     return loader, has_val
 
 
-def val_batches(cfg: Config, accelerator: Accelerator):
-    """One deterministic pass over this rank's share of the val split: (L, ab) batches on the device."""
+def build_val_loader(cfg: Config, accelerator: Accelerator, has_val: bool):
+    """This rank's share of the val split, one deterministic pass per `iter()`: built once and reused
+    by every evaluation (a GPU pipeline's decoder set-up is not repeated); None without a val split."""
+    if not has_val:
+        return None
     return make_loader(
         cfg.data, accelerator.process_index, accelerator.num_processes, accelerator.device,
         split="val", endless=False, seed=cfg.run.seed,
@@ -174,20 +179,18 @@ def val_batches(cfg: Config, accelerator: Accelerator):
 
 
 def build_sample_batch(cfg: Config, accelerator: Accelerator, has_val: bool):
-    """The first `logging.sample_count` val images (rank 0 only), fixed for the whole run."""
+    """The first `logging.sample_count` val images (rank 0 only), fixed for the whole run: one batch
+    of exactly that many images is decoded, once."""
     if not (accelerator.is_main_process and has_val):
         return None
-    loader = make_loader(cfg.data, 0, 1, accelerator.device, split="val", endless=False, seed=cfg.run.seed)
-    Ls, abs_ = [], []
-    for L, ab in loader:
-        Ls.append(L)
-        abs_.append(ab)
-        if sum(x.shape[0] for x in Ls) >= cfg.logging.sample_count:
-            break
-    if not Ls:
-        return None
-    n = cfg.logging.sample_count
-    return torch.cat(Ls)[:n], torch.cat(abs_)[:n]
+    data = dataclasses.replace(cfg.data, batch_size=cfg.logging.sample_count, batch_size_unit="global")
+    loader = make_loader(data, 0, 1, accelerator.device, split="val", endless=False, seed=cfg.run.seed)
+    try:
+        return next(iter(loader), None)
+    finally:
+        close = getattr(loader, "close", None)
+        if close is not None:
+            close()
 
 
 def build_logger(cfg: Config, accelerator: Accelerator, wandb_mode: str, start_step: int) -> RunLogger:
@@ -211,10 +214,12 @@ def build_run(cfg: Config, resume: bool) -> Run:
     if wandb_mode != "disabled":
         keep_wandb_files_in(cfg.run_dir)
     accelerator = build_accelerator(cfg, wandb_mode)
-    check_batch_split(cfg, accelerator.num_processes)
+    cfg, scaling = scale_to_processes(cfg, accelerator.num_processes)
     if accelerator.is_main_process:
         text = dump_config(cfg, cfg.run_dir / "config.yaml")
         print(f"resolved config (saved to {cfg.run_dir / 'config.yaml'}):\n{text}", file=sys.stderr)
+        for line in scaling:
+            print(line, file=sys.stderr)
     generator, discriminator = build_models(cfg, accelerator)
     feature_loss = build_feature_loss_if_used(cfg, accelerator)
     opt_nogan, opt_g, opt_d = build_optimizers(cfg, generator, discriminator, accelerator.device)
@@ -256,7 +261,7 @@ def build_run(cfg: Config, resume: bool) -> Run:
         stop=StopRequest().install(),
         recorder=SampleRecorder(),
         sample_batch=build_sample_batch(cfg, accelerator, has_val),
-        has_val=has_val,
+        val_loader=build_val_loader(cfg, accelerator, has_val),
     )
 
 
@@ -277,28 +282,6 @@ def apply_learning_rates(run: Run, step: int) -> dict[str, float]:
     return {"train/lr_g": lr_g, "train/lr_d": lr_d}
 
 
-def reduce_step(run: Run, phase: str, terms: dict[str, torch.Tensor]) -> tuple[dict[str, float], bool]:
-    """Mean of each loss term over ranks, and whether any rank was asked to stop — one collective.
-
-    This is also the loop's one host synchronisation per step (it reads the numbers back).
-    """
-    keys = NOGAN_TERMS if phase == NOGAN else GAN_TERMS
-    acc = run.accelerator
-    packed = torch.stack([terms[k].float() for k in keys] + [torch.tensor(float(run.stop.requested), device=acc.device)])
-    if acc.num_processes > 1:
-        packed = acc.reduce(packed, reduction="sum")
-    numbers = packed.tolist()
-    values = {k: v / acc.num_processes for k, v in zip(keys, numbers)}
-    return values, numbers[-1] > 0
-
-
-def check_finite(values: dict[str, float], step: int) -> None:
-    """Stop on the first non-finite loss term, naming the step and the term."""
-    for key, value in values.items():
-        if not math.isfinite(value):
-            raise TrainingError(f"non-finite loss at step {step}: {key} = {value}")
-
-
 def write_samples(run: Run, step: int) -> None:
     """Grid of the fixed val batch: runs/<name>/samples/step_<n>.png, and W&B `samples/grid` (rank 0)."""
     if run.sample_batch is None:
@@ -308,7 +291,7 @@ def write_samples(run: Run, step: int) -> None:
     generator.eval()
     L, ab = run.sample_batch
     with torch.no_grad(), torch.random.fork_rng(devices=[]), run.accelerator.autocast():
-        fake = generator(L).float()
+        fake = generator.forward(L).float()  # eager: compile serves the training step's shapes only
     generator.train(was_training)
     grid = sample_grid(L, fake, ab)
     save_png(grid, run.run_dir / "samples" / f"step_{step}.png")
@@ -317,10 +300,10 @@ def write_samples(run: Run, step: int) -> None:
 
 def run_eval(run: Run, step: int) -> dict[str, float]:
     """Score the val split on all ranks: eval/* beside the grey baseline (empty without a val split)."""
-    if not run.has_val:
+    if run.val_loader is None:
         return {}
     generator = run.accelerator.unwrap_model(run.ctx.generator)
-    values = evaluate(run.accelerator, generator, val_batches(run.cfg, run.accelerator), run.cfg.logging.eval_batches)
+    values = evaluate(run.accelerator, generator, run.val_loader, run.cfg.logging.eval_batches)
     run.logger.write(
         f"step {step}: eval ab-L1 {values['eval/ab_l1']:.3f} (grey {values['eval/ab_l1_grey']:.3f}), "
         f"PSNR {values['eval/psnr']:.2f} dB (grey {values['eval/psnr_grey']:.2f})"
@@ -345,13 +328,15 @@ def train_loop(run: Run) -> int:
     """Run the schedule from `run.state.step` to the end; returns the exit status (see module doc)."""
     cfg, state, ctx = run.cfg, run.state, run.ctx
     total, log_every = cfg.total_steps, cfg.logging.every_steps
-    timer = StepTimer(images_per_step=cfg.data.batch_size)
+    acc = run.accelerator
+    timer = StepTimer(images_per_step=cfg.data.batch_size, device=acc.device)
+    monitor = LossMonitor(acc.device, acc.num_processes)
     batches = iter(run.loader)
     while state.step < total:
         step = state.step  # 0-based index of the step about to run
         phase = phase_at(step, cfg.schedule)
 
-        # 1. Next batch; the time blocked here is the data wait.
+        # 1. Next batch; the time the device waits here is the data wait.
         timer.start_step()
         L, ab = next(batches)
         timer.data_ready()
@@ -360,33 +345,46 @@ def train_loop(run: Run) -> int:
         # 2. Learning rates are a pure function of the step (warm-up per phase): nothing to checkpoint.
         lrs = apply_learning_rates(run, step)
 
-        # 3. One optimiser step of the phase: G alone, or D then G.
+        # 3. One optimiser step of the phase: G alone, or D then G. Losses stay on the device.
         terms = nogan_step(ctx, L, ab) if phase == NOGAN else gan_step(ctx, L, ab)
         state.step, state.phase = step + 1, phase
         done = state.step
+        monitor.update(done, terms)
+        timer.end_step()
 
-        # 4. Agree across ranks on the losses and on stopping; fail fast on NaN/inf.
-        values, stop = reduce_step(run, phase, terms)
-        timer.end_step(phase)
-        check_finite(values, done)
+        # 4. Only some steps read numbers back. Every rank decides alike (a stop request alone can
+        #    end a one-process run at any step; several processes agree on it at the next sync point).
+        log_due = done % log_every == 0 or done == total
+        sample_due = done % cfg.logging.sample_every_steps == 0 or done == total
+        eval_due = done % cfg.logging.eval_every_steps == 0 or done == total
+        save_due = done % cfg.checkpoint.every_steps == 0 or is_phase_switch(done, cfg.schedule) or done == total
+        stop_now = run.stop.requested and acc.num_processes == 1
+        if not (log_due or sample_due or eval_due or save_due or stop_now):
+            run.logger.progress(done, phase)
+            continue
 
-        # 5. Pictures and validation metrics.
+        # 5. THE CPU–GPU sync point: reduce the losses over ranks and read them; a non-finite loss
+        #    since the last sync point raises here, before anything below saves.
+        timer.sync(phase)
+        values, stop = monitor.read(run.stop.requested)
+
+        # 6. Pictures and validation metrics.
         record: dict[str, float] = {}
-        if done % cfg.logging.sample_every_steps == 0 or done == total:
+        if sample_due:
             write_samples(run, done)
-        if done % cfg.logging.eval_every_steps == 0 or done == total:
+        if eval_due:
             record.update(run_eval(run, done))
 
-        # 6. Scalars (one metrics.jsonl line per logged step) and progress, rank 0.
-        if done % log_every == 0 or done == total:
+        # 7. Scalars (one metrics.jsonl line per logged step) and progress, rank 0.
+        if log_due:
             record.update(values, **lrs, **timer.window())
             record["perf/eta_hours"] = timer.eta_hours(done, cfg.schedule)
         if record:
             run.logger.log(done, phase, record)
         run.logger.progress(done, phase, values)
 
-        # 7. Checkpoints: on schedule, at the NoGAN → GAN switch, at the end, and when asked to stop.
-        if done % cfg.checkpoint.every_steps == 0 or is_phase_switch(done, cfg.schedule) or done == total or stop:
+        # 8. Checkpoints: on schedule, at the NoGAN → GAN switch, at the end, and when asked to stop.
+        if save_due or stop:
             save(run, done, phase)
         if is_phase_switch(done, cfg.schedule):
             run.logger.write(f"step {done}: NoGAN phase done, checkpoint saved; GAN phase starts")

@@ -93,7 +93,8 @@ def _load_features(features: nn.Sequential, state: dict[str, torch.Tensor], sour
 def load_vgg19_bn_features(weights: str) -> nn.Sequential:
     """VGG19-bn `features` (53 modules, conv/BN/ReLU + 5 max-pools) with the requested weights.
 
-    weights: `imagenet` (torchvision's IMAGENET1K_V1, downloaded once into the torch hub cache),
+    weights: `imagenet` (torchvision's IMAGENET1K_V1, downloaded once into the torch hub cache; in a
+    multi-process run the caller lets one process download first, see `launch/train.py`),
     `none` (torchvision's random init; for tests), or a local path to a vgg19_bn state_dict (`.pth`,
     `.pt` read with `torch.load(weights_only=True)`, or `.safetensors`), full-model or `features` only.
     """
@@ -101,12 +102,17 @@ def load_vgg19_bn_features(weights: str) -> nn.Sequential:
     if weights == "none":
         return features
     if weights == "imagenet":
+        weights_enum = VGG19_BN_Weights.IMAGENET1K_V1
         try:
-            state = VGG19_BN_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
+            state = weights_enum.get_state_dict(progress=True, check_hash=True)
         except Exception as exc:  # offline, proxy, corrupt cache: all need the same advice
+            file_name = weights_enum.url.rsplit("/", 1)[-1]
+            cache = Path(torch.hub.get_dir()) / "checkpoints"
             raise VGGWeightsError(
-                f"cannot download VGG19-bn ImageNet weights ({type(exc).__name__}: {_first_line(exc)}); "
-                "set loss.vgg_weights to a local state_dict path"
+                f"cannot download VGG19-bn ImageNet weights ({file_name}: {type(exc).__name__}: "
+                f"{_first_line(exc)}); pre-stage the file: fetch {weights_enum.url} where there is network "
+                f"and copy it to {cache / file_name} (the torch hub cache; TORCH_HOME moves it), or set "
+                "loss.vgg_weights to a local state_dict path"
             ) from None
         _load_features(features, state, "torchvision IMAGENET1K_V1")
         return features

@@ -72,6 +72,9 @@ class DaliCpuRunner:
 
     def __next__(self) -> list[dict[str, list[torch.Tensor]]]:
         if not self.endless and self.delivered >= self.samples_per_pass:
+            # The pass is over; the reader (its last batch padded) starts the next one at the first
+            # sample, so the next call begins a new pass, as DALI's own iterators do with auto_reset.
+            self.delivered = 0
             raise StopIteration
         outputs = self.pipe.run()
         if not self._priority_lowered:  # DALI's threads all exist once a batch has been produced

@@ -77,6 +77,7 @@ class DaliLoader:
         self._delivered_at_last_good = 0
         self._delivered_at_checkpoint = 0
         self._iterator = None
+        self._pass_open = False  # a one-pass loader whose current pass was started and not finished
 
     # ---------------------------------------------------------------------------------------------
     def _check_truncation(self, shard: Shard) -> None:
@@ -236,10 +237,21 @@ class DaliLoader:
         return batch
 
     def __iter__(self):
+        if not self.endless:
+            # Each iter() is a whole pass from the start. DALI cannot rewind a pass half-way, so a pass
+            # an earlier consumer left unfinished (an evaluation of the first N batches) is run to its
+            # end here, undecoded into tensors, and the new pass starts at the first sample.
+            while self._pass_open:
+                try:
+                    self._next_raw()
+                except StopIteration:
+                    self._pass_open = False
+            self._pass_open = True
         while True:
             try:
                 out = self._next_raw()
             except StopIteration:
+                self._pass_open = False
                 return  # one pass done; auto_reset readies the next pass
             yield self._to_network(out)
 
@@ -269,6 +281,7 @@ class DaliLoader:
         self._checkpoint = state["checkpoint"]
         self._delivered_at_checkpoint = 0
         self._iterator = None
+        self._pass_open = False
 
     def close(self) -> None:
         self._iterator = None

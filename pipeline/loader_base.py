@@ -9,7 +9,7 @@ one deterministic pass per `iter()` and keep the last, partial batch.
 
 from __future__ import annotations
 
-from launch.config import ConfigError, DataConfig
+from launch.config import DataConfig
 
 
 # DataLoader workers start from a fork server, not by forking this process: a fork taken while DALI's
@@ -22,14 +22,9 @@ class BadShardError(RuntimeError):
 
 
 def per_rank_batch(data_cfg: DataConfig, world_size: int) -> int:
-    """data.batch_size // world_size; ConfigError naming data.batch_size when it does not divide."""
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    if data_cfg.batch_size % world_size:
-        raise ConfigError(
-            f"data.batch_size = {data_cfg.batch_size} does not divide by the number of processes ({world_size})"
-        )
-    return data_cfg.batch_size // world_size
+    """This rank's batch (`DataConfig.per_process_batch`); ConfigError naming data.batch_size when a
+    global batch does not divide by world_size."""
+    return data_cfg.per_process_batch(world_size)
 
 
 def rank_slice(total: int, rank: int, world_size: int) -> range:

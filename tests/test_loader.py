@@ -147,7 +147,22 @@ def test_one_pass_ends_keeps_the_partial_batch_and_repeats_identically(shards, b
     assert sizes == [8, 4]  # 12 samples: one full batch, then the partial one, nothing dropped
     first = [b[0] for b in loader]
     second = [b[0] for b in loader]
+    assert len(first) == len(second) == 2
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_pass_left_half_way_does_not_shift_the_next_one(shards, backend):
+    """Evaluation reads the first N batches of one reused val loader: every iter() starts again at
+    the first sample, whatever the previous consumer left unread."""
+    root, _ = shards
+    loader = make_loader(cfg_for(root, backend=backend, batch_size=4, num_threads=1), 0, 1, CPU, split="val",
+                         endless=False, return_keys=True)
+    whole = keys_of(loader)
+    assert len(whole) == 12
+    for _ in range(2):
+        assert keys_of(loader, batches=1) == whole[:4]
+    assert keys_of(loader) == whole
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -8,6 +8,7 @@ features, and never download anything.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -270,5 +271,8 @@ def test_imagenet_weights_come_from_torchvision(monkeypatch, saved_features):
         raise OSError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(type(VGG19_BN_Weights.IMAGENET1K_V1), "get_state_dict", offline)
-    with pytest.raises(VGGWeightsError, match="cannot download VGG19-bn ImageNet weights .*local state_dict path"):
+    with pytest.raises(VGGWeightsError, match="cannot download VGG19-bn ImageNet weights .*local state_dict path") as error:
         VGGFeatureLoss(weights="imagenet")
+    # The message names the file and where to put it so that no download is needed.
+    file_name = VGG19_BN_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+    assert str(Path(torch.hub.get_dir()) / "checkpoints" / file_name) in str(error.value)

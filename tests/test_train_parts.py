@@ -87,7 +87,7 @@ def test_sample_grid_rows_are_grey_prediction_truth(tmp_path):
 
 
 def test_step_timer_window_and_eta():
-    timer = StepTimer(images_per_step=4)
+    timer = StepTimer(images_per_step=4, device=torch.device("cpu"))
     cfg = load_config(None, ["schedule.nogan_steps=10", "schedule.gan_steps=10"])
     timer._phase_time[NOGAN], timer._phase_steps[NOGAN] = 2.0, 4  # 0.5 s/step measured
     assert timer.eta_hours(4, cfg.schedule) == pytest.approx((6 * 0.5 + 10 * 0.5) / 3600)
@@ -95,10 +95,59 @@ def test_step_timer_window_and_eta():
     assert timer.eta_hours(12, cfg.schedule) == pytest.approx(8 * 1.0 / 3600)
     timer.start_step()
     timer.data_ready()
-    timer.end_step(NOGAN)
+    timer.end_step()
+    timer.sync(NOGAN)
     window = timer.window()
     assert 0 <= window["data/wait_fraction"] <= 1 and window["perf/step_ms"] >= 0
     assert timer.window()["perf/images_per_s"] == 0.0  # the window was reset
+
+
+def test_step_timer_books_windows_between_sync_points_only(monkeypatch):
+    """Steps between two sync points share the window's wall time; what happens at a sync point
+    (evaluation, saving) is outside every window; the data wait is the time spent in the loader."""
+    import launch.training.timing as timing
+
+    clock = iter([0.0, 1.0, 3.0, 3.5, 5.0, 100.0, 100.0, 102.0])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
+    timer = StepTimer(images_per_step=4, device=torch.device("cpu"))
+    for _ in range(2):  # two steps: loader waits 1.0 and 0.5 s of 5 s in all
+        timer.start_step()
+        timer.data_ready()
+        timer.end_step()
+    timer.sync(NOGAN)  # t = 5.0; an evaluation then runs until t = 100
+    window = timer.window()
+    assert window["perf/step_ms"] == pytest.approx(2500.0)
+    assert window["data/wait_fraction"] == pytest.approx(1.5 / 5.0)
+    assert window["perf/images_per_s"] == pytest.approx(8 / 5.0)
+    timer.start_step()  # t = 100: the next window starts here, not at the sync point
+    timer.data_ready()
+    timer.end_step()
+    timer.sync(NOGAN)
+    assert timer.window()["perf/step_ms"] == pytest.approx(2000.0)
+    assert timer.seconds_per_step(NOGAN) == pytest.approx(7.0 / 3)
+
+
+def test_loss_monitor_reads_back_only_at_sync_points_and_names_the_first_bad_step(monkeypatch):
+    from launch.training.errors import TrainingError
+    from launch.training.monitor import LossMonitor
+
+    monitor = LossMonitor(torch.device("cpu"), world_size=1)
+    values = iter([1.0, 2.0, float("inf"), 3.0])
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host read-back outside a sync point")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "tolist", forbidden)
+        patch.setattr(torch.Tensor, "item", forbidden)
+        for step in (1, 2):
+            monitor.update(step, {"train/l1": torch.tensor(next(values)), "train/g_total": torch.tensor(0.5)})
+    read, stop = monitor.read(stop_requested=True)
+    assert read == {"train/l1": 2.0, "train/g_total": 0.5} and stop
+    for step in (3, 4):  # inf at step 3, finite again at 4: the next read still names step 3
+        monitor.update(step, {"train/l1": torch.tensor(next(values)), "train/g_total": torch.tensor(0.5)})
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 3: train/l1 = inf"):
+        monitor.read(stop_requested=False)
 
 
 def test_stop_request_is_set_by_sigterm_and_restored():
@@ -113,12 +162,36 @@ def test_stop_request_is_set_by_sigterm_and_restored():
 
 
 def test_batch_must_split_over_processes():
-    from launch.train import check_batch_split
+    from launch.config import scale_to_processes
 
     cfg = load_config(None, ["data.batch_size=6"])
-    check_batch_split(cfg, 3)
+    assert scale_to_processes(cfg, 3) == (cfg, [])  # a global batch and no reference: nothing changes
     with pytest.raises(ConfigError, match=r"data.batch_size = 6 does not divide by the number of processes \(4\)"):
-        check_batch_split(cfg, 4)
+        scale_to_processes(cfg, 4)
+
+
+def test_per_process_batch_scales_learning_rates_and_steps_by_the_stated_rule(tmp_path):
+    """`per_process`: global batch = batch × processes; with a reference batch, lr × √(G/ref) and
+    steps × ref/G (rounded up), so the samples seen stay the same; the resolved config reloads as is."""
+    from launch.config import dump_config, scale_to_processes
+
+    cfg = load_config(None, [
+        "data.batch_size=64", "data.batch_size_unit=per_process", "optim.reference_batch=64",
+        "optim.nogan.lr=4e-4", "optim.generator.lr=8e-4", "optim.discriminator.lr=8e-4",
+        "optim.warmup_steps=1000", "schedule.nogan_steps=50000", "schedule.gan_steps=75000",
+    ])
+    one, notes = scale_to_processes(cfg, 1)
+    assert (one.data.batch_size, one.optim.nogan.lr, one.schedule.nogan_steps) == (64, 4e-4, 50000)
+    eight, notes = scale_to_processes(cfg, 8)
+    assert eight.data.batch_size == 512 and eight.data.batch_size_unit == "global"
+    assert eight.data.per_process_batch(8) == 64
+    assert eight.optim.nogan.lr == pytest.approx(4e-4 * 8 ** 0.5)
+    assert eight.optim.discriminator.lr == pytest.approx(8e-4 * 8 ** 0.5)
+    assert (eight.schedule.nogan_steps, eight.schedule.gan_steps, eight.optim.warmup_steps) == (6250, 9375, 125)
+    assert any("global batch 512 = data.batch_size 64 per process × 8 processes" in n for n in notes)
+    assert any("learning rates × √(512/64)" in n for n in notes)
+    dump_config(eight, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == eight
 
 
 def test_demo_report_checks_both_criteria(tmp_path, capsys):

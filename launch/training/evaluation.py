@@ -28,17 +28,22 @@ def evaluate(
     """Mean ab-L1 (Lab units, lower is better) and PSNR (dB, sRGB in [0, 1]) over this rank's val batches
     (at most `max_batches`, 0 = all), averaged over all ranks' images. A collective: all ranks call it.
 
-    `batches` yields (L_net B×1×S×S, ab_net B×2×S×S) on the accelerator's device. The generator's
-    train/eval mode is restored afterwards; the global RNG is untouched (eval must not shift the
-    training run's random stream, or a resumed run would diverge from an uninterrupted one).
+    `batches` yields (L_net B×1×S×S, ab_net B×2×S×S) on the accelerator's device. Only the generator
+    runs under the accelerator's autocast (bf16 on CUDA), and its eager forward: a compiled generator
+    is compiled for the training step's shapes and mode. The colour conversion and the metrics run in
+    float32. The generator's train/eval mode is restored afterwards; the global RNG is untouched (eval
+    must not shift the training run's random stream, or a resumed run would diverge from an
+    uninterrupted one).
     """
     was_training = generator.training
     generator.eval()
     sums = torch.zeros(len(EVAL_KEYS) + 1, dtype=torch.float64, device=accelerator.device)
     try:
-        with torch.random.fork_rng(devices=[]), accelerator.autocast():
+        with torch.random.fork_rng(devices=[]):
             for L, ab in islice(batches, max_batches or None):
-                fake = generator(L).float()
+                with accelerator.autocast():
+                    fake = generator.forward(L)
+                fake = fake.float()
                 grey = torch.zeros_like(ab)
                 n = L.shape[0]
                 truth_rgb = network_to_rgb(L, ab)

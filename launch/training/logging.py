@@ -114,15 +114,17 @@ class RunLogger:
 
         self.accelerator.log({key: wandb.Image(image)}, step=step)
 
-    def progress(self, step: int, phase: str, values: dict[str, float]) -> None:
-        """Move the bar to `step`, showing the phase, the main losses and images/s."""
+    def progress(self, step: int, phase: str, values: dict[str, float] | None = None) -> None:
+        """Move the bar to `step`; with `values` (read at a sync point) also show the phase, the main
+        losses and images/s."""
         if self.bar is None:
             return
-        shown = {"phase": phase}
-        for key in ("train/l1", "train/g_adv", "train/d_total", "perf/images_per_s"):
-            if key in values:
-                shown[key.split("/")[1]] = f"{values[key]:.4g}"
-        self.bar.set_postfix(shown, refresh=False)
+        if values is not None:
+            shown = {"phase": phase}
+            for key in ("train/l1", "train/g_adv", "train/d_total", "perf/images_per_s"):
+                if key in values:
+                    shown[key.split("/")[1]] = f"{values[key]:.4g}"
+            self.bar.set_postfix(shown, refresh=False)
         self.bar.update(step - self.bar.n)
 
     def write(self, message: str) -> None:

@@ -3,7 +3,7 @@
 Tensors: L is L_net B×1×S×S in [-1, 1], ab is ab_net B×2×S×S in [-1, 1] (CIELAB a*, b* / 128); the
 generator maps L → ab. The discriminator takes (L, ab) and returns patch logits B×1×h×w.
 Each step returns its loss terms as detached 0-d tensors keyed by their metric name (`train/...`),
-left on the device so the loop can reduce them across ranks in one collective.
+left on the device: the loop reads them back only at its sync points (`launch/training/monitor.py`).
 
 DDP notes (see ENVIRONMENT.md): the D step runs ONE forward of the DDP-wrapped discriminator on the
 concatenated fake + real batch (two forwards of a BatchNorm D under DDP trip the in-place buffer
@@ -122,19 +122,3 @@ def gan_step(ctx: StepContext, L: torch.Tensor, ab: torch.Tensor) -> dict[str, t
     terms = d_step(ctx, L, ab, fake)
     terms.update(g_step(ctx, L, ab, fake))
     return terms
-
-
-NOGAN_TERMS = ("train/l1", "train/feature", "train/g_total")
-"""Metric names `nogan_step` returns, in a fixed order for the cross-rank reduction."""
-GAN_TERMS = (
-    "train/l1",
-    "train/feature",
-    "train/g_adv",
-    "train/g_total",
-    "train/d_real",
-    "train/d_fake",
-    "train/d_total",
-    "train/d_out_real",
-    "train/d_out_fake",
-)
-"""Metric names `gan_step` returns, in a fixed order for the cross-rank reduction."""
