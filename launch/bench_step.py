@@ -15,15 +15,18 @@ import argparse
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
-from launch.config import ConfigError, load_config
+from launch.config import ConfigError, load_config, scale_to_processes
 from launch.training.schedule import GAN, NOGAN
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/imagenet.yaml", help="run config for model and losses")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak TFLOP/s at this precision, to print each phase's share of it")
     add_timing_arguments(parser, steps=10, warmup=2)
 
 
@@ -34,6 +37,7 @@ def add_timing_arguments(parser: argparse.ArgumentParser, steps: int, warmup: in
     parser.add_argument("--steps", type=int, default=steps, help="timed steps per phase")
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps per phase before timing")
     parser.add_argument("--compile", action="store_true", help="torch.compile both networks (model.compile)")
+    parser.add_argument("--json", type=Path, help="also write the figures here (atomically)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--features", type=int, default=None, help="generator width (default: the config's)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="further config overrides")
@@ -69,17 +73,36 @@ def projected_hours(schedule_cfg, images_per_s: dict[str, float]) -> float:
     return (nogan + gan) / 3600.0
 
 
-def _time_phase(ctx, step_fn, L, ab, warmup: int, steps: int, device: torch.device) -> float:
-    """Seconds per step of `step_fn`, synchronised like the training loop (it reads the losses back)."""
-    for _ in range(warmup):
-        step_fn(ctx, L, ab)
+def _time_phase(ctx, step_fn, L, ab, steps: int, device: torch.device) -> float:
+    """Seconds per step of `step_fn`, synchronised like the training loop: the host queues the steps
+    and reads the losses back once at the end (the loop's sync point on a logging step)."""
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         terms = step_fn(ctx, L, ab)
-        torch.stack([t.float() for t in terms.values()]).tolist()
+    torch.stack([t.float() for t in terms.values()]).tolist()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return (time.perf_counter() - start) / steps
+
+
+def compiled_frames() -> int:
+    """Frames torch.compile has compiled in this process so far (first compiles and recompiles)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["frames"]["ok"])
+
+
+def step_flops(ctx, step_fn, L, ab) -> int:
+    """Floating-point operations of one step (forward, backward; torch's FlopCounterMode), counted on
+    the eager networks: compiled graphs hide their operations from the counter."""
+    import torch._dynamo
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch._dynamo.config.patch(disable=True), FlopCounterMode(display=False) as counter:
+        step_fn(ctx, L, ab)
+    return int(counter.get_total_flops())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,16 +142,54 @@ def run(args: argparse.Namespace) -> int:
         f"feature loss {'on' if feature_loss is not None else 'off'} (NoGAN weight {cfg.loss.feature_weight_nogan}, "
         f"GAN weight {cfg.loss.feature_weight_gan}), compile {'on' if cfg.model.compile else 'off'}"
     )
-    rates = {}
-    print(f"{'phase':<6} {'images/s':>10} {'step ms':>10}")
+    rates, report = {}, {"device": device_name, "precision": accelerator.mixed_precision,
+                         "batch": cfg.data.batch_size, "size": cfg.data.size, "compile": cfg.model.compile,
+                         "features": cfg.model.features, "feature_loss": feature_loss is not None, "phases": {}}
+    print(f"{'phase':<6} {'images/s':>10} {'step ms':>10} {'TFLOP/s':>9} {'of peak':>8} {'compiles':>9} {'in timed':>9}")
     for phase, fn in ((NOGAN, nogan_step), (GAN, gan_step)):
-        seconds = _time_phase(ctx, fn, L, ab, args.warmup, args.steps, accelerator.device)
+        before = compiled_frames()
+        for _ in range(args.warmup):
+            fn(ctx, L, ab)
+        warmed = compiled_frames()
+        seconds = _time_phase(ctx, fn, L, ab, args.steps, accelerator.device)
+        # After the timed steps, what the training loop does at an evaluation (an eager eval-mode
+        # forward), then one more step of the phase: neither should compile anything new.
+        generator_module = accelerator.unwrap_model(generator)
+        generator_module.eval()
+        with torch.no_grad():
+            generator_module.forward(L)
+        generator_module.train()
+        fn(ctx, L, ab)
+        recompiles = compiled_frames() - warmed
+        flops = step_flops(ctx, fn, L, ab)
         rates[phase] = cfg.data.batch_size / seconds
-        print(f"{phase:<6} {rates[phase]:>10.2f} {1000 * seconds:>10.1f}")
+        tflops = flops / seconds / 1e12
+        share = tflops / args.peak_tflops if args.peak_tflops else None
+        report["phases"][phase] = {
+            "images_per_s": rates[phase], "step_ms": 1000 * seconds, "flops_per_image": flops / cfg.data.batch_size,
+            "tflops": tflops, "peak_fraction": share, "compiles_in_warmup": warmed - before,
+            "recompiles_after_warmup": recompiles,
+        }
+        row = report["phases"][phase]
+        print(f"{phase:<6} {rates[phase]:>10.2f} {1000 * seconds:>10.1f} {tflops:>9.2f} "
+              f"{'' if share is None else f'{100 * share:.1f}%':>8} {row['compiles_in_warmup']:>9} "
+              f"{row['recompiles_after_warmup']:>9}")
     print("data wait  0 (synthetic batch already on the device; see `colorize-bench train` for the loader)")
-    s = schedule_cfg.schedule
-    print(
-        f"projected for {args.schedule} ({s.nogan_steps:,} NoGAN + {s.gan_steps:,} GAN steps × batch "
-        f"{schedule_cfg.data.batch_size}): {projected_hours(schedule_cfg, rates):,.1f} h on this device"
-    )
+    report["projection"] = {"config": args.schedule}
+    for devices in (1, 8):
+        # Each device at the measured rate (ideal data-parallel scaling), the schedule as a run on that
+        # many processes would resolve it (a per-process batch grows the global batch).
+        scaled, _ = scale_to_processes(schedule_cfg, devices)
+        hours = projected_hours(scaled, {phase: rate * devices for phase, rate in rates.items()})
+        report["projection"][f"hours_{devices}_device{'s' if devices > 1 else ''}"] = hours
+        s = scaled.schedule
+        print(
+            f"projected for {args.schedule} on {devices} device{'s' if devices > 1 else ''} ({s.nogan_steps:,} NoGAN + "
+            f"{s.gan_steps:,} GAN steps × batch {scaled.data.batch_size}): {hours:,.1f} h"
+            + (" on this device" if devices == 1 else " at this device's rate each")
+        )
+    if args.json is not None:
+        from launch.atomic import write_json_atomic
+
+        write_json_atomic(args.json, report)
     return 0

@@ -149,11 +149,21 @@ def test_bench_step_and_train_print_phase_rates_and_projection(shards, tmp_path,
     from launch.bench import main as bench
 
     config = tiny_config(tmp_path / "tiny.yaml", shards, tmp_path / "runs")
-    assert bench(["step", "--config", str(config), "--steps", "1", "--warmup", "0", "--device", "cpu"]) == 0
+    report = tmp_path / "step.json"
+    assert bench(["step", "--config", str(config), "--steps", "1", "--warmup", "0", "--device", "cpu",
+                  "--peak-tflops", "1", "--json", str(report)]) == 0
     out = capsys.readouterr().out
     assert "batch 2 at 256², features 8/8" in out
     assert out.count("nogan ") == 1 and out.count("gan ") == 2  # "nogan " contains "gan "
-    assert "projected for configs/imagenet.yaml (50,000 NoGAN + 75,000 GAN steps × batch 64)" in out
+    assert "projected for configs/imagenet.yaml on 1 device (50,000 NoGAN + 75,000 GAN steps × batch 64)" in out
+    assert "on 8 devices (6,250 NoGAN + 9,375 GAN steps × batch 512)" in out
+    figures = json.loads(report.read_text())
+    for phase in ("nogan", "gan"):
+        row = figures["phases"][phase]
+        assert row["images_per_s"] > 0 and row["flops_per_image"] > 1e9  # a 256² U-Net step: GFLOPs
+        assert row["peak_fraction"] == pytest.approx(row["tflops"] / 1)
+        assert row["compiles_in_warmup"] == row["recompiles_after_warmup"] == 0  # compile is off
+    assert figures["projection"]["hours_8_devices"] < figures["projection"]["hours_1_device"]
 
     assert bench(["train", "--config", str(config), "--steps", "1", "--warmup", "0", "--device", "cpu"]) == 0
     out = capsys.readouterr().out

@@ -161,6 +161,14 @@ def test_stop_request_is_set_by_sigterm_and_restored():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.parametrize("precision", ("no", "bf16"))
+def test_each_test_gets_a_fresh_accelerator_state(precision):
+    """Run in order, the second case would fail if the first one's Accelerator leaked into it."""
+    from accelerate import Accelerator
+
+    assert Accelerator(cpu=True, mixed_precision=precision).mixed_precision == precision
+
+
 def test_batch_must_split_over_processes():
     from launch.config import scale_to_processes
 
