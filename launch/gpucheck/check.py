@@ -212,10 +212,15 @@ def step_kit(ctx: Context) -> dict:
         manifest = gpukit.read_manifest(ctx.kit_dir)
         figures |= {"kit": str(tree), "chunks": len(manifest["chunks"]), "unpack_s": round(time.monotonic() - started, 1),
                     "kit_built_at_commit": manifest.get("built_at_commit")}
-        ctx.env["PYTHONPATH"] = os.pathsep.join([str(tree), ctx.env["PYTHONPATH"]])
-        libs = [str(path) for path in gpukit.library_dirs(tree)]
-        if libs:
-            ctx.env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, ctx.env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+        here = f"{sys.version_info.major}{sys.version_info.minor}"
+        if manifest.get("python_tag", here) != here:  # e.g. a dry run on the 3.11 development machine
+            figures["kit_on_path"] = f"no: the kit is for CPython {manifest['python_tag']}, this is {here}"
+        else:
+            figures["kit_on_path"] = "yes"
+            ctx.env["PYTHONPATH"] = os.pathsep.join([str(tree), ctx.env["PYTHONPATH"]])
+            libs = [str(path) for path in gpukit.library_dirs(tree)]
+            if libs:
+                ctx.env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, ctx.env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
     else:
         figures["kit"] = f"no kit ({ctx.kit_dir / gpukit.MANIFEST} absent): DALI must already be importable"
     output = run_logged(ctx, "import DALI", [ctx.python, "-c", _DALI_PROBE], timeout=min(ctx.step_timeout, 60))
@@ -338,7 +343,8 @@ def headline(record: dict) -> str:
     if name == "facts":
         return f"{figures.get('gpu') or 'no GPU'}; torch {figures.get('torch')} CUDA {figures.get('cuda')}; {figures.get('cpu_count')} cores"
     if name == "kit":
-        return f"DALI {figures.get('dali')} from {figures.get('kit')}"[:90]
+        where = str(Path(figures.get("dali_file", "?")).parent.parent.parent)
+        return f"DALI {figures.get('dali')} from {where}; kit on path: {figures.get('kit_on_path', 'no kit')}"[:110]
     if name == "shards":
         return f"{figures.get('images')} images in {figures.get('seconds')} s"
     if name == "pytest-gpu":

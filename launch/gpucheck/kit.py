@@ -69,6 +69,10 @@ WHEELS = (
     # cu130 runtime, so the driver it was seen with (580, CUDA 13.0) runs it without relying on
     # minor-version compatibility.
     "nvidia-nvjpeg==13.0.4.44",
+    # nvImageCodec's other codecs (DALI requires nvimgcodec[all]): JPEG 2000 and TIFF. Small (6 MB packed),
+    # and without them every decoder start logs "[ERROR] Failed to load nvJPEG2000/nvTIFF library".
+    "nvidia-nvjpeg2k-cu13==0.11.0.51",
+    "nvidia-nvtiff-cu13==0.8.0.82",
     "astunparse==1.6.3",
     "gast==0.7.0",
     "optree==0.20.0",
@@ -289,13 +293,17 @@ def _git_commit() -> str | None:
 
 
 def build(kit_dir: Path = KIT_DIR, chunk_bytes: int = CHUNK_BYTES, preset: int = 6) -> dict:
-    """Download (cached in `kit_dir/wheels`), unpack into `kit_dir/tree`, pack into chunks; the manifest."""
+    """Download (cached in `kit_dir/wheels`), unpack into `kit_dir/tree` (removed after), pack into chunks;
+    returns the manifest."""
     wheels = download_wheels(kit_dir / "wheels")
     tree = unpack_wheels(wheels, kit_dir / "tree")
     (tree / "nvidia" / "__init__.py").write_text(NAMESPACE_INIT)
     print(f"packing {len(wheels)} wheels as tar.xz (xz -{preset}; about 90 s on 2 cores) …", flush=True)
     extra = {"wheels": [wheel.name for wheel in wheels], "built_at_commit": _git_commit()}
-    return pack([(path, path.name) for path in sorted(tree.iterdir())], kit_dir, chunk_bytes, preset, extra=extra)
+    try:
+        return pack([(path, path.name) for path in sorted(tree.iterdir())], kit_dir, chunk_bytes, preset, extra=extra)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)  # ~500 MB, rebuilt from the cached wheels each time
 
 
 def device_calls(manifest: dict, kit_dir: Path = KIT_DIR) -> list[str]:
