@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # This machine's pip config names local mirrors that may be absent; hide only those warnings.
 PIP_QUIET := { grep -v 'is neither a file nor a directory' || true; }
 
-.PHONY: install test test-gpu demo bench clean
+.PHONY: install test test-gpu demo bench clean gpu-kit gpu-check
 
 install: $(STAMP)
 
@@ -29,6 +29,19 @@ test-gpu: install
 
 demo: install
 	bash launch/demo.sh $(DEMO_DIR) $(DEMO_RUN)
+
+# The device check (README "GPU check"); neither target installs anything. Both use .venv/bin/python
+# when one exists, else python3 (the GPU machine has python3 with torch, no .venv and no network).
+# gpu-kit runs here (needs pip and network): the cp312 wheels the GPU machine lacks, packed as
+# .gpu-kit/part1…N (≤ 60 MiB each, git-ignored) + manifest.json; wheels are cached in .gpu-kit/wheels.
+# gpu-check runs there; without CUDA it is a dry run.
+GPU_PY = $(shell test -x $(PY) && echo $(PY) || echo python3)
+OUT ?= runs/gpucheck
+gpu-kit:
+	$(GPU_PY) -m launch.gpucheck.kit build
+
+gpu-check:
+	PYTHONUNBUFFERED=1 $(GPU_PY) -m launch.gpucheck.check --out $(OUT)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) runs .pytest_cache
