@@ -239,3 +239,46 @@ def test_one_bf16_cuda_step_of_each_phase_is_finite():
     for step in (nogan_step, gan_step):
         terms = step(ctx, L, ab)
         assert all(torch.isfinite(v).item() for v in terms.values()), terms
+
+
+class _FakeAccelerator:
+    """What the build functions read from an Accelerator, recording `main_process_first` use."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events, self.device, self.is_main_process = events, torch.device("cpu"), True
+
+    def main_process_first(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def ordered():
+            self.events.append("main first: enter")
+            yield
+            self.events.append("main first: exit")
+
+        return ordered()
+
+
+def test_vgg_weights_are_fetched_by_the_main_process_first(monkeypatch):
+    import launch.train as train
+
+    events: list[str] = []
+    monkeypatch.setattr(train, "build_feature_loss", lambda cfg: events.append("build VGG") or torch.nn.Identity())
+    cfg = load_config(None, ["loss.vgg_weights=none"])
+    assert train.build_feature_loss_if_used(cfg, _FakeAccelerator(events)) is not None
+    assert events == ["main first: enter", "build VGG", "main first: exit"]
+
+
+def test_sample_grid_decodes_one_batch_of_exactly_its_images(monkeypatch):
+    import launch.train as train
+
+    asked = []
+
+    def fake_loader(data_cfg, rank, world_size, device, **kwargs):
+        asked.append((data_cfg.per_process_batch(world_size), kwargs["split"], kwargs["endless"]))
+        return iter([(torch.zeros(data_cfg.batch_size, 1, 4, 4), torch.zeros(data_cfg.batch_size, 2, 4, 4))])
+
+    monkeypatch.setattr(train, "make_loader", fake_loader)
+    cfg = load_config(None, ["data.batch_size=64", "logging.sample_count=3"])
+    L, ab = train.build_sample_batch(cfg, _FakeAccelerator([]), has_val=True)
+    assert asked == [(3, "val", False)] and L.shape[0] == ab.shape[0] == 3

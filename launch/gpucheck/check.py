@@ -258,13 +258,18 @@ def step_bench_loader(ctx: Context) -> dict:
     return read_json(path, output)
 
 
+H200_BF16_TFLOPS = 790.0
+"""Dense bf16 matrix-product rate measured on the lent H200 (ENVIRONMENT.md): each phase's share of it."""
+
+
 def bench_step(compile_: bool) -> Callable[[Context], dict]:
     """`colorize-bench step` on CUDA with the ImageNet config (random VGG weights: no network there)."""
 
     def run(ctx: Context) -> dict:
         path = ctx.work / f"bench-step{'-compile' if compile_ else ''}.json"
         command = [ctx.python, "-m", "launch.bench", "step", "--device", "cuda", "--config", "configs/imagenet.yaml",
-                   *(["--compile"] if compile_ else []), "--json", str(path), "loss.vgg_weights=none"]
+                   *(["--compile"] if compile_ else []), "--peak-tflops", str(H200_BF16_TFLOPS), "--json", str(path),
+                   "loss.vgg_weights=none"]
         output = run_logged(ctx, f"bench step{' --compile' if compile_ else ''}", command)
         return read_json(path, output)
 
