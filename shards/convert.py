@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ _PORTABLE_JPEG_FRAMES = (0xC0, 0xC2)
 # The colourless check looks at images shrunk ~8×: JPEG decodes that directly (DCT scaling), and 8×8
 # averaging washes out pixel noise that is not colour.
 THUMBNAIL_FACTOR = 8
+_OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-f]+>")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ def inspect_file(path: Path, short_side: int | None, quality: int, keep_colourle
             return inspect_bytes(data, short_side, quality, keep_colourless)
     except Exception as error:  # noqa: BLE001 - any decoder failure means "this file is not a usable image"
         message = str(error).splitlines()[0] if str(error) else ""
+        # PIL names the in-memory file by its address ("<_io.BytesIO object at 0x7f…>"): drop it, so
+        # the reason (and the manifest holding it) is the same in every run.
+        message = _OBJECT_REPR.sub("", message).rstrip()
         return Inspection(SKIPPED, reason=f"undecodable: {type(error).__name__}: {message}".rstrip(": "))
 
 
