@@ -19,12 +19,14 @@ import io
 import math
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from shards.archives import UnreadableMember
 from shards.colourless import is_colourless
 
 KEPT, COLOURLESS, SKIPPED = "kept", "colourless", "skipped"
@@ -53,10 +55,19 @@ class Inspection:
 
 def inspect_file(path: Path, short_side: int | None, quality: int, keep_colourless: bool) -> Inspection:
     """Read and inspect the file at `path`; never raises for a bad file."""
+    return inspect_read(path.read_bytes, short_side, quality, keep_colourless)
+
+
+def inspect_read(
+    read: Callable[[], bytes], short_side: int | None, quality: int, keep_colourless: bool
+) -> Inspection:
+    """Inspect the bytes `read()` returns (a file, an archive member); never raises for a bad file."""
     try:
-        data = path.read_bytes()
+        data = read()
     except OSError as error:
         return Inspection(SKIPPED, reason=f"unreadable: {error.strerror or error}")
+    except UnreadableMember as error:
+        return Inspection(SKIPPED, reason=str(error))
     if not data:
         return Inspection(SKIPPED, reason="empty file")
     try:
