@@ -170,10 +170,13 @@ def _list_tar(fd: int, start: int, size: int, available: int, prefix: str, displ
             if info.issparse():
                 listing.problems.append({"path": f"{display}{info.name}", "reason": "sparse tar member not supported"})
                 continue
-            inner_available = max(0, min(info.size, available - info.offset_data))
+            present = max(0, min(info.size, available - info.offset_data))
             if nested and path.lower().endswith(".tar"):
-                _list_tar(fd, start + info.offset_data, info.size, inner_available, f"{prefix}{path[:-4]}/",
+                _list_tar(fd, start + info.offset_data, info.size, present, f"{prefix}{path[:-4]}/",
                           f"{display}{info.name}/", listing, nested=False)
+            elif present < info.size:  # cut off: what follows in the file belongs to something else
+                listing.problems.append({"path": f"{display}{info.name}",
+                                         "reason": f"truncated: {present} of {info.size} bytes in the archive"})
             else:
                 listing.members[f"{prefix}{path}"] = Member(f"{display}{info.name}", start + info.offset_data, info.size)
         complete = tar.offset + 2 * tarfile.BLOCKSIZE <= available  # room for the end-of-archive blocks
