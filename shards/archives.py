@@ -69,6 +69,10 @@ class ArchiveReader:
     def __getstate__(self) -> dict:
         return {"path": self.path, "_fd": None}
 
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
     def _pread(self, size: int, offset: int) -> bytes:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)

@@ -7,6 +7,7 @@ shuffle, split, bytes), and damage in an archive must cost only the images it da
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import tarfile
@@ -153,7 +154,7 @@ def test_flat_val_tar_builds_val_shards_only(tmp_path, colour_photos):
     result = subprocess.run([*CLI, "build", str(archive), str(out), "--split", "val", "--shard-samples", "5",
                              "--workers", "1", "--quiet"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    manifest = __import__("json").loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["splits"] == {"train": 0, "val": 12} and manifest["classes"] is None
     assert [e["name"] for e in manifest["shards"]] == ["val-000000.tar", "val-000001.tar", "val-000002.tar"]
     assert manifest["options"]["split"] == "val"
