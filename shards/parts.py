@@ -16,12 +16,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from launch.atomic import write_json_atomic
 from shards.errors import ShardsError
 from shards.manifest import MANIFEST_FILE, assemble_manifest
 from shards.output_dir import differences
 from shards.plan import ShardPlan
-from shards.progress import read_json, read_plan_record
+from shards.progress import read_json, read_plan_record, write_record
 from shards.tar_writer import index_path
 
 PARTS_DIR = "parts"
@@ -63,7 +62,7 @@ def finish_part(out: Path, part: tuple[int, int], summary: tuple, listing_skippe
     this part's own summary (manifest fields over its shards, plus `part`, `parts` and `missing`)."""
     source, options, digest, classes, image_count = summary
     k, n = part
-    write_json_atomic(part_file(out, part), {
+    write_record(part_file(out, part), {
         "format": PART_FORMAT,
         "version": PART_VERSION,
         "part": k,
@@ -145,5 +144,5 @@ def merge_parts(out) -> dict:
         part["source"], part["options"], part["plan_sha256"], part["classes"], part["images"],
         [records[name] for name in part["plan"]], part["listing_skipped"],
     )
-    write_json_atomic(out / MANIFEST_FILE, manifest)
+    write_record(out / MANIFEST_FILE, manifest)
     return manifest
