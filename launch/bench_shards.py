@@ -7,21 +7,33 @@ camera photos and compress to half of ImageNet's ~110 KB average; with it ≈ 90
 subfolders; then times `build_shards` on it with the default options
 (colourless check on, source bytes kept) and prints images/s, plus the CPU time per image (which,
 unlike images/s, does not depend on what else the machine is running) and the load average.
+
+`--sources folder,tar,zip` also packs the same images (untimed) as ILSVRC2012_img_train.tar is laid
+out (an outer tar of one inner tar per class) and/or as a zip of the folder (JPEGs stored), and times a
+build from each in turn, `--rounds` times, interleaved (folder, tar, folder, tar, …) so drift in the
+machine's load hits every source alike; the last lines give each source's median and its ratio to the
+folder's. Every archive build must write the folder build's shards (checked).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import resource
 import shutil
+import statistics
+import tarfile
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 from shards.build import build_shards
 from shards.demo_images import write_photo_crops
 from shards.options import BuildOptions, default_workers
+
+SOURCES = ("folder", "tar", "zip")
 
 
 def _cpu_seconds() -> float:
@@ -33,41 +45,97 @@ def _cpu_seconds() -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=2000, help="number of generated JPEGs")
     parser.add_argument("--workers", type=int, default=default_workers(), help="decode processes")
+    parser.add_argument("--sources", default="folder",
+                        help="comma-separated sources to build from, in turn: folder, tar (ImageNet's nested "
+                        "layout), zip")
+    parser.add_argument("--rounds", type=int, default=1, help="builds per source, interleaved across sources")
     parser.add_argument("--keep", action="store_true", help="keep the generated images and shards, print where")
 
 
+def _pack(kind: str, folder: Path, scratch: Path) -> Path:
+    """The generated folder as an archive of `kind` (untimed)."""
+    if kind == "zip":
+        path = scratch / "images.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+            for file in sorted(folder.rglob("*.jpg")):
+                archive.write(file, file.relative_to(folder).as_posix())
+        return path
+    path = scratch / "ILSVRC2012_img_train.tar"
+    with tarfile.open(path, "w") as outer:
+        for cls in sorted(p for p in folder.iterdir() if p.is_dir()):
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w") as inner:
+                for file in sorted(cls.iterdir()):
+                    inner.add(file, arcname=file.name)
+            info = tarfile.TarInfo(f"{cls.name}.tar")
+            info.size = buffer.tell()
+            buffer.seek(0)
+            outer.addfile(info, buffer)
+    return path
+
+
+def _timed_build(src: Path, out: Path, workers: int) -> tuple[dict, float, float]:
+    """(manifest, wall seconds, CPU seconds) of one build into a fresh `out`."""
+    shutil.rmtree(out, ignore_errors=True)
+    cpu_before = _cpu_seconds()
+    start = time.perf_counter()
+    manifest = build_shards(src, out, BuildOptions(workers=workers), progress=False)
+    return manifest, time.perf_counter() - start, _cpu_seconds() - cpu_before
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.images < 1 or args.workers < 1:
-        print("error: --images and --workers must be positive", flush=True)
+    sources = [name.strip() for name in args.sources.split(",") if name.strip()]
+    if args.images < 1 or args.workers < 1 or args.rounds < 1:
+        print("error: --images, --workers and --rounds must be positive", flush=True)
+        return 2
+    if not sources or any(name not in SOURCES for name in sources):
+        print(f"error: --sources takes a comma-separated list of {', '.join(SOURCES)}; got {args.sources!r}", flush=True)
         return 2
     scratch = Path(tempfile.mkdtemp(prefix="colorize-bench-shards-"))
     try:
-        source, out = scratch / "images", scratch / "shards"
+        folder = scratch / "images"
         start = time.perf_counter()
-        paths = write_photo_crops(source, args.images, seed=0, quality=90, long_side=(450, 500), jitter=0.1, grain=12,
+        paths = write_photo_crops(folder, args.images, seed=0, quality=90, long_side=(450, 500), jitter=0.1, grain=12,
                                   workers=args.workers)
         source_bytes = sum(p.stat().st_size for p in paths)
+        built_from = {name: folder if name == "folder" else _pack(name, folder, scratch) for name in sources}
         print(
-            f"generated {len(paths)} JPEGs ({source_bytes / len(paths) / 1e3:.0f} KB average) "
-            f"in {time.perf_counter() - start:.1f} s (not timed)",
+            f"generated {len(paths)} JPEGs ({source_bytes / len(paths) / 1e3:.0f} KB average)"
+            f"{' and packed them as ' + ', '.join(n for n in sources if n != 'folder') if set(sources) - {'folder'} else ''}"
+            f" in {time.perf_counter() - start:.1f} s (not timed)",
             flush=True,
         )
-        cpu_before = _cpu_seconds()
-        start = time.perf_counter()
-        manifest = build_shards(source, out, BuildOptions(workers=args.workers), progress=False)
-        seconds = time.perf_counter() - start
-        cpu = _cpu_seconds() - cpu_before
-        totals = manifest["totals"]
-        print(
-            f"shards: {totals['images']} images → {totals['kept']} kept, {len(manifest['shards'])} shards, "
-            f"{totals['bytes'] / 1e6:.1f} MB in {seconds:.2f} s with {args.workers} workers: "
-            f"{totals['images'] / seconds:.0f} images/s ({source_bytes / seconds / 1e6:.0f} MB/s of source); "
-            f"CPU {cpu:.2f} s = {1e3 * cpu / totals['images']:.2f} ms/image "
-            f"(machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
-        )
-        if totals["kept"] != totals["images"]:
-            print(f"error: expected every generated image kept, got {totals}")
-            return 1
+        rates: dict[str, list[float]] = {name: [] for name in sources}
+        first_shards: dict[str, str] | None = None
+        for round_index in range(args.rounds):
+            for name in sources:
+                manifest, seconds, cpu = _timed_build(built_from[name], scratch / "shards", args.workers)
+                totals = manifest["totals"]
+                rates[name].append(totals["images"] / seconds)
+                print(
+                    f"shards from {name}"
+                    f"{f' (round {round_index + 1}/{args.rounds})' if args.rounds > 1 else ''}: "
+                    f"{totals['images']} images → {totals['kept']} kept, {len(manifest['shards'])} shards, "
+                    f"{totals['bytes'] / 1e6:.1f} MB in {seconds:.2f} s with {args.workers} workers: "
+                    f"{totals['images'] / seconds:.0f} images/s ({source_bytes / seconds / 1e6:.0f} MB/s of source); "
+                    f"CPU {cpu:.2f} s = {1e3 * cpu / totals['images']:.2f} ms/image "
+                    f"(machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)",
+                    flush=True,
+                )
+                if totals["kept"] != totals["images"]:
+                    print(f"error: expected every generated image kept, got {totals}")
+                    return 1
+                written = {entry["name"]: entry["sha256"] for entry in manifest["shards"]}
+                first_shards = first_shards or written
+                if written != first_shards:
+                    print(f"error: the build from {name} wrote other shards than the build from {sources[0]}")
+                    return 1
+        if len(sources) > 1 or args.rounds > 1:
+            base = statistics.median(rates[sources[0]])
+            for name in sources:
+                median = statistics.median(rates[name])
+                print(f"{name}: median {median:.0f} images/s over {args.rounds} run(s) "
+                      f"({', '.join(f'{r:.0f}' for r in rates[name])}) = {100 * median / base:.1f} % of {sources[0]}")
     finally:
         if args.keep:
             print(f"kept {scratch}")

@@ -1,14 +1,17 @@
-"""`build_shards`: source folder → shuffled WebDataset shards + DALI indexes + manifest, resumably.
+"""`build_shards`: source (folder, tar or zip) → shuffled WebDataset shards + DALI indexes + manifest, resumably.
 
 Steps: scan the source → plan every shard (a pure function of listing + options) → claim OUT →
 skip shards already finished by an earlier run → inspect the images of the remaining shards in a
 process pool (ordered `imap`, so results arrive in plan order whatever the worker count) and write
-each shard as its images come back → write the manifest last, atomically.
+each shard as its images come back → write the manifest last, atomically. Workers read their images
+themselves, by path from a folder or by offset from an archive (`shards.sources`). With `part=(K, N)`
+only every N-th shard of the plan is built and a part manifest is written instead (`shards.parts`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing
 import signal
 from collections.abc import Iterator
@@ -17,24 +20,27 @@ from pathlib import Path
 from tqdm import tqdm
 
 from launch.atomic import write_json_atomic
-from shards.convert import COLOURLESS, KEPT, SKIPPED, Inspection, inspect_file
+from shards.convert import COLOURLESS, KEPT, SKIPPED, Inspection, inspect_read
 from shards.manifest import MANIFEST_FILE, assemble_manifest
 from shards.options import BuildOptions
 from shards.output_dir import claim_output
+from shards.parts import finish_part, part_shards
 from shards.plan import ShardPlan, plan_digest, plan_shards
 from shards.progress import finished_shard_record, write_shard_record
 from shards.scan import scan_source
+from shards.sources import Source
 from shards.tar_writer import ShardWriter
 
 __all__ = ["BuildOptions", "build_shards"]
 
-# Per-process state of pool workers, set once by `_init_worker` instead of pickled with every task.
-_worker_settings: tuple[Path, int | None, int, bool] | None = None
+# Per-process state of pool workers, set once by `_init_worker` instead of pickled with every task:
+# the source's reader, short_side, quality, keep_colourless.
+_worker_settings: tuple | None = None
 
 
-def _init_worker(source: Path, short_side: int | None, quality: int, keep_colourless: bool) -> None:
+def _init_worker(reader, short_side: int | None, quality: int, keep_colourless: bool) -> None:
     global _worker_settings
-    _worker_settings = (source, short_side, quality, keep_colourless)
+    _worker_settings = (reader, short_side, quality, keep_colourless)
 
 
 def _init_pool_worker(*settings) -> None:
@@ -43,31 +49,32 @@ def _init_pool_worker(*settings) -> None:
     _init_worker(*settings)
 
 
-def _inspect_in_worker(relative_path: str) -> Inspection:
-    source, short_side, quality, keep_colourless = _worker_settings
-    result = inspect_file(source / relative_path, short_side, quality, keep_colourless)
-    if result.status == KEPT and not result.converted:
-        # The parent re-reads kept source files itself (from the page cache): cheaper than shipping
+def _inspect_in_worker(locator) -> Inspection:
+    reader, short_side, quality, keep_colourless = _worker_settings
+    result = inspect_read(functools.partial(reader.read, locator), short_side, quality, keep_colourless)
+    if result.status == KEPT and not result.converted and reader.cheap_reread:
+        # The parent re-reads kept source bytes itself (from the page cache): cheaper than shipping
         # ~100 KB per image through the pool's pipe, which costs a pickle and two copies each way.
         return dataclasses.replace(result, jpeg=None)
     return result
 
 
-def _inspections(source: Path, paths: list[str], options: BuildOptions) -> Iterator[Inspection]:
-    """Inspection of each path, in order; in a pool of `options.workers` processes when > 1."""
-    settings = (source, options.short_side, options.quality, options.keep_colourless)
-    if options.workers == 1 or len(paths) <= 1:
+def _inspections(source: Source, locators: list, options: BuildOptions) -> Iterator[Inspection]:
+    """Inspection of each located file, in order; in a pool of `options.workers` processes when > 1."""
+    settings = (source.reader(), options.short_side, options.quality, options.keep_colourless)
+    if options.workers == 1 or len(locators) <= 1:
         _init_worker(*settings)
-        yield from map(_inspect_in_worker, paths)
+        yield from map(_inspect_in_worker, locators)
         return
     # Chunks amortise inter-process overhead yet stay small enough to keep every worker busy.
-    chunksize = max(1, min(64, len(paths) // (options.workers * 8)))
+    chunksize = max(1, min(64, len(locators) // (options.workers * 8)))
     with multiprocessing.Pool(options.workers, initializer=_init_pool_worker, initargs=settings) as pool:
-        yield from pool.imap(_inspect_in_worker, paths, chunksize=chunksize)
+        yield from pool.imap(_inspect_in_worker, locators, chunksize=chunksize)
 
 
-def _write_shard(source: Path, out: Path, shard: ShardPlan, results: Iterator[Inspection], bar: tqdm) -> dict:
+def _write_shard(source: Source, out: Path, shard: ShardPlan, results: Iterator[Inspection], bar: tqdm) -> dict:
     """Write one shard from the next `len(shard.images)` results; return its progress record."""
+    reader = source.reader()
     writer = ShardWriter(out / shard.name)
     skipped: list[dict] = []
     colourless: list[str] = []
@@ -77,11 +84,11 @@ def _write_shard(source: Path, out: Path, shard: ShardPlan, results: Iterator[In
             result = next(results)
             bar.update(1)
             if result.colourless:
-                colourless.append(image.path)
+                colourless.append(source.archive_path(image.path))
             if result.status == SKIPPED:
-                skipped.append({"path": image.path, "reason": result.reason})
+                skipped.append({"path": source.archive_path(image.path), "reason": result.reason})
             elif result.status == KEPT:
-                jpeg = result.jpeg if result.jpeg is not None else (source / image.path).read_bytes()
+                jpeg = result.jpeg if result.jpeg is not None else reader.read(source.files[image.path])
                 writer.add(image.key, jpeg, image.cls)
                 converted += result.converted
             else:
@@ -107,36 +114,44 @@ def _write_shard(source: Path, out: Path, shard: ShardPlan, results: Iterator[In
     }
 
 
-def build_shards(src, out, options: BuildOptions | None = None, progress: bool = True) -> dict:
-    """Build (or finish building) the shards of the image folder `src` in `out`; return the manifest.
+def build_shards(
+    src, out, options: BuildOptions | None = None, progress: bool = True, *,
+    inside: str | None = None, part: tuple[int, int] | None = None,
+) -> dict:
+    """Build (or finish building) the shards of `src` in `out`; return the manifest.
 
+    `src`: an image folder, or a tar / zip archive read in place (`shards.sources`; `inside` picks a
+    folder of it). `part=(K, N)`: build only the K-th of N disjoint parts of the plan and write its
+    part manifest; returns the merged manifest when that completed the set, else the part manifest.
     Raises `ShardsError` for a missing/unreadable `src`, an unusable `out`, or an `out` that holds a
     different build. Undecodable images never raise: they are listed in the manifest's `skipped`.
     `progress` shows a tqdm bar (images/s) on stderr.
     """
     options = options or BuildOptions()
-    source = Path(src).absolute()
     out = Path(out)
-    listing = scan_source(source)
+    listing = scan_source(src, inside)
+    source = listing.source
     plan = plan_shards(listing, options)
     digest = plan_digest(listing, options)
-    claim_output(out, source, options.output_options(), digest)
+    mine = plan if part is None else part_shards(plan, part)
+    owned = None if part is None else {shard.name for shard in mine}
+    claim_output(out, source.location, options.output_options(), digest, owned)
 
     records: dict[str, dict] = {}
     pending: list[ShardPlan] = []
-    for shard in plan:
+    for shard in mine:
         record = finished_shard_record(out, shard.name)
         if record is not None:
             records[shard.name] = record
         else:
             pending.append(shard)
 
-    paths = [image.path for shard in pending for image in shard.images]
-    already = sum(len(shard.images) for shard in plan) - len(paths)
+    locators = [source.files[image.path] for shard in pending for image in shard.images]
+    total = sum(len(shard.images) for shard in mine)
     with tqdm(
-        total=len(listing.images), initial=already, unit="img", desc="shards", disable=not progress, smoothing=0.1
+        total=total, initial=total - len(locators), unit="img", desc="shards", disable=not progress, smoothing=0.1
     ) as bar:
-        results = _inspections(source, paths, options)
+        results = _inspections(source, locators, options)
         try:
             for shard in pending:
                 record = _write_shard(source, out, shard, results, bar)
@@ -145,13 +160,9 @@ def build_shards(src, out, options: BuildOptions | None = None, progress: bool =
         finally:
             results.close()  # stops the pool promptly when a shard fails or the user interrupts
 
-    manifest = assemble_manifest(
-        source,
-        options.output_options(),
-        digest,
-        listing.classes,
-        len(listing.images),
-        [records[shard.name] for shard in plan],
-    )
+    summary = (source.location, options.output_options(), digest, listing.classes, len(listing.images))
+    if part is not None:
+        return finish_part(out, part, summary, listing.problems, plan, [records[shard.name] for shard in mine])
+    manifest = assemble_manifest(*summary, [records[shard.name] for shard in plan], listing.problems)
     write_json_atomic(out / MANIFEST_FILE, manifest)
     return manifest

@@ -1,4 +1,6 @@
-"""`colorize-shards`: build, verify, and make demo images. User mistakes print one `error:` line."""
+"""`colorize-shards`: build (whole, or in parts), merge parts, verify, and make demo images.
+
+User mistakes print one `error:` line."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from shards.options import (
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="colorize-shards",
-        description="Turn an image folder (ImageNet train/ layout or any tree) into WebDataset shards.",
+        description="Turn an image folder or archive (ImageNet's tar or zip, or any tree) into WebDataset shards.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -29,7 +31,11 @@ def _parser() -> argparse.ArgumentParser:
         help="build shuffled train/val shards, DALI indexes and manifest.json (resumes a killed build)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    build.add_argument("src", type=Path, help="source image folder (class subfolders become `cls`)")
+    build.add_argument(
+        "src", type=Path,
+        help="source image folder, or a .tar / .zip of one read in place (class subfolders, or inner per-class "
+        ".tar files as in ILSVRC2012_img_train.tar, become `cls`)",
+    )
     build.add_argument("out", type=Path, help="output shards folder (created; resumed if it holds this build)")
     build.add_argument("--workers", type=int, default=default_workers(), help="decode processes")
     build.add_argument("--shard-samples", type=int, default=DEFAULT_SHARD_SAMPLES, help="images planned per shard")
@@ -38,7 +44,18 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--short-side", type=int, default=None, help="downsize images whose shorter side is larger")
     build.add_argument("--quality", type=int, default=DEFAULT_QUALITY, help="JPEG quality of re-encoded images")
     build.add_argument("--keep-colourless", action="store_true", help="keep greyscale/colourless images")
+    build.add_argument("--split", choices=("train", "val"), default=None,
+                       help="put every image into this split (e.g. ILSVRC2012_img_val.tar → val shards) "
+                       "instead of choosing by --val-fraction")
+    build.add_argument("--inside", default=None, metavar="FOLDER",
+                       help="build from this folder of SRC (Kaggle's zip: ILSVRC/Data/CLS-LOC/train)")
+    build.add_argument("--part", default=None, metavar="K/N",
+                       help="build only the K-th of N disjoint parts of the plan (N machines, one OUT); "
+                       "the last part to finish writes manifest.json")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    merge = commands.add_parser("merge", help="check the parts of a --part K/N build and write manifest.json")
+    merge.add_argument("out", type=Path, help="shards folder all parts were built into")
 
     verify = commands.add_parser("verify", help="check every shard and index against manifest.json")
     verify.add_argument("out", type=Path, help="shards folder")
@@ -55,8 +72,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _summary(manifest: dict, keep_colourless: bool) -> str:
+    totals, counts = manifest["totals"], manifest["splits"]
+    return (
+        f"{totals['images']} images → kept {totals['kept']} (train {counts['train']}, val {counts['val']}, "
+        f"re-encoded {totals['converted']}), colourless {totals['colourless']}"
+        f"{' (kept)' if keep_colourless else ' (dropped)'}, skipped {totals['skipped']}; "
+        f"{len(manifest['shards'])} shards, {totals['bytes'] / 1e6:.1f} MB"
+    )
+
+
+def _print_skipped(manifest: dict) -> None:
+    for item in manifest["skipped"][:10]:
+        print(f"  skipped {item['path']}: {item['reason']}")
+    if len(manifest["skipped"]) > 10:
+        print(f"  … {len(manifest['skipped']) - 10} more skipped files listed in the manifest")
+
+
 def _build(args) -> int:
     from shards.build import build_shards
+    from shards.parts import parse_part
 
     options = BuildOptions(
         shard_samples=args.shard_samples,
@@ -65,23 +100,34 @@ def _build(args) -> int:
         short_side=args.short_side,
         quality=args.quality,
         keep_colourless=args.keep_colourless,
+        split=args.split,
         workers=args.workers,
     )
+    part = parse_part(args.part) if args.part is not None else None
     start = time.perf_counter()
-    manifest = build_shards(args.src, args.out, options, progress=not args.quiet)
+    manifest = build_shards(args.src, args.out, options, progress=not args.quiet, inside=args.inside, part=part)
     seconds = time.perf_counter() - start
-    totals, counts = manifest["totals"], manifest["splits"]
-    print(
-        f"{totals['images']} images → kept {totals['kept']} (train {counts['train']}, val {counts['val']}, "
-        f"re-encoded {totals['converted']}), colourless {totals['colourless']}"
-        f"{' (kept)' if options.keep_colourless else ' (dropped)'}, skipped {totals['skipped']}; "
-        f"{len(manifest['shards'])} shards, {totals['bytes'] / 1e6:.1f} MB; {seconds:.1f} s "
-        f"in this run → {args.out / 'manifest.json'}"
-    )
-    for item in manifest["skipped"][:10]:
-        print(f"  skipped {item['path']}: {item['reason']}")
-    if len(manifest["skipped"]) > 10:
-        print(f"  … {len(manifest['skipped']) - 10} more skipped files listed in the manifest")
+    if "missing" in manifest:  # a part, and other parts have not finished yet
+        waiting = ", ".join(map(str, manifest["missing"]))
+        print(
+            f"part {manifest['part']}/{manifest['parts']}: {_summary(manifest, options.keep_colourless)}; "
+            f"{seconds:.1f} s in this run. Waiting for part(s) {waiting}: the last part to finish writes "
+            f"manifest.json (or run `colorize-shards merge {args.out}` once all have finished)"
+        )
+    else:
+        merged = f"all {part[1]} parts merged; " if part else ""
+        print(f"{merged}{_summary(manifest, options.keep_colourless)}; {seconds:.1f} s in this run → "
+              f"{args.out / 'manifest.json'}")
+    _print_skipped(manifest)
+    return 0
+
+
+def _merge(args) -> int:
+    from shards.parts import merge_parts
+
+    manifest = merge_parts(args.out)
+    print(f"{_summary(manifest, manifest['options']['keep_colourless'])} → {args.out / 'manifest.json'}")
+    _print_skipped(manifest)
     return 0
 
 
@@ -113,7 +159,7 @@ def _demo_images(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"build": _build, "verify": _verify, "demo-images": _demo_images}
+    commands = {"build": _build, "merge": _merge, "verify": _verify, "demo-images": _demo_images}
     try:
         return commands[args.command](args)
     except ShardsError as error:

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from shards.archives import UnreadableMember
 from shards.colourless import is_colourless
 
 KEPT, COLOURLESS, SKIPPED = "kept", "colourless", "skipped"
@@ -34,6 +37,7 @@ _PORTABLE_JPEG_FRAMES = (0xC0, 0xC2)
 # The colourless check looks at images shrunk ~8×: JPEG decodes that directly (DCT scaling), and 8×8
 # averaging washes out pixel noise that is not colour.
 THUMBNAIL_FACTOR = 8
+_OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-f]+>")
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,19 @@ class Inspection:
 
 def inspect_file(path: Path, short_side: int | None, quality: int, keep_colourless: bool) -> Inspection:
     """Read and inspect the file at `path`; never raises for a bad file."""
+    return inspect_read(path.read_bytes, short_side, quality, keep_colourless)
+
+
+def inspect_read(
+    read: Callable[[], bytes], short_side: int | None, quality: int, keep_colourless: bool
+) -> Inspection:
+    """Inspect the bytes `read()` returns (a file, an archive member); never raises for a bad file."""
     try:
-        data = path.read_bytes()
+        data = read()
     except OSError as error:
         return Inspection(SKIPPED, reason=f"unreadable: {error.strerror or error}")
+    except UnreadableMember as error:
+        return Inspection(SKIPPED, reason=str(error))
     if not data:
         return Inspection(SKIPPED, reason="empty file")
     try:
@@ -64,6 +77,9 @@ def inspect_file(path: Path, short_side: int | None, quality: int, keep_colourle
             return inspect_bytes(data, short_side, quality, keep_colourless)
     except Exception as error:  # noqa: BLE001 - any decoder failure means "this file is not a usable image"
         message = str(error).splitlines()[0] if str(error) else ""
+        # PIL names the in-memory file by its address ("<_io.BytesIO object at 0x7f…>"): drop it, so
+        # the reason (and the manifest holding it) is the same in every run.
+        message = _OBJECT_REPR.sub("", message).rstrip()
         return Inspection(SKIPPED, reason=f"undecodable: {type(error).__name__}: {message}".rstrip(": "))
 
 

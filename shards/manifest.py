@@ -2,7 +2,7 @@
 
 Beside it: `train-000000.tar` … `val-000000.tar` …, each with its DALI index `<tar name>.idx`.
 
-Layout (paths relative to the source folder; the file's bytes depend only on the plan and the
+Layout (paths relative to the source folder, or inside the source archive; the file's bytes depend only on the plan and the
 source contents, never on timing or worker count):
     format, version           "colorization-shards", 1
     source                    absolute source folder the build read
@@ -12,7 +12,7 @@ source contents, never on timing or worker count):
     splits                    {"train": samples, "val": samples}
     totals                    {"images", "kept", "converted", "colourless", "skipped", "bytes"}
     shards                    [{name, split, samples, bytes, sha256}], train then val, index order
-    skipped                   [{path, reason}] undecodable files, sorted by path
+    skipped                   [{path, reason}] undecodable files (and broken parts of an archive), sorted by path
     colourless                [path] colourless images (dropped unless options.keep_colourless)
 """
 
@@ -31,11 +31,15 @@ SHARD_FIELDS = ("name", "split", "samples", "bytes", "sha256")
 
 
 def assemble_manifest(
-    source: Path, options: dict, plan_sha256: str, classes, image_count: int, records: list[dict]
+    source, options: dict, plan_sha256: str, classes, image_count: int, records: list[dict],
+    listing_skipped=(),
 ) -> dict:
-    """The manifest of a finished build from the per-shard progress records (in plan order)."""
+    """The manifest of a finished build from the per-shard progress records (in plan order) and what
+    the source's listing found broken (`listing_skipped`, `{path, reason}` entries)."""
     written = [record for record in records if record["samples"] > 0]
-    skipped = sorted((item for record in records for item in record["skipped"]), key=lambda s: s["path"])
+    skipped = sorted(
+        [*listing_skipped, *(item for record in records for item in record["skipped"])], key=lambda s: s["path"]
+    )
     colourless = sorted(path for record in records for path in record["colourless"])
     kept = sum(record["samples"] for record in records)
     return {

@@ -36,6 +36,9 @@ class BuildOptions:
     """JPEG quality (1–95) for images that must be re-encoded; sources already fit are kept byte-exact."""
     keep_colourless: bool = False
     """Keep colourless images (converted to 3-channel RGB JPEG) instead of dropping them."""
+    split: str | None = None
+    """"train" or "val" puts every image into that split (ImageNet's val archive → val shards);
+    None splits by `val_fraction`."""
     workers: int = field(default_factory=default_workers)
     """Decode processes; has no effect on the output bytes."""
 
@@ -48,6 +51,8 @@ class BuildOptions:
             raise ShardsError(f"short_side must be an integer >= 8, got {self.short_side!r}")
         if not isinstance(self.quality, int) or not 1 <= self.quality <= 95:
             raise ShardsError(f"quality must be an integer in [1, 95], got {self.quality!r}")
+        if self.split not in (None, "train", "val"):
+            raise ShardsError(f"split must be 'train' or 'val', got {self.split!r}")
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ShardsError(f"workers must be a positive integer, got {self.workers!r}")
 
@@ -55,5 +60,7 @@ class BuildOptions:
         """The options that decide the output bytes (recorded in the manifest; `workers` is not)."""
         options = asdict(self)
         del options["workers"]
+        if options["split"] is None:  # absent unless set: builds from before the option keep their records
+            del options["split"]
         options["val_fraction"] = float(options["val_fraction"])
         return options

@@ -3,6 +3,8 @@
 OUT may be new, empty, hold unrelated files, or hold an earlier (possibly killed) run of the *same*
 build (same options, same source listing): that one is resumed. OUT holding a manifest, progress
 record or shard files of a different build is refused with one line, and nothing in it is touched.
+Parts of one build (`--part K/N`) share OUT, possibly at the same time: each clears only the stale
+temporary files of its own shards.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ SHARD_FILE = re.compile(r"^(train|val)-\d{6}\.tar(\.idx)?$")
 SHARD_TEMP_FILE = re.compile(r"^(train|val)-\d{6}\.tar(\.idx)?" + re.escape(TEMP_SUFFIX) + "$")
 
 
-def _differences(recorded: dict, wanted: dict) -> str:
+def differences(recorded: dict, wanted: dict) -> str:
     keys = sorted(set(recorded) | set(wanted))
     return ", ".join(f"{k}: {recorded.get(k)!r} → {wanted.get(k)!r}" for k in keys if recorded.get(k) != wanted.get(k))
 
 
-def claim_output(out: Path, source: Path, options: dict, plan_sha256: str) -> None:
-    """Create/check OUT, record the plan, delete stale temporary shard files of a killed run."""
+def claim_output(out: Path, source, options: dict, plan_sha256: str, owned: set[str] | None = None) -> None:
+    """Create/check OUT, record the plan, delete stale temporary shard files of a killed run (only
+    those of the shards named in `owned`, when given: other parts may be writing theirs)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ShardsError(f"output {str(out)!r} exists and is not a folder")
@@ -48,7 +51,7 @@ def claim_output(out: Path, source: Path, options: dict, plan_sha256: str) -> No
         if not isinstance(recorded, dict) or not isinstance(recorded.get("options"), dict):
             raise ShardsError(f"{out / what}: unreadable record of an earlier build; {advice}")
         if recorded["options"] != options:
-            changed = _differences(recorded["options"], options)
+            changed = differences(recorded["options"], options)
             raise ShardsError(f"{refuse} with other options ({changed}); {advice}")
         if recorded.get("plan_sha256") != plan_sha256:
             raise ShardsError(
@@ -60,7 +63,10 @@ def claim_output(out: Path, source: Path, options: dict, plan_sha256: str) -> No
 
     progress = out / PROGRESS_DIR
     for stale in [*out.iterdir(), *(progress.iterdir() if progress.is_dir() else ())]:
-        if SHARD_TEMP_FILE.match(stale.name) or TEMP_FILE.match(stale.name):
+        if owned is not None:
+            if SHARD_TEMP_FILE.match(stale.name) and stale.name.split(".tar", 1)[0] + ".tar" in owned:
+                stale.unlink(missing_ok=True)
+        elif SHARD_TEMP_FILE.match(stale.name) or TEMP_FILE.match(stale.name):
             stale.unlink()
     if plan is None:
         write_plan_record(out, {"source": str(source), "options": options, "plan_sha256": plan_sha256})

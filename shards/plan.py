@@ -4,6 +4,7 @@ The plan is a pure function of the source listing and the output options, so a r
 with any number of workers) reproduces it exactly:
 - split: `val` when a hash of the image's key falls below `val_fraction`, else `train`. It depends on
   the key alone (not on the seed or on other files), so adding images never moves existing ones.
+  With `options.split` set, every image goes to that split.
 - order: each split's images, sorted by key, are shuffled with `random.Random(f"{seed}/{split}")`
   (Python's documented, version-stable Mersenne Twister), then cut into runs of `shard_samples`. The
   shuffle is global: DALI's reader only shuffles within a small buffer, so every shard must already
@@ -49,7 +50,7 @@ def plan_shards(listing: SourceListing, options: BuildOptions) -> list[ShardPlan
     shards: list[ShardPlan] = []
     for split in SPLITS:
         members = sorted(
-            (image for image in listing.images if split_of(image.key, options.val_fraction) == split),
+            (image for image in listing.images if (options.split or split_of(image.key, options.val_fraction)) == split),
             key=lambda image: image.key,
         )
         random.Random(f"{options.seed}/{split}").shuffle(members)

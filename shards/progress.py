@@ -41,6 +41,11 @@ def write_plan_record(out: Path, record: dict) -> None:
     write_json_atomic(progress_dir(out) / PLAN_FILE, record)
 
 
+def write_record(path: Path, record: dict) -> None:
+    """Write a build record (a part manifest, …) as JSON, atomically; the one way shards/ writes them."""
+    write_json_atomic(path, record)
+
+
 def shard_record_path(out: Path, shard_name: str) -> Path:
     return progress_dir(out) / f"{shard_name}.json"
 

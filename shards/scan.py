@@ -1,4 +1,5 @@
-"""Scan a source folder: every image file (by extension), its relative path and its class.
+"""Scan a source (folder, or tar / zip archive: `shards.sources`): every image file (by extension),
+its relative path and its class.
 
 Classes: when every image lies inside a top-level subfolder (ImageNet's `n01440764/…` synset layout,
 or any `class_name/…` tree), class index = position of that subfolder in the sorted list of
@@ -13,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from shards.errors import ShardsError
 from shards.keys import sample_key
+from shards.sources import Source, open_source
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
@@ -32,32 +33,28 @@ class SourceImage:
 
 @dataclass(frozen=True)
 class SourceListing:
-    """The images of a source folder, sorted by path, and the class names (None without classes)."""
+    """The images of a source, sorted by path, the class names (None without classes), the source
+    itself (to read them) and what its listing found broken (manifest `skipped` entries)."""
 
     root: Path
     images: tuple[SourceImage, ...]
     classes: tuple[str, ...] | None
+    source: Source | None = None
+    problems: tuple[dict, ...] = ()
 
 
-def scan_source(root: str | os.PathLike) -> SourceListing:
-    """List the image files under `root`; raise `ShardsError` when `root` is not a readable folder."""
-    root = Path(root)
-    if not root.exists():
-        raise ShardsError(f"source folder {str(root)!r} does not exist")
-    if not root.is_dir():
-        raise ShardsError(f"source {str(root)!r} is not a folder")
-    if not os.access(root, os.R_OK | os.X_OK):
-        raise ShardsError(f"source folder {str(root)!r} is not readable")
+def is_image_path(path: str) -> bool:
+    """True for a relative path with an image extension and no hidden part (`.cache/x.jpg`)."""
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS and not any(
+        part.startswith(".") for part in path.split("/")
+    )
 
-    paths: list[str] = []
-    for directory, subdirs, files in os.walk(root):
-        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-        relative_dir = Path(directory).relative_to(root).as_posix()
-        for name in files:
-            if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
-                continue
-            paths.append(name if relative_dir == "." else f"{relative_dir}/{name}")
-    paths.sort()
+
+def scan_source(src: str | os.PathLike | Source, inside: str | None = None) -> SourceListing:
+    """List the image files of `src` (a folder or archive path, or an opened `Source`); raise
+    `ShardsError` when it is missing or unreadable. `inside`: see `sources.open_source`."""
+    source = src if isinstance(src, Source) else open_source(src, inside)
+    paths = sorted(path for path in source.files if is_image_path(path))
 
     all_in_subfolders = bool(paths) and all("/" in p for p in paths)
     classes = tuple(sorted({p.split("/", 1)[0] for p in paths})) if all_in_subfolders else None
@@ -66,4 +63,4 @@ def scan_source(root: str | os.PathLike) -> SourceListing:
         SourceImage(path=p, key=sample_key(p), cls=class_index[p.split("/", 1)[0]] if classes else None)
         for p in paths
     )
-    return SourceListing(root=root, images=images, classes=classes)
+    return SourceListing(Path(source.location), images, classes, source, tuple(source.problems))

@@ -84,3 +84,35 @@ def png16_bytes(pixels: np.ndarray) -> bytes:
     raw = b"".join(b"\x00" + rows[i * stride : (i + 1) * stride] for i in range(height))
     header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def tar_bytes(files: dict[str, bytes]) -> bytes:
+    """A plain tar holding `files` (name → bytes), in the given order."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in files.items():
+            _tar_member(tar, name, data)
+    return buffer.getvalue()
+
+
+def write_nested_tar(path: Path, root: Path, extra: dict[str, dict[str, bytes]] | None = None) -> Path:
+    """ILSVRC2012_img_train.tar's layout: one inner `<class>.tar` per subfolder of `root`, members
+    named by file name alone; `extra` adds members to the inner tars (class → {name: bytes})."""
+    extra = extra or {}
+    classes = sorted({p.name for p in root.iterdir() if p.is_dir()} | set(extra))
+    with tarfile.open(path, "w") as outer:
+        for cls in classes:
+            files = {p.name: p.read_bytes() for p in sorted((root / cls).iterdir())} if (root / cls).is_dir() else {}
+            _tar_member(outer, f"{cls}.tar", tar_bytes({**files, **extra.get(cls, {})}))
+    return path
+
+
+def shard_digests(out: Path) -> dict[str, str]:
+    """`tree_digests` of the shards and their indexes only (the manifest names the source)."""
+    return {name: digest for name, digest in tree_digests(out).items() if name != "manifest.json"}

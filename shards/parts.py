@@ -1,0 +1,148 @@
+"""Builds split across machines: `--part K/N` builds the K-th of N disjoint parts, `merge` joins them.
+
+The plan (shuffle, split, shard boundaries) never depends on N: part K (1-based) owns shards K-1,
+K-1+N, K-1+2N, … of the plan's list (train shards, then val), so the parts are disjoint, together
+cover the plan, and get similar work. Each part writes its shards into the shared OUT and, once all
+of them are finished, `OUT/parts/part-K-of-N.json`: the build's identity (source, options, plan
+digest, classes, image count, names of every shard in the plan), what listing the source found
+broken, and the progress records of its shards. Merging checks that every part 1..N is there, was
+built from the same plan, and still has its shards on disk with the recorded sizes (`verify`
+re-hashes them), then writes exactly the manifest.json a one-machine build writes. The last part to
+finish merges by itself; `colorize-shards merge OUT` does it by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from shards.errors import ShardsError
+from shards.manifest import MANIFEST_FILE, assemble_manifest
+from shards.output_dir import differences
+from shards.plan import ShardPlan
+from shards.progress import read_json, read_plan_record, write_record
+from shards.tar_writer import index_path
+
+PARTS_DIR = "parts"
+PART_FORMAT = "colorization-shards-part"
+PART_VERSION = 1
+_PART_FILE = re.compile(r"^part-(\d+)-of-(\d+)\.json$")
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """"K/N" → (K, N) with 1 ≤ K ≤ N; `ShardsError` otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise ShardsError(f"--part must be K/N with 1 <= K <= N (e.g. 2/8), got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def part_shards(plan: list[ShardPlan], part: tuple[int, int]) -> list[ShardPlan]:
+    """The shards part `part` = (K, N) builds: every N-th shard of the plan, from the K-th."""
+    k, n = part
+    return plan[k - 1 :: n]
+
+
+def part_file(out: Path, part: tuple[int, int]) -> Path:
+    return Path(out) / PARTS_DIR / f"part-{part[0]}-of-{part[1]}.json"
+
+
+def _found_parts(out: Path) -> dict[tuple[int, int], Path]:
+    folder = Path(out) / PARTS_DIR
+    found = {}
+    for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if match := _PART_FILE.match(path.name):
+            found[int(match[1]), int(match[2])] = path
+    return found
+
+
+def finish_part(out: Path, part: tuple[int, int], summary: tuple, listing_skipped, plan: list[ShardPlan],
+                records: list[dict]) -> dict:
+    """Record a finished part; merge when every part is there. Returns the merged manifest then, else
+    this part's own summary (manifest fields over its shards, plus `part`, `parts` and `missing`)."""
+    source, options, digest, classes, image_count = summary
+    k, n = part
+    write_record(part_file(out, part), {
+        "format": PART_FORMAT,
+        "version": PART_VERSION,
+        "part": k,
+        "parts": n,
+        "source": source,
+        "options": options,
+        "plan_sha256": digest,
+        "classes": list(classes) if classes is not None else None,
+        "images": image_count,
+        "plan": [shard.name for shard in plan],
+        "listing_skipped": list(listing_skipped),
+        "records": records,
+    })
+    found = _found_parts(out)
+    missing = [i for i in range(1, n + 1) if (i, n) not in found]
+    if not missing:
+        return merge_parts(out)
+    images = sum(len(shard.images) for shard in part_shards(plan, part))
+    own = assemble_manifest(source, options, digest, classes, images, records, listing_skipped)
+    return {**own, "part": k, "parts": n, "missing": missing}
+
+
+def merge_parts(out) -> dict:
+    """Check every part of the build in `out` and write its manifest.json; return the manifest.
+
+    `ShardsError` (one line naming the part) when a part is missing, was built with other options or
+    from another listing, or a shard of it is gone or changed.
+    """
+    out = Path(out)
+    found = _found_parts(out)
+    if not found:
+        raise ShardsError(f"{out}: no part manifests in {PARTS_DIR}/ (build the parts first: "
+                          f"`colorize-shards build SRC {out} --part K/N` for K = 1 … N)")
+    counts = sorted({n for _, n in found})
+    if len(counts) > 1:
+        names = ", ".join(path.name for path in found.values())
+        raise ShardsError(f"{out / PARTS_DIR}: parts of splits into {' and '.join(map(str, counts))} ({names}); "
+                          f"all parts of one build must use the same N")
+    n = counts[0]
+    parts = {k: (path, read_json(path)) for (k, _), path in sorted(found.items())}
+    reference = read_plan_record(out) or next(iter(parts.values()))[1]
+    if not isinstance(reference, dict):
+        reference = {}
+    first_plan = None
+    for k, (path, part) in parts.items():
+        name = f"{PARTS_DIR}/{path.name}"
+        if not isinstance(part, dict) or part.get("format") != PART_FORMAT or part.get("version") != PART_VERSION:
+            raise ShardsError(f"{out / name}: unreadable part manifest; rerun part {k}/{n}")
+        if part["options"] != reference.get("options"):
+            raise ShardsError(f"{out / name}: part {k} of {n} was built with other options "
+                              f"({differences(reference.get('options') or {}, part['options'])}); rebuild it "
+                              f"with the options of the other parts")
+        if part["plan_sha256"] != reference.get("plan_sha256") or part["plan"] != (first_plan or part["plan"]):
+            raise ShardsError(f"{out / name}: part {k} of {n} was built from a different source listing "
+                              f"(files added, removed or renamed); rebuild it from the same source")
+        first_plan = part["plan"]
+    missing = [k for k in range(1, n + 1) if k not in parts]
+    if missing:
+        more = f" (and {', '.join(map(str, missing[1:]))})" if missing[1:] else ""
+        raise ShardsError(f"{out}: part {missing[0]} of {n}{more} is missing: no {PARTS_DIR}/part-{missing[0]}-of-{n}"
+                          f".json, that part has not finished; run `colorize-shards build SRC {out} "
+                          f"--part {missing[0]}/{n}`")
+
+    records: dict[str, dict] = {}
+    for k, (path, part) in parts.items():
+        wanted = part["plan"][k - 1 :: n]
+        if [record["name"] for record in part["records"]] != wanted:
+            raise ShardsError(f"{out / PARTS_DIR / path.name}: does not list the shards of part {k} of {n}; rerun it")
+        for record in part["records"]:
+            tar = out / record["name"]
+            if record["samples"] and (
+                not tar.is_file() or tar.stat().st_size != record["bytes"] or not index_path(tar).is_file()
+            ):
+                raise ShardsError(f"{tar}: shard of part {k} of {n} is missing or changed since that part "
+                                  f"finished; rerun `colorize-shards build SRC {out} --part {k}/{n}`")
+            records[record["name"]] = record
+    part = parts[1][1]
+    manifest = assemble_manifest(
+        part["source"], part["options"], part["plan_sha256"], part["classes"], part["images"],
+        [records[name] for name in part["plan"]], part["listing_skipped"],
+    )
+    write_record(out / MANIFEST_FILE, manifest)
+    return manifest
