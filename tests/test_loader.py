@@ -147,7 +147,25 @@ def test_one_pass_ends_keeps_the_partial_batch_and_repeats_identically(shards, b
     assert sizes == [8, 4]  # 12 samples: one full batch, then the partial one, nothing dropped
     first = [b[0] for b in loader]
     second = [b[0] for b in loader]
+    assert len(first) == len(second) == 2
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_one_pass_dali_loader_is_reused_across_passes_without_rebuilding(shards, device, monkeypatch):
+    """Evaluation keeps one loader: every iter() is a full, identical pass on the same pipeline."""
+    root, manifest = shards
+    loader = DaliLoader(cfg_for(root, num_threads=1), 0, 1, torch.device(device), split="val", endless=False,
+                        return_keys=True)
+    builds = []
+    build = loader._build
+    monkeypatch.setattr(loader, "_build", lambda: builds.append(1) or build())
+    passes = [[(k, L.cpu()) for L, _, keys in loader for k, L in zip(keys, L)] for _ in range(3)]
+    assert len(builds) == 1
+    assert [k.split("/")[1] for k, _ in passes[0]] == all_keys(manifest, "val")
+    for other in passes[1:]:
+        assert [k for k, _ in other] == [k for k, _ in passes[0]]
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(other, passes[0]))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -221,6 +239,18 @@ def test_dali_cpu_path_runs_decoder_threads_below_the_loader_thread(shards):
             if (t / "comm").read_text().startswith(DALI_THREAD_PREFIX)}
     assert dali and set(dali.values()) == {min(19, own + NICE_INCREMENT)}
     assert torch.get_num_threads() == torch_threads  # the one-thread scope of the resize and Lab is undone
+
+
+def test_dali_pipeline_runs_on_the_loaders_cuda_index(shards, monkeypatch):
+    """device_id follows the device's index; a bare "cuda" is the current device (the local rank under
+    accelerate), not GPU 0. Nothing is built, so no GPU is needed."""
+    root = shards[0]
+    assert DaliLoader(cfg_for(root), 0, 1, torch.device("cuda", 1)).device_id == 1
+    assert DaliLoader(cfg_for(root), 0, 1, torch.device("cuda", 0)).device_id == 0
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    bare = DaliLoader(cfg_for(root), 0, 1, torch.device("cuda"))
+    assert bare.device_id == 3 and bare.device == torch.device("cuda", 3)
+    assert DaliLoader(cfg_for(root), 0, 1, CPU).device_id is None
 
 
 def test_dali_state_is_small_and_picklable(shards):
