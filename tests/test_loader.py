@@ -600,7 +600,7 @@ def test_bench_loader_reports_every_backend_against_seed_and_the_ceiling(shards,
     from launch.bench import main as bench
 
     out = tmp_path / "loader.json"
-    code = bench(["loader", "--shards", str(shards[0]), "--backends", "seed,dali", "--batch-size", "8",
+    code = bench(["loader", "--shards", str(shards[0]), "--backends", "seed,torch-cpu,dali", "--batch-size", "8",
                   "--seconds", "1", "--rounds", "2", "--warmup", "1", "--threads", "2", "--device", "cpu",
                   "--json", str(out)])
     assert code == 0
@@ -611,8 +611,41 @@ def test_bench_loader_reports_every_backend_against_seed_and_the_ceiling(shards,
     assert dali["fraction_of_decode_ceiling"] == pytest.approx(
         dali["images_per_s"] / report["decode_ceiling_images_per_s"], rel=0.01)
     assert report["settings"]["rounds"] == 2
+    assert report["backends"]["torch-cpu"]["images_per_s"] > 0 and "CPU" in report["decode_ceiling"]
     printed = capsys.readouterr().out
     assert "seed" in printed and "dali" in printed and "ceiling" in printed
+
+
+def test_bench_loader_defaults_and_clock_synchronisation():
+    from launch.bench_loader import _timed, default_backends
+
+    assert default_backends("cpu") == "seed,torch,dali" and default_backends("cuda") == "dali,torch,torch-cpu"
+    events = []
+
+    def batches():
+        while True:
+            events.append("batch")
+            yield (torch.zeros(4, 1, 2, 2),)
+
+    images, _ = _timed(batches(), 4, 0.01, warmup=2, sync=lambda: events.append("sync"))
+    # Synchronised after the warm-up (before the clock starts) and after the last timed batch.
+    assert events[:3] == ["batch", "batch", "sync"] and events[-1] == "sync" and events.count("sync") == 2
+    assert images == 4 * (events.count("batch") - 2)
+
+
+@pytest.mark.gpu
+def test_bench_loader_on_cuda_times_every_gpu_source_and_the_nvjpeg_ceiling(shards, tmp_path):
+    import json
+
+    from launch.bench import main as bench
+
+    out = tmp_path / "loader.json"
+    assert bench(["loader", "--shards", str(shards[0]), "--batch-size", "8", "--seconds", "1", "--rounds", "1",
+                  "--warmup", "1", "--threads", "2", "--device", "cuda", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["backends"]) == ["dali", "torch", "torch-cpu"]
+    assert all(r["images_per_s"] > 0 and r["ratio_vs_seed"] is None for r in report["backends"].values())
+    assert "mixed" in report["decode_ceiling"] and report["decode_ceiling_images_per_s"] > 0
 
 
 def test_bench_loader_rejects_bad_arguments_in_one_line(shards, capsys):
