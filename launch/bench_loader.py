@@ -1,9 +1,16 @@
 """`colorize-bench loader`: the loader backends side by side on the same shards, against the seed.
 
-Runs each backend of `make_loader` (default `seed,torch,dali`) for the same number of seconds, one
-after the other in one process, and prints images/s, the ratio to `seed`, and a bare-decode
-ceiling: DALI's CPU `decoders.image` (libjpeg-turbo) alone — read + full decode, no crop, flip or
-Lab — with the same threads, batch and shards, so the pipeline's own cost is visible.
+Runs each source for the same number of seconds, one after the other in one process, and prints
+images/s, the ratio to `seed`, and a bare-decode ceiling — read + full decode alone, no crop, flip
+or Lab, with the same threads, batch and shards — so each pipeline's own cost is visible. Every
+source yields the same output: L B×1×S×S and ab B×2×S×S float32 network Lab on `--device`.
+- `--device cpu` (default without CUDA): `seed,torch,dali`; the ceiling is DALI's CPU
+  `decoders.image` (libjpeg-turbo).
+- `--device cuda`: `dali,torch,torch-cpu` — DALI's GPU pipeline, the `torch` backend decoding on the
+  GPU (batched nvJPEG, `data.decode_device: auto`) and decoding in its DataLoader workers with the
+  batch copied to the GPU (`torch-cpu`, `decode_device: cpu`); the ceiling is DALI's `mixed`
+  `decoders.image` (nvJPEG with the hardware decoder). The clock is read after
+  `torch.cuda.synchronize()`, so work still queued on the GPU is not left out of a timing.
 
 The time is split into `--rounds` rounds; each round runs every backend and then the ceiling for
 its share of the seconds, after `--warmup` untimed batches (worker start and compile in the first
@@ -34,12 +41,17 @@ from launch.atomic import write_text_atomic
 from launch.config import DataConfig
 
 CEILING = "decode ceiling"
+CEILING_TEXT = {
+    "cpu": "DALI CPU fn.decoders.image (read + full decode only), same threads and batch",
+    "cuda": "DALI mixed fn.decoders.image (nvJPEG + hardware decoder; read + full decode only), same threads and batch",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", type=Path, help="shards directory (default: generate ImageNet-like shards)")
     parser.add_argument("--split", default="train", help="split to read (default train)")
-    parser.add_argument("--backends", default="seed,torch,dali", help="comma-separated: seed, torch, dali")
+    parser.add_argument("--backends", help="comma-separated: seed, torch, torch-cpu, dali (default: seed,torch,dali "
+                        "on cpu, dali,torch,torch-cpu on cuda)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--size", type=int, default=256, help="crop side S (multiple of 256)")
     parser.add_argument("--crop", choices=("random_resized", "resize"), default="random_resized")
@@ -66,30 +78,47 @@ def generate_shards(directory: Path, images: int, workers: int) -> Path:
     return directory / "shards"
 
 
-def _timed(batches, batch_size: int, seconds: float, warmup: int) -> tuple[int, float]:
-    """(images, seconds) from iterating the endless iterator `batches` for `seconds`, after `warmup` batches."""
+def _no_sync() -> None:
+    pass
+
+
+def _timed(batches, batch_size: int, seconds: float, warmup: int, sync=_no_sync) -> tuple[int, float]:
+    """(images, seconds) from iterating the endless iterator `batches` for `seconds`, after `warmup` batches.
+
+    `sync` (torch.cuda.synchronize on CUDA) runs before each clock reading: GPU sources return batches
+    whose work may still be queued, and without it the warm-up's work would be booked to the timed
+    part and the last batches' work left out.
+    """
     for _ in range(warmup):
         next(batches)
+    sync()
     images, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         batch = next(batches)
         images += batch[0].shape[0] if isinstance(batch, (tuple, list)) else batch_size
+    sync()
     return images, time.perf_counter() - start
 
 
-def measure_in_rounds(sources: dict, batch_size: int, seconds: float, warmup: int, rounds: int) -> dict[str, float]:
+def measure_in_rounds(sources: dict, batch_size: int, seconds: float, warmup: int, rounds: int,
+                      sync=_no_sync) -> dict[str, float]:
     """Images/s of each endless iterator in `sources`, timed in `rounds` interleaved rounds (module doc)."""
     totals = {name: [0, 0.0] for name in sources}
     for _ in range(rounds):
         for name, batches in sources.items():
-            images, elapsed = _timed(batches, batch_size, seconds / rounds, warmup)
+            images, elapsed = _timed(batches, batch_size, seconds / rounds, warmup, sync)
             totals[name][0] += images
             totals[name][1] += elapsed
     return {name: images / elapsed for name, (images, elapsed) in totals.items()}
 
 
-def decode_ceiling(shards_dir: Path, split: str, batch_size: int, threads: int):
-    """Endless iterator over batches of DALI CPU read + full JPEG decode only: no crop, flip, Lab or copy out."""
+def decode_ceiling(shards_dir: Path, split: str, batch_size: int, threads: int, device: torch.device | None = None):
+    """Endless iterator over batches of DALI read + full JPEG decode only: no crop, flip, Lab or copy out.
+
+    CPU (`device` None or cpu): libjpeg-turbo on DALI's threads. CUDA: the `mixed` decoder on
+    `device` (nvJPEG, the hardware decoder taking the share the training pipeline gives it), the
+    decoded H×W×3 uint8 images left in GPU memory.
+    """
     from nvidia.dali import fn, pipeline_def, types
 
     from pipeline.shard_list import split_shards
@@ -100,9 +129,15 @@ def decode_ceiling(shards_dir: Path, split: str, batch_size: int, threads: int):
     def decode_only():
         jpegs = fn.readers.webdataset(paths=[str(s.path) for s in shards], index_paths=[str(s.index_path) for s in shards],
                                       ext=["jpg"], random_shuffle=True, initial_fill=1024)
+        if gpu:
+            # The decoder settings of the training pipeline's mixed decoders (`pipeline/dali_pipeline.py`).
+            return fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=0.65,
+                                     jpeg_fancy_upsampling=True)
         return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
 
-    pipe = decode_only(batch_size=batch_size, num_threads=threads, device_id=None, seed=1, prefetch_queue_depth=2)
+    gpu = device is not None and device.type == "cuda"
+    device_id = (device.index if device.index is not None else torch.cuda.current_device()) if gpu else None
+    pipe = decode_only(batch_size=batch_size, num_threads=threads, device_id=device_id, seed=1, prefetch_queue_depth=2)
     pipe.build()
     while True:
         pipe.run()
@@ -119,11 +154,21 @@ def _machine() -> dict:
     return info
 
 
+SOURCES = ("seed", "torch", "torch-cpu", "dali")
+
+
+def default_backends(device: str) -> str:
+    """The sources timed when --backends is not given (module doc)."""
+    return "dali,torch,torch-cpu" if device == "cuda" else "seed,torch,dali"
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.backends is None:
+        args.backends = default_backends(args.device)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = sorted(set(backends) - {"seed", "torch", "dali"})
+    unknown = sorted(set(backends) - set(SOURCES))
     if unknown or not backends:
-        print(f"error: --backends {args.backends!r}: unknown backend(s) {unknown} (choose from seed, torch, dali)",
+        print(f"error: --backends {args.backends!r}: unknown backend(s) {unknown} (choose from {', '.join(SOURCES)})",
               file=sys.stderr)
         return 2
     if (args.size <= 0 or args.size % 256 or args.batch_size < 1 or args.seconds <= 0 or args.threads < 1
@@ -158,14 +203,17 @@ def _run(args, backends, shards_dir: Path) -> int:
     load_before = os.getloadavg()[0]
     try:
         sources = {}
-        for backend in backends:
+        for name in backends:
+            # torch-cpu: the torch backend decoding in its workers, whatever the device.
+            backend, decode_device = ("torch", "cpu") if name == "torch-cpu" else (name, "auto")
             cfg = DataConfig(shards=str(shards_dir), backend=backend, size=args.size, crop=args.crop,
-                             batch_size=args.batch_size, num_threads=args.threads)
-            sources[backend] = iter(make_loader(cfg, 0, 1, device, split=args.split, endless=True))
-        sources[CEILING] = decode_ceiling(shards_dir, args.split, args.batch_size, args.threads)
+                             batch_size=args.batch_size, num_threads=args.threads, decode_device=decode_device)
+            sources[name] = iter(make_loader(cfg, 0, 1, device, split=args.split, endless=True))
+        sources[CEILING] = decode_ceiling(shards_dir, args.split, args.batch_size, args.threads, device)
         print(f"timing {', '.join(sources)}: {args.rounds} round(s) of {args.seconds / args.rounds:.1f} s each …",
               flush=True)
-        rates = measure_in_rounds(sources, args.batch_size, args.seconds, args.warmup, args.rounds)
+        sync = torch.cuda.synchronize if device.type == "cuda" else _no_sync
+        rates = measure_in_rounds(sources, args.batch_size, args.seconds, args.warmup, args.rounds, sync)
     except (ShardError, BadShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -179,16 +227,16 @@ def _run(args, backends, shards_dir: Path) -> int:
     machine = _machine() | {"load_average_before": round(load_before, 2),
                             "load_average_after": round(os.getloadavg()[0], 2)}
     report = {"backends": results, "decode_ceiling_images_per_s": round(ceiling, 1),
-              "decode_ceiling": "DALI CPU fn.decoders.image (read + full decode only), same threads and batch",
+              "decode_ceiling": CEILING_TEXT[device.type],
               "settings": {"batch_size": args.batch_size, "size": args.size, "crop": args.crop, "threads": args.threads,
                            "seconds": args.seconds, "rounds": args.rounds, "warmup": args.warmup,
                            "device": args.device, "shards": str(shards_dir)},
               "machine": machine}
-    print(f"\n{'backend':8s} {'images/s':>10s} {'× seed':>8s} {'of decode':>10s}")
+    print(f"\n{'backend':10s} {'images/s':>10s} {'× seed':>8s} {'of decode':>10s}")
     for name, r in results.items():
         ratio = f"{r['ratio_vs_seed']:.2f}" if r["ratio_vs_seed"] is not None else "-"
-        print(f"{name:8s} {r['images_per_s']:10.1f} {ratio:>8s} {100 * r['fraction_of_decode_ceiling']:9.0f}%")
-    print(f"{'decode':8s} {ceiling:10.1f}   (ceiling: DALI CPU decoders.image only, {args.threads} threads)")
+        print(f"{name:10s} {r['images_per_s']:10.1f} {ratio:>8s} {100 * r['fraction_of_decode_ceiling']:9.0f}%")
+    print(f"{'decode':10s} {ceiling:10.1f}   (ceiling: {CEILING_TEXT[device.type]})")
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, load average {load_before:.1f} → "
           f"{machine['load_average_after']:.1f}")
     if args.json:

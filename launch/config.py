@@ -77,6 +77,10 @@ class DataConfig:
     """Samples held in the reader's shuffle buffer (DALI `initial_fill`); shards are pre-shuffled too."""
     on_bad_sample: Literal["error", "skip"] = "error"
     """An undecodable sample: `error` stops with the shard's name; `skip` drops it and counts it."""
+    decode_device: Literal["auto", "cpu"] = "auto"
+    """`torch` backend: where JPEGs are decoded. `auto`: on the GPU when the loader's device is CUDA
+    (batched nvJPEG in the main process; workers only read bytes), else in the DataLoader workers;
+    `cpu`: always in the workers. DALI always decodes on the GPU when the device is CUDA."""
     compile_lab: bool = True
     """DALI backend on CPU: fuse the RGB → Lab step with torch.compile (polynomial form, ≤ 1e-4 off; a
     few seconds to compile on first use); false = exact eager torch, several times slower."""

@@ -5,7 +5,8 @@ the decoded images padded to a common size inside DALI — a copy that cost as m
 (BENCHMARKS.md). Run directly, the pipeline hands each image over as it is and the loader resizes
 it (`pipeline/cpu_finish.py`). The runner gives the iterator's interface the loader relies on:
 `next()` → [{output name: list of per-sample tensors}] (a list of one, as the iterator has one entry
-per pipeline), `StopIteration` after one pass when not `endless`, and `checkpoints()` → [DALI
+per pipeline), `StopIteration` after each pass when not `endless` (the next `next()` starts the next
+pass on the same pipeline), and `checkpoints()` → [DALI
 checkpoint of the batches handed out so far] (the pipeline's own checkpoint already accounts for
 prefetched batches: checked by `tests/test_loader.py`'s exact-resume test).
 
@@ -72,8 +73,9 @@ class DaliCpuRunner:
 
     def __next__(self) -> list[dict[str, list[torch.Tensor]]]:
         if not self.endless and self.delivered >= self.samples_per_pass:
-            # The pass is over; the reader (its last batch padded) starts the next one at the first
-            # sample, so the next call begins a new pass, as DALI's own iterators do with auto_reset.
+            # The pass is over; the next call starts the next one on the same pipeline (as the GPU
+            # iterator's auto_reset does). The reader pads each pass to whole batches, so its next
+            # batch — possibly already prefetched — is the first of the next pass.
             self.delivered = 0
             raise StopIteration
         outputs = self.pipe.run()

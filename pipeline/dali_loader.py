@@ -58,6 +58,12 @@ class DaliLoader:
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.gpu = self.device.type == "cuda"
+        # The GPU the pipeline runs on, and where its batches land. A bare "cuda" means the current
+        # device (what torch would use for it, and what accelerate sets to the local rank), not GPU 0.
+        self.device_id = None if not self.gpu else (
+            self.device.index if self.device.index is not None else torch.cuda.current_device())
+        if self.gpu:
+            self.device = torch.device("cuda", self.device_id)
         self.split, self.endless, self.seed = split, endless, seed
         self.return_keys = return_keys
         self.batch_size = per_rank_batch(data_cfg, world_size)
@@ -139,7 +145,7 @@ class DaliLoader:
             with_keys=self.return_keys,
             batch_size=self.batch_size,
             num_threads=self.cfg.num_threads,
-            device_id=self.device.index or 0 if self.gpu else None,
+            device_id=self.device_id,
             seed=self.seed * 1000 + self.rank + 1,  # distinct crops per rank; 0 would mean "random"
             prefetch_queue_depth=self.cfg.prefetch,
             checkpoint=self._checkpoint,

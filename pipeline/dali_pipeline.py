@@ -15,8 +15,10 @@ on 2 cores every fraction of a millisecond per image counts.
 Crops: training with `crop="random_resized"` decodes only a random region of area fraction
 `crop_scale` and aspect ratio `crop_ratio` (`decoders.image_random_crop`, the ROI decode skips the
 rest of the JPEG) and resizes it to S×S; `crop="resize"` squashes the whole image to S×S (the seed);
-evaluation with `random_resized` resizes the shorter side to S and takes the centre S×S (on the CPU
-path the resizing is the loader's, see above). On the GPU the flip and the HWC→CHW transpose are one
+evaluation with `random_resized` takes the centred square of side min(H, W) — rows
+[(H − side) // 2, … + side), columns [(W − side) // 2, … + side), the window `pipeline/cpu_finish.py`
+takes on the CPU — and resizes it to S×S (on the GPU in one `fn.resize` with that window as its ROI;
+on the CPU path the resizing is the loader's, see above). On the GPU the flip and the HWC→CHW transpose are one
 `crop_mirror_normalize`; on the CPU the loader flips. Either way the coin flips are DALI's, so its
 checkpoints cover them. With `with_keys`, a `key` output carries
 each sample's `<tar path>:<offset>:<member name>` as zero-padded bytes (debug and tests only).
@@ -48,6 +50,25 @@ def _lab_on_device(rgb_hwc_float):
     f = cube * dmath.cbrt(dmath.max(t, EPSILON)) + (1 - cube) * (t * KAPPA_SLOPE + F_OFFSET)
     m, offset = lab_matrix()
     return fn.coord_transform(f, M=[x for row in m for x in row], T=offset)
+
+
+def centre_square_roi(jpegs):
+    """(roi_start, roi_end): per-sample [row, col] float corners of the centred min(H, W) square.
+
+    The same integer window as `pipeline.cpu_finish.resize_to_square(centre_crop=True)`: side =
+    min(H, W), top = (H − side) // 2, left = (W − side) // 2. Resizing the shorter side to S and then
+    cropping the centre S×S (the earlier GPU view) rounds the resized length and the crop anchor
+    separately and lands up to a source pixel away from it. H and W come from the JPEG header
+    (`peek_image_shape`, with the EXIF orientation the decoders also apply), on the CPU, because
+    `fn.resize` takes its ROI as CPU argument inputs.
+    """
+    shape = fn.peek_image_shape(jpegs)  # H, W, C (int64)
+    height, width = shape[0], shape[1]
+    side = dmath.min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    start = fn.cast(fn.stack(top, left), dtype=types.FLOAT)
+    end = fn.cast(fn.stack(top + side, left + side), dtype=types.FLOAT)
+    return start, end
 
 
 @pipeline_def(enable_checkpointing=True)
@@ -84,8 +105,10 @@ def colorization_pipeline(
         name=READER_NAME,
     )
     decoder = "mixed" if gpu else "cpu"
-    # On GPUs with a hardware JPEG decoder (A100, H100) it takes this share of the batch.
-    hw = {"hw_decoder_load": 0.65} if gpu else {}
+    # On GPUs with a hardware JPEG decoder (A100, H100) it takes this share of the batch. Fancy
+    # upsampling makes nvJPEG upsample chroma as libjpeg-turbo (the CPU decoder) does, so the GPU and
+    # CPU paths see the same pixels up to rounding.
+    hw = {"hw_decoder_load": 0.65, "jpeg_fancy_upsampling": True} if gpu else {}
     random_crop = train and crop == "random_resized"
     if random_crop:
         images = fn.decoders.image_random_crop(
@@ -98,10 +121,11 @@ def colorization_pipeline(
     if gpu:
         if random_crop or crop == "resize":
             images = fn.resize(images, size=[size, size])
-        else:  # deterministic evaluation view of a random_resized model: shorter side to S, centre crop
-            images = fn.resize(images, resize_shorter=size)
-        hwc = fn.crop_mirror_normalize(images, crop=[size, size], mirror=mirror, mean=[0.0], std=[255.0],
-                                       dtype=types.FLOAT, output_layout="HWC")
+        else:  # deterministic evaluation view of a random_resized model: the centre square, to S×S
+            roi_start, roi_end = centre_square_roi(jpegs)
+            images = fn.resize(images, size=[size, size], roi_start=roi_start, roi_end=roi_end)
+        hwc = fn.crop_mirror_normalize(images, mirror=mirror, mean=[0.0], std=[255.0], dtype=types.FLOAT,
+                                       output_layout="HWC")
         outputs = [fn.transpose(_lab_on_device(hwc), perm=[2, 0, 1], output_layout="CHW")]
     else:
         # The loader flips after resizing (a 256² copy instead of one of the whole decoded crop), with

@@ -6,28 +6,43 @@ fewer, every reader walks all shards and keeps every R-th sample (R = readers in
 ever left without data. Training reshuffles the shard order each epoch (same order on every rank,
 from the seed) and samples within a `data.shuffle_buffer` window; evaluation reads in manifest order.
 
-Per sample: `torchvision.io.decode_jpeg` → RandomResizedCrop / squash Resize / (evaluation) Resize +
-CenterCrop → optional flip, with the sample's own seed (seed, rank, worker, sample number), so the
-same sample number always gets the same crop. Workers batch the uint8 images and turn them into
-network Lab (`pipeline/lab_uint8.py`) themselves, so the colour step runs in parallel too.
+Per sample, the *view* — RandomResizedCrop's box and the coin flip (training), or none — is drawn
+with the sample's own seed (seed, rank, worker, sample number), so the same sample number always
+gets the same crop (`sample_view`); `apply_view` then crops and resizes to S×S (RandomResizedCrop /
+squash Resize / evaluation Resize of the shorter side + CenterCrop) and flips. Two modes, same
+views, same output:
+- CPU decode (`data.decode_device: cpu`, or any non-CUDA device): each worker decodes with
+  `torchvision.io.decode_jpeg`, applies the view, batches the uint8 squares and turns them into
+  network Lab (`pipeline/lab_uint8.py`) itself, so the colour step runs in parallel too; the batch is
+  then copied to the device.
+- GPU decode (`auto` with a CUDA device): workers only read each sample's bytes and its size from the
+  JPEG header (enough to draw the view); the main process decodes the batch with one batched nvJPEG
+  call (`decode_jpeg(list, device="cuda")`), applies the views and the same Lab kernel on the GPU
+  (`finish_batch`) — the loader most users would write instead of DALI.
 
 Resume: the loader counts the batches it handed out; a restored loader replays the same shard order
 and shuffle and has each worker drop, undecoded, the samples of the batches already consumed, so
 training continues exactly where it stopped (DataLoader takes batches round-robin from the workers).
 A one-pass evaluation loader restarts its pass on restore.
+
+Bad samples: bytes that are not a JPEG fail in the worker in both modes (the GPU mode reads their
+header); in the GPU mode a JPEG whose body nvJPEG cannot decode is found in the main process (the
+batch is decoded again image by image) — `error` names its shard and key, `skip` drops it and counts
+it, and that batch is one image short (the CPU mode refills the batch from the stream instead).
 """
 
 from __future__ import annotations
 
 import random
 from itertools import count
-from typing import Iterator
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms import v2
+from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms.v2 import functional as F
 
 from launch.config import DataConfig
 from pipeline.lab_uint8 import uint8_planar_to_network
@@ -35,27 +50,96 @@ from pipeline.loader_base import WORKER_START, BadShardError, per_rank_batch
 from pipeline.shard_list import split_shards
 
 
-def _transform(cfg: DataConfig, train: bool) -> v2.Transform:
+class View(NamedTuple):
+    """One sample's crop box in its decoded image (pixels; used by training random_resized crops only)
+    and whether it is mirrored left-right."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+
+
+def sample_view(cfg: DataConfig, train: bool, height: int, width: int) -> View:
+    """The view of an H×W image, drawn from torch's global RNG (seeded per sample by the caller).
+
+    Draws exactly what `v2.Compose([v2.RandomResizedCrop(...), v2.RandomHorizontalFlip(0.5)])` drew
+    (torchvision's own box sampler, then one `torch.rand(1) < 0.5`), so both decode modes, and
+    loaders saved before they existed, give every sample number the same crop.
+    """
+    top, left, box_h, box_w = 0, 0, height, width
+    if train and cfg.crop == "random_resized":
+        shape_only = torch.empty((), dtype=torch.uint8).expand(1, height, width)  # no pixels are read
+        top, left, box_h, box_w = RandomResizedCrop.get_params(shape_only, list(cfg.crop_scale), list(cfg.crop_ratio))
+    flip = bool(train and cfg.flip and torch.rand(1).item() < 0.5)
+    return View(int(top), int(left), int(box_h), int(box_w), flip)
+
+
+def apply_view(image: torch.Tensor, view: View, cfg: DataConfig, train: bool) -> torch.Tensor:
+    """3×H×W uint8 sRGB (CPU or CUDA) → 3×S×S uint8 sRGB: crop/resize (bilinear, antialiased), flip.
+
+    Training random_resized: the view's box resized to S×S; `crop: resize`: the whole image squashed
+    to S×S; evaluation of random_resized: shorter side to S, centre S×S. On CUDA torchvision resizes
+    uint8 through float32 (its uint8 kernel is CPU-only), so the two devices differ by rounding.
+    """
     size = cfg.size
     if train and cfg.crop == "random_resized":
-        steps = [v2.RandomResizedCrop(size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True)]
+        out = F.resized_crop(image, view.top, view.left, view.height, view.width, [size, size], antialias=True)
     elif cfg.crop == "resize":
-        steps = [v2.Resize((size, size), antialias=True)]
+        out = F.resize(image, [size, size], antialias=True)
     else:
-        steps = [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
-    if train and cfg.flip:
-        steps.append(v2.RandomHorizontalFlip(0.5))
-    return v2.Compose(steps)
+        out = F.center_crop(F.resize(image, [size], antialias=True), [size, size])
+    return F.horizontal_flip(out) if view.flip else out
+
+
+def finish_batch(images: Sequence[torch.Tensor], views: Sequence[View], cfg: DataConfig,
+                 train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """B decoded 3×H×W uint8 sRGB images (sizes differ; CPU or CUDA) and their views →
+    (L_net B×1×S×S in [-1, 1], ab_net B×2×S×S ≈ [-1, 1]) float32 on the images' device."""
+    return uint8_planar_to_network(torch.stack([apply_view(im, v, cfg, train) for im, v in zip(images, views)]))
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(height, width) from a JPEG's frame header (SOFn), before any EXIF orientation — the size
+    `decode_jpeg` returns. ValueError when the bytes are not a JPEG or end before the frame header."""
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG (no start-of-image marker)")
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            raise ValueError(f"corrupt JPEG header at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOF0…SOF15 (not DHT, JPG, DAC)
+            if pos + 9 > end:
+                break
+            height, width = int.from_bytes(data[pos + 5 : pos + 7], "big"), int.from_bytes(data[pos + 7 : pos + 9], "big")
+            if height == 0 or width == 0:
+                raise ValueError("JPEG frame header gives a zero size")
+            return height, width
+        if marker == 0xDA or length < 2:  # scan data before any frame header
+            break
+        pos += 2 + length
+    raise ValueError("JPEG ends before its frame header")
 
 
 class _Readers(IterableDataset):
-    """Yields (L, ab, keys, skipped) batches of one worker; see the module docstring."""
+    """Yields one worker's batches: (L, ab, keys, skipped) when it decodes, or (byte tensors, views,
+    keys, skipped) when the main process decodes (`encoded`); see the module docstring."""
 
-    def __init__(self, cfg, urls, rank, world_size, batch_size, train, endless, seed, start_batch):
+    def __init__(self, cfg, urls, rank, world_size, batch_size, train, endless, seed, start_batch, encoded=False):
         self.cfg, self.urls = cfg, urls
         self.rank, self.world_size = rank, world_size
         self.batch_size, self.train, self.endless, self.seed = batch_size, train, endless, seed
         self.start_batch = start_batch
+        self.encoded = encoded
 
     def _samples(self, worker: int, workers: int) -> Iterator[dict]:
         """Raw samples (bytes not decoded) of this reader, epoch after epoch when endless."""
@@ -97,25 +181,44 @@ class _Readers(IterableDataset):
         # next batch belongs to logical worker k % workers, so worker ids are rotated to match.
         worker = (worker + self.start_batch) % workers
         torch.set_num_threads(1)  # one core per worker; there are as many workers as cores
-        transform = _transform(self.cfg, self.train)
         # Batches this worker already delivered before the restore (round-robin over workers).
         skip_samples = len(range(worker, self.start_batch, workers)) * self.batch_size
         self._errors = 0
-        images, keys, reported = [], [], 0
+        images, views, keys, reported = [], [], [], 0
         for n, sample in enumerate(self._samples(worker, workers)):
             if n < skip_samples:
                 continue
-            image = self._decode(sample)
+            image = self._read(sample) if self.encoded else self._decode(sample)
             if image is None:
                 continue
             torch.manual_seed(hash((self.seed, self.rank, worker, n)) & 0x7FFF_FFFF)
-            images.append(transform(image))
+            if self.encoded:
+                data, (height, width) = image
+                images.append(data)
+                views.append(sample_view(self.cfg, self.train, height, width))
+            else:
+                images.append(apply_view(image, sample_view(self.cfg, self.train, *image.shape[-2:]), self.cfg,
+                                         self.train))
             keys.append(f"{sample['__url__'].rsplit('/', 1)[-1]}/{sample['__key__']}")
             if len(images) == self.batch_size:
-                yield (*uint8_planar_to_network(torch.stack(images)), keys, self._errors - reported)
-                reported, images, keys = self._errors, [], []
+                yield self._batch(images, views, keys, self._errors - reported)
+                reported, images, views, keys = self._errors, [], [], []
         if images:
-            yield (*uint8_planar_to_network(torch.stack(images)), keys, self._errors - reported)
+            yield self._batch(images, views, keys, self._errors - reported)
+
+    def _batch(self, images, views, keys, skipped):
+        if self.encoded:
+            return images, views, keys, skipped
+        return (*uint8_planar_to_network(torch.stack(images)), keys, skipped)
+
+    def _read(self, sample: dict) -> tuple[torch.Tensor, tuple[int, int]] | None:
+        """(the JPEG as a 1-D uint8 tensor, its (H, W)), or None (counted) in skip mode for a sample
+        whose bytes are missing or not a JPEG."""
+        try:
+            data = sample["jpg"]
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8), jpeg_size(data)
+        except Exception as exc:
+            return self._bad(sample, exc)
 
     def _decode(self, sample: dict) -> torch.Tensor | None:
         """3×H×W uint8 sRGB, or None (counted) for an undecodable sample in skip mode."""
@@ -123,12 +226,15 @@ class _Readers(IterableDataset):
             data = sample["jpg"]
             return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         except Exception as exc:
-            if self.cfg.on_bad_sample == "skip":
-                self._errors += 1
-                return None
-            raise BadShardError(
-                f"{sample.get('__url__', 'a shard')}: sample {sample.get('__key__')} could not be decoded ({exc})"
-            ) from None
+            return self._bad(sample, exc)
+
+    def _bad(self, sample: dict, exc: Exception) -> None:
+        if self.cfg.on_bad_sample == "skip":
+            self._errors += 1
+            return None
+        raise BadShardError(
+            f"{sample.get('__url__', 'a shard')}: sample {sample.get('__key__')} could not be decoded ({exc})"
+        ) from None
 
 
 def _all(urls):
@@ -149,7 +255,8 @@ def _shuffled(stream, buffer_size: int, rng: random.Random):
 
 
 class TorchLoader:
-    """Iterable of (L B×1×S×S, ab B×2×S×S) float32 network-Lab batches on `device`, from torch."""
+    """Iterable of (L B×1×S×S, ab B×2×S×S) float32 network-Lab batches on `device`, from torch
+    (decoded in the workers, or on the GPU: `data.decode_device`, module docstring)."""
 
     def __init__(self, data_cfg: DataConfig, rank: int, world_size: int, device: torch.device, *,
                  split: str = "train", endless: bool = True, seed: int = 0, return_keys: bool = False) -> None:
@@ -162,6 +269,10 @@ class TorchLoader:
         self.batches = 0  # handed out since the start (endless) or since the pass began
         self._start_batch = 0
         self.samples_per_epoch = self._rank_samples()
+        # Where JPEGs are decoded: None = in the workers (CPU); a CUDA device = batched nvJPEG in this
+        # process (the tests also set a CPU device here to run the GPU mode's flow without a GPU).
+        gpu_decode = data_cfg.decode_device == "auto" and self.device.type == "cuda"
+        self.decode_on: torch.device | None = self.device if gpu_decode else None
 
     def _rank_samples(self) -> int:
         readers = self.world_size * self.cfg.num_threads
@@ -175,20 +286,53 @@ class TorchLoader:
     def __iter__(self):
         dataset = _Readers(self.cfg, [str(s.path) for s in self.shards], self.rank, self.world_size,
                            self.batch_size, train=self.endless, endless=self.endless, seed=self.seed,
-                           start_batch=self._start_batch)
+                           start_batch=self._start_batch, encoded=self.decode_on is not None)
         loader = DataLoader(dataset, batch_size=None, num_workers=self.cfg.num_threads,
                             pin_memory=self.device.type == "cuda", prefetch_factor=self.cfg.prefetch,
                             persistent_workers=False,
                             multiprocessing_context=WORKER_START)
         self.batches = self._start_batch
         self._start_batch = 0 if not self.endless else self._start_batch
-        for lightness, ab, keys, skipped in loader:
+        for first, second, keys, skipped in loader:
             self.skipped += skipped
             self.batches += 1
             if self.endless:
                 self._start_batch = self.batches
-            batch = (lightness.to(self.device, non_blocking=True), ab.to(self.device, non_blocking=True))
+            if self.decode_on is None:
+                batch = (first.to(self.device, non_blocking=True), second.to(self.device, non_blocking=True))
+            else:
+                batch, keys = self._decode_batch(first, second, keys)
+                if batch is None:  # every image of the batch was undecodable (skip mode)
+                    continue
             yield (*batch, keys) if self.return_keys else batch
+
+    def _decode_batch(self, encoded: list[torch.Tensor], views: list[View], keys: list[str]):
+        """GPU mode: B JPEGs (1-D uint8 tensors) → ((L_net B×1×S×S, ab_net B×2×S×S) float32 on the
+        device, keys), the undecodable ones dropped (skip) or named (error); (None, []) if none is left."""
+        try:
+            images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.decode_on)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError:
+            # One bad JPEG fails the whole batched call: decode one by one to find it.
+            images, kept_views, kept_keys = [], [], []
+            for data, view, key in zip(encoded, views, keys):
+                try:
+                    images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.decode_on))
+                except torch.OutOfMemoryError:
+                    raise
+                except RuntimeError as exc:
+                    shard, _, sample = key.partition("/")
+                    if self.cfg.on_bad_sample != "skip":
+                        raise BadShardError(f"{shard}: sample {sample} could not be decoded ({exc})") from None
+                    self.skipped += 1
+                    continue
+                kept_views.append(view)
+                kept_keys.append(key)
+            views, keys = kept_views, kept_keys
+            if not images:
+                return None, []
+        return finish_batch(images, views, self.cfg, self.endless), keys
 
     def state_dict(self) -> dict:
         return {"backend": "torch", "batches": self.batches if self.endless else 0, "skipped": self.skipped,

@@ -151,6 +151,23 @@ def test_one_pass_ends_keeps_the_partial_batch_and_repeats_identically(shards, b
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_one_pass_dali_loader_is_reused_across_passes_without_rebuilding(shards, device, monkeypatch):
+    """Evaluation keeps one loader: every iter() is a full, identical pass on the same pipeline."""
+    root, manifest = shards
+    loader = DaliLoader(cfg_for(root, num_threads=1), 0, 1, torch.device(device), split="val", endless=False,
+                        return_keys=True)
+    builds = []
+    build = loader._build
+    monkeypatch.setattr(loader, "_build", lambda: builds.append(1) or build())
+    passes = [[(k, L.cpu()) for L, _, keys in loader for k, L in zip(keys, L)] for _ in range(3)]
+    assert len(builds) == 1
+    assert [k.split("/")[1] for k, _ in passes[0]] == all_keys(manifest, "val")
+    for other in passes[1:]:
+        assert [k for k, _ in other] == [k for k, _ in passes[0]]
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(other, passes[0]))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_pass_left_half_way_does_not_shift_the_next_one(shards, backend):
     """Evaluation reads the first N batches of one reused val loader: every iter() starts again at
@@ -181,17 +198,19 @@ def test_endless_loader_runs_past_the_end_of_the_epoch_with_full_batches(shards,
 
 
 # ------------------------------------------------------------------------------------------- resume
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("backend", ("dali", "torch"))
-def test_restored_loader_yields_exactly_the_next_batches(shards, backend):
+def test_restored_loader_yields_exactly_the_next_batches(shards, backend, device):
+    """On CUDA: DALI's GPU pipeline checkpoint (reader, crop and flip RNGs), and the torch GPU-decode mode."""
     root, _ = shards
     cfg = cfg_for(root, backend=backend)
-    loader = make_loader(cfg, 0, 1, CPU, seed=3, return_keys=True)
+    loader = make_loader(cfg, 0, 1, torch.device(device), seed=3, return_keys=True)
     it = iter(loader)
     for _ in range(4):  # past the prefetch queue, and into the second epoch after 6 more
         next(it)
     state = loader.state_dict()
     expected = [next(it) for _ in range(4)]
-    restored = make_loader(cfg, 0, 1, CPU, seed=3, return_keys=True)
+    restored = make_loader(cfg, 0, 1, torch.device(device), seed=3, return_keys=True)
     restored.load_state_dict(state)
     got = [b for b, _ in zip(restored, range(4))]
     for (el, eab, ek), (gl, gab, gk) in zip(expected, got):
@@ -238,12 +257,196 @@ def test_dali_cpu_path_runs_decoder_threads_below_the_loader_thread(shards):
     assert torch.get_num_threads() == torch_threads  # the one-thread scope of the resize and Lab is undone
 
 
+def test_dali_pipeline_runs_on_the_loaders_cuda_index(shards, monkeypatch):
+    """device_id follows the device's index; a bare "cuda" is the current device (the local rank under
+    accelerate), not GPU 0. Nothing is built, so no GPU is needed."""
+    root = shards[0]
+    assert DaliLoader(cfg_for(root), 0, 1, torch.device("cuda", 1)).device_id == 1
+    assert DaliLoader(cfg_for(root), 0, 1, torch.device("cuda", 0)).device_id == 0
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    bare = DaliLoader(cfg_for(root), 0, 1, torch.device("cuda"))
+    assert bare.device_id == 3 and bare.device == torch.device("cuda", 3)
+    assert DaliLoader(cfg_for(root), 0, 1, CPU).device_id is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ("dali", "torch"))
+def test_training_loader_on_gpu_crops_and_flips(shards, backend):
+    """Random resized crops and flips on the GPU: full batches in range on cuda:0, crops that change
+    between epochs; with the squash resize every training image is its evaluation view or its mirror."""
+    root, _ = shards
+    device = torch.device("cuda", 0)
+    loader = make_loader(cfg_for(root, backend=backend), 0, 1, device, seed=1, return_keys=True)
+    seen: dict[str, list[torch.Tensor]] = {}
+    for i, (L, ab, keys) in enumerate(loader):
+        assert L.device == ab.device == device and L.shape == (8, 1, 256, 256) and ab.shape == (8, 2, 256, 256)
+        assert L.dtype == ab.dtype == torch.float32 and -1 - 1e-5 <= L.min() and L.max() <= 1 + 1e-5
+        for k, image in zip(keys, L):
+            seen.setdefault(k, []).append(image)
+        if i == 12:  # two epochs of 6 batches, and one more
+            break
+    twice = [v for v in seen.values() if len(v) >= 2]
+    assert twice and any(not torch.allclose(a, b, atol=1e-3) for a, b, *_ in twice)
+
+    views = {}
+    for L, ab, keys in make_loader(cfg_for(root, backend=backend, crop="resize", flip=False), 0, 1, device,
+                                   split="train", endless=False, return_keys=True):
+        views.update({k: torch.cat([L[i], ab[i]]) for i, k in enumerate(keys)})
+    flipped = kept = 0
+    train = make_loader(cfg_for(root, backend=backend, crop="resize", flip=True), 0, 1, device, return_keys=True)
+    for batch_index, (L, ab, keys) in enumerate(train):
+        if batch_index == 6:
+            break
+        for i, key in enumerate(keys):
+            image, view = torch.cat([L[i], ab[i]]), views[key]
+            if torch.allclose(image, view, atol=1e-4):
+                kept += 1
+            else:
+                assert torch.allclose(image, view.flip(-1), atol=1e-4), f"{key} is neither the view nor its mirror"
+                flipped += 1
+    assert flipped > 0 and kept > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ("dali", "torch"))
+def test_loader_runs_on_the_given_cuda_index(shards, backend):
+    """The local rank's device, given with its index (the last GPU, so a multi-GPU host shows a wrong
+    default): batches land there and DALI's pipeline runs there."""
+    index = torch.cuda.device_count() - 1
+    device = torch.device("cuda", index)
+    loader = make_loader(cfg_for(shards[0], backend=backend), 0, 1, device)
+    L, ab = next(iter(loader))
+    assert L.device == ab.device == device
+    if backend == "dali":
+        assert loader.device_id == index and loader._iterator._pipes[0].device_id == index
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("endless", (True, False))
+def test_torch_gpu_decode_matches_the_cpu_worker_mode(shards, endless):
+    """nvJPEG (batched decode_jpeg on CUDA) + crops + Lab on the GPU vs the CPU-worker mode: same
+    samples, same crops and flips; pixels differ by decoder and float-resampler rounding only."""
+    root, _ = shards
+    device = torch.device("cuda", 0)
+    split = "train" if endless else "val"
+    gpu = make_loader(cfg_for(root, backend="torch"), 0, 1, device, split=split, endless=endless, seed=2,
+                      return_keys=True)
+    cpu = make_loader(cfg_for(root, backend="torch", decode_device="cpu"), 0, 1, device, split=split,
+                      endless=endless, seed=2, return_keys=True)
+    assert gpu.decode_on == device and cpu.decode_on is None
+    for (gl, gab, gk), (cl, cab, ck) in zip([b for b, _ in zip(gpu, range(3))], [b for b, _ in zip(cpu, range(3))]):
+        assert gk == ck and gl.device == device and cl.device == device
+        assert (gl - cl).abs().mean() < 4e-3 and (gab - cab).abs().mean() < 4e-3
+
+
+@pytest.mark.gpu
+def test_torch_gpu_decode_names_or_skips_bad_samples(bad_shards):
+    root, manifest, bad = bad_shards
+    device = torch.device("cuda", 0)
+    with pytest.raises(BadShardError, match=r"train-00000[01]\.tar.*img-000(05|20)"):
+        list(make_loader(cfg_for(root, backend="torch", num_threads=1), 0, 1, device, split="train", endless=False))
+    cfg = cfg_for(root, backend="torch", on_bad_sample="skip", num_threads=1)
+    loader = make_loader(cfg, 0, 1, device, split="train", endless=False, return_keys=True)
+    keys = keys_of(loader)
+    # nvJPEG may decode the truncated JPEG's first half (libjpeg refuses it): it is then kept.
+    assert loader.skipped in (1, 2) and set(keys) >= set(all_keys(manifest, "train")) - bad
+
+
 def test_dali_state_is_small_and_picklable(shards):
     import pickle
 
     loader = make_loader(cfg_for(shards[0]), 0, 1, CPU)
     next(iter(loader))
     assert len(pickle.dumps(loader.state_dict())) < 10_000
+
+
+# ------------------------------------------------------------------------------- torch: GPU decode mode
+def test_torch_views_equal_the_torchvision_transforms_they_replace(colour_photos):
+    """sample_view + apply_view, given the same seed, give the bytes v2.Compose([...]) gave."""
+    from torchvision.transforms import v2
+
+    from pipeline.torch_loader import apply_view, sample_view
+
+    images = [torch.from_numpy(np.ascontiguousarray(colour_photos[n])).permute(2, 0, 1).contiguous()
+              for n in ("astronaut", "chelsea", "coffee", "rocket")]
+    for crop, train in (("random_resized", True), ("resize", True), ("random_resized", False), ("resize", False)):
+        cfg = DataConfig(crop=crop, size=256)
+        if train and crop == "random_resized":
+            steps = [v2.RandomResizedCrop(256, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True)]
+        elif crop == "resize":
+            steps = [v2.Resize((256, 256), antialias=True)]
+        else:
+            steps = [v2.Resize(256, antialias=True), v2.CenterCrop(256)]
+        old = v2.Compose(steps + ([v2.RandomHorizontalFlip(0.5)] if train else []))
+        flips = set()
+        for seed in range(12):
+            image = images[seed % len(images)]
+            torch.manual_seed(seed)
+            expected = old(image)
+            torch.manual_seed(seed)
+            view = sample_view(cfg, train, *image.shape[-2:])
+            flips.add(view.flip)
+            assert torch.equal(apply_view(image, view, cfg, train), expected), (crop, train, seed)
+        assert flips == ({False, True} if train else {False})
+
+
+def test_jpeg_size_reads_the_frame_header(colour_photos):
+    from pipeline.torch_loader import jpeg_size
+
+    rgb = np.ascontiguousarray(colour_photos["coffee"][:301, :457])
+    for mode, kwargs in (("RGB", {}), ("RGB", {"progressive": True}), ("L", {}), ("RGB", {"subsampling": 0})):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).convert(mode).save(buf, format="JPEG", quality=90, **kwargs)
+        assert jpeg_size(buf.getvalue()) == (301, 457), (mode, kwargs)
+    for bad in (b"not a jpeg at all", b"\xff\xd8\xff\xe0\x00\x10JFIF", b""):
+        with pytest.raises(ValueError):
+            jpeg_size(bad)
+
+
+def _gpu_mode_on(loader, device):
+    """Run the torch loader's GPU-decode flow (header read in workers, batched decode + views + Lab in
+    this process) with `device` as the decoder: CPU here, to check the flow without a GPU."""
+    loader.decode_on = device
+    return loader
+
+
+@pytest.mark.parametrize("endless,crop", [(True, "random_resized"), (True, "resize"), (False, "random_resized")])
+def test_torch_gpu_mode_flow_equals_cpu_mode_on_cpu(shards, endless, crop):
+    """Same keys, crops, flips and bytes as the CPU-worker mode when its decoder is libjpeg on the CPU."""
+    root, _ = shards
+    cfg = cfg_for(root, backend="torch", crop=crop, num_threads=2)
+    split = "train" if endless else "val"
+    cpu_mode = make_loader(cfg, 0, 1, CPU, split=split, endless=endless, seed=5, return_keys=True)
+    flow = _gpu_mode_on(make_loader(cfg, 0, 1, CPU, split=split, endless=endless, seed=5, return_keys=True), CPU)
+    assert cpu_mode.decode_on is None
+    for (el, eab, ek), (gl, gab, gk) in zip([b for b, _ in zip(cpu_mode, range(3))], [b for b, _ in zip(flow, range(3))]):
+        assert ek == gk
+        assert torch.equal(el, gl) and torch.equal(eab, gab)
+
+
+def test_torch_gpu_mode_flow_resumes_exactly(shards):
+    root, _ = shards
+    cfg = cfg_for(root, backend="torch")
+    loader = _gpu_mode_on(make_loader(cfg, 0, 1, CPU, seed=3, return_keys=True), CPU)
+    it = iter(loader)
+    for _ in range(4):
+        next(it)
+    state = loader.state_dict()
+    expected = [next(it) for _ in range(3)]
+    restored = _gpu_mode_on(make_loader(cfg, 0, 1, CPU, seed=3, return_keys=True), CPU)
+    restored.load_state_dict(state)
+    for (el, eab, ek), (gl, gab, gk) in zip(expected, [b for b, _ in zip(restored, range(3))]):
+        assert ek == gk and torch.equal(el, gl) and torch.equal(eab, gab)
+
+
+def test_decode_device_cpu_keeps_the_worker_mode_on_cuda(shards):
+    """No GPU needed: only the mode choice is read."""
+    root = shards[0]
+    from pipeline.torch_loader import TorchLoader
+
+    assert TorchLoader(cfg_for(root, backend="torch"), 0, 1, torch.device("cuda", 0)).decode_on == torch.device("cuda", 0)
+    assert TorchLoader(cfg_for(root, backend="torch", decode_device="cpu"), 0, 1, torch.device("cuda", 0)).decode_on is None
+    assert TorchLoader(cfg_for(root, backend="torch"), 0, 1, CPU).decode_on is None
 
 
 # ----------------------------------------------------------------------------------------- bad data
@@ -262,6 +465,19 @@ def test_undecodable_sample_stops_with_the_shard_named(bad_shards, backend):
     with pytest.raises(Exception, match=r"train-00000[01]\.tar.*img-000(05|20)") as info:
         list(loader)
     assert "BadShardError" in type(info.value).__name__ or "BadShardError" in str(info.value)
+
+
+def test_torch_gpu_mode_flow_names_or_skips_bad_samples(bad_shards):
+    """Not-a-JPEG bytes fail at the worker's header read; the truncated JPEG at the batched decode."""
+    root, manifest, bad = bad_shards
+    loader = _gpu_mode_on(make_loader(cfg_for(root, backend="torch", num_threads=1), 0, 1, CPU, split="train",
+                                      endless=False), CPU)
+    with pytest.raises(BadShardError, match=r"train-000000\.tar.*img-00005"):
+        list(loader)
+    cfg = cfg_for(root, backend="torch", on_bad_sample="skip", num_threads=1)
+    loader = _gpu_mode_on(make_loader(cfg, 0, 1, CPU, split="train", endless=False, return_keys=True), CPU)
+    keys = keys_of(loader)
+    assert loader.skipped == 2 and sorted(keys) == sorted(set(all_keys(manifest, "train")) - bad)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -322,6 +538,75 @@ def test_gpu_pipeline_matches_cpu_path(shards):
     assert (gpu[1].cpu() - cpu[1]).abs().mean() < 2e-3
 
 
+def test_gpu_eval_centre_crop_takes_the_cpu_paths_window(colour_photos):
+    """The GPU evaluation view's ROI resize, run on DALI's CPU backend, vs the CPU path's centre crop.
+
+    Odd and even margins on either axis; the old view (shorter side to S, then centre crop) is kept
+    as the counter-example: it lands about a source pixel off on the long axis.
+    """
+    from nvidia.dali import fn, pipeline_def, types
+
+    from pipeline.cpu_finish import resize_to_square
+    from pipeline.dali_pipeline import centre_square_roi
+
+    crops = [colour_photos["astronaut"][:375, :500], colour_photos["chelsea"][:300, :451],
+             colour_photos["coffee"][:399, :300], colour_photos["rocket"][:427, :256]]
+    encoded = [np.frombuffer(jpeg_bytes(np.ascontiguousarray(c), quality=95), dtype=np.uint8) for c in crops]
+
+    @pipeline_def
+    def views():
+        jpegs = fn.external_source(source=lambda: encoded, batch=True, dtype=types.UINT8)
+        images = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+        start, end = centre_square_roi(jpegs)
+        new = fn.resize(images, size=[256, 256], roi_start=start, roi_end=end)
+        old = fn.crop_mirror_normalize(fn.resize(images, resize_shorter=256), crop=[256, 256], dtype=types.UINT8,
+                                       output_layout="HWC")
+        return images, new, old, start
+
+    pipe = views(batch_size=len(crops), num_threads=1, device_id=None)
+    pipe.build()
+    images, new, old, start = pipe.run()
+    old_off = 0
+    for i, crop in enumerate(crops):
+        h, w = crop.shape[:2]
+        side = min(h, w)
+        assert list(np.array(start[i])) == [(h - side) // 2, (w - side) // 2]
+        ref = resize_to_square(torch.from_numpy(np.array(images[i])), 256, True).permute(1, 2, 0).float()
+        got = torch.from_numpy(np.array(new[i])).float()
+        # DALI's and torch's antialiased bilinear resamplers differ by rounding only.
+        assert (got - ref).abs().mean() < 0.5, i
+        old_off = max(old_off, (torch.from_numpy(np.array(old[i])).float() - ref).abs().mean().item())
+    assert old_off > 2.0  # the shifted window of the old view is visible; the new one is not
+
+
+@pytest.mark.parametrize("train,crop", [(True, "random_resized"), (False, "random_resized"), (False, "resize")])
+def test_gpu_pipeline_graph_is_valid_without_a_gpu(shards, train, crop):
+    """Defining the GPU graph checks every operator argument against DALI's schema (no CUDA needed)."""
+    from pipeline.dali_pipeline import colorization_pipeline
+    from pipeline.shard_list import split_shards
+
+    found = split_shards(shards[0], "train")
+    pipe = colorization_pipeline(
+        tar_paths=[s.path for s in found], index_paths=[s.index_path for s in found], size=256, crop=crop,
+        crop_scale=(0.35, 1.0), crop_ratio=(0.75, 1.33), flip=True, train=train, shard_id=0, num_shards=1,
+        shuffle_buffer=16, gpu=True, with_keys=False, batch_size=4, num_threads=1, device_id=None)
+    graph = pipe.serialize()
+    assert b"jpeg_fancy_upsampling" in graph and (train or crop == "resize" or b"roi_start" in graph)
+
+
+@pytest.mark.gpu
+def test_gpu_eval_view_matches_cpu_path(shards):
+    """Evaluation batches (centre crop of random_resized) from the GPU pipeline vs DALI's CPU path."""
+    cfg = cfg_for(shards[0], crop="random_resized", flip=False)
+    cpu = next(iter(make_loader(cfg, 0, 1, CPU, split="val", endless=False)))
+    gpu = next(iter(make_loader(cfg, 0, 1, torch.device("cuda"), split="val", endless=False)))
+    assert gpu[0].is_cuda and gpu[0].shape == cpu[0].shape and gpu[1].shape == cpu[1].shape
+    # Same window, fancy chroma upsampling: only decoder and resampler rounding remains. A one-pixel
+    # shift of the window would show as a mean difference several times this bound.
+    assert (gpu[0].cpu() - cpu[0]).abs().mean() < 4e-3
+    assert (gpu[1].cpu() - cpu[1]).abs().mean() < 4e-3
+
+
 # ------------------------------------------------------------------------------------------ benchmark
 def test_bench_loader_reports_every_backend_against_seed_and_the_ceiling(shards, tmp_path, capsys):
     import json
@@ -329,7 +614,7 @@ def test_bench_loader_reports_every_backend_against_seed_and_the_ceiling(shards,
     from launch.bench import main as bench
 
     out = tmp_path / "loader.json"
-    code = bench(["loader", "--shards", str(shards[0]), "--backends", "seed,dali", "--batch-size", "8",
+    code = bench(["loader", "--shards", str(shards[0]), "--backends", "seed,torch-cpu,dali", "--batch-size", "8",
                   "--seconds", "1", "--rounds", "2", "--warmup", "1", "--threads", "2", "--device", "cpu",
                   "--json", str(out)])
     assert code == 0
@@ -340,8 +625,41 @@ def test_bench_loader_reports_every_backend_against_seed_and_the_ceiling(shards,
     assert dali["fraction_of_decode_ceiling"] == pytest.approx(
         dali["images_per_s"] / report["decode_ceiling_images_per_s"], rel=0.01)
     assert report["settings"]["rounds"] == 2
+    assert report["backends"]["torch-cpu"]["images_per_s"] > 0 and "CPU" in report["decode_ceiling"]
     printed = capsys.readouterr().out
     assert "seed" in printed and "dali" in printed and "ceiling" in printed
+
+
+def test_bench_loader_defaults_and_clock_synchronisation():
+    from launch.bench_loader import _timed, default_backends
+
+    assert default_backends("cpu") == "seed,torch,dali" and default_backends("cuda") == "dali,torch,torch-cpu"
+    events = []
+
+    def batches():
+        while True:
+            events.append("batch")
+            yield (torch.zeros(4, 1, 2, 2),)
+
+    images, _ = _timed(batches(), 4, 0.01, warmup=2, sync=lambda: events.append("sync"))
+    # Synchronised after the warm-up (before the clock starts) and after the last timed batch.
+    assert events[:3] == ["batch", "batch", "sync"] and events[-1] == "sync" and events.count("sync") == 2
+    assert images == 4 * (events.count("batch") - 2)
+
+
+@pytest.mark.gpu
+def test_bench_loader_on_cuda_times_every_gpu_source_and_the_nvjpeg_ceiling(shards, tmp_path):
+    import json
+
+    from launch.bench import main as bench
+
+    out = tmp_path / "loader.json"
+    assert bench(["loader", "--shards", str(shards[0]), "--batch-size", "8", "--seconds", "1", "--rounds", "1",
+                  "--warmup", "1", "--threads", "2", "--device", "cuda", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["backends"]) == ["dali", "torch", "torch-cpu"]
+    assert all(r["images_per_s"] > 0 and r["ratio_vs_seed"] is None for r in report["backends"].values())
+    assert "mixed" in report["decode_ceiling"] and report["decode_ceiling_images_per_s"] > 0
 
 
 def test_bench_loader_rejects_bad_arguments_in_one_line(shards, capsys):
