@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | $(PIP_QUIET); exit $${PIPESTATUS[0]}
 	$(PY) -m pip install -q -e '.[ui,dev]' 2>&1 | $(PIP_QUIET); exit $${PIPESTATUS[0]}
-	bash launch/install_browser.sh
+	bash tests/install_browser.sh
 	touch $(STAMP)
 
 test: install

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from launch.training.logging import read_metrics
+from launch.training.tracking import read_metrics
 
 L1_RATIO_LIMIT = 0.8
 

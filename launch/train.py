@@ -27,12 +27,12 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 
-from launch.config import Config, ConfigError, config_to_dict, dump_config, load_config, scale_to_processes
+from configs import Config, ConfigError, config_to_dict, dump_config, load_config, scale_to_processes
 from launch.training.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from launch.training.debug import SampleRecorder, maybe_kill_after_checkpoint
 from launch.training.errors import TrainingError
 from launch.training.evaluation import evaluate
-from launch.training.logging import RunLogger, keep_wandb_files_in, resolve_wandb_mode
+from launch.training.tracking import RunLogger, keep_wandb_files_in, resolve_wandb_mode
 from launch.training.samples import sample_grid, save_png
 from launch.training.schedule import NOGAN, is_phase_switch, learning_rate, phase_at, set_learning_rate
 from launch.training.signals import StopRequest

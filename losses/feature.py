@@ -28,7 +28,7 @@ from torch import nn
 from torchvision.models import VGG19_BN_Weights
 from torchvision.models.vgg import cfgs, make_layers
 
-from launch.config import ConfigError, LossConfig
+from configs import ConfigError, LossConfig
 from pipeline.lab import denormalize_lab, lab_to_rgb
 
 # Module index ranges of vgg19_bn.features: up to and including pool3 (26), pool4 (39), pool5 (52).

@@ -23,8 +23,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from launch.atomic import atomic_path, write_text_atomic
-from launch.config import ModelConfig
+from configs.atomic import atomic_path, write_text_atomic
+from configs import ModelConfig
 
 FORMAT = "colorization-generator/1"
 NORMALISATION = {"L": "L*/50 - 1", "ab": "ab*/128", "colour_space": "CIELAB D65 (skimage constants)"}

@@ -10,7 +10,7 @@ from typing import Callable
 
 from torch import nn
 
-from launch.config import ConfigError, ModelConfig
+from configs import ConfigError, ModelConfig
 from models.discriminator import PatchDiscriminator
 from models.generator import Generator
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launch.atomic import write_text_atomic
+from configs.atomic import write_text_atomic
 from pipeline.shard_list import ShardError
 
 

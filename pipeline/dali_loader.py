@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from launch.config import DataConfig
+from configs import DataConfig
 from pipeline.cpu_finish import decoded_to_network
 from pipeline.dali_cpu_runner import DaliCpuRunner
 from pipeline.dali_index import entries_past_end, read_index, substitute, write_index

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from launch.config import DataConfig
+from configs import DataConfig
 from pipeline.loader_base import per_rank_batch
 
 

@@ -9,7 +9,7 @@ one deterministic pass per `iter()` and keep the last, partial batch.
 
 from __future__ import annotations
 
-from launch.config import DataConfig
+from configs import DataConfig
 
 
 # DataLoader workers start from a fork server, not by forking this process: a fork taken while DALI's

@@ -25,7 +25,7 @@ from skimage.color import rgb2lab
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from launch.config import DataConfig
+from configs import DataConfig
 from pipeline.loader_base import WORKER_START, BadShardError, per_rank_batch, rank_slice
 from pipeline.shard_list import split_shards
 

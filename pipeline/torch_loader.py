@@ -44,7 +44,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
 
-from launch.config import DataConfig
+from configs import DataConfig
 from pipeline.lab_uint8 import uint8_planar_to_network
 from pipeline.loader_base import WORKER_START, BadShardError, per_rank_batch
 from pipeline.shard_list import split_shards

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from launch.atomic import write_json_atomic
+from configs.atomic import write_json_atomic
 from shards.convert import COLOURLESS, KEPT, SKIPPED, Inspection, inspect_read
 from shards.manifest import MANIFEST_FILE, assemble_manifest
 from shards.options import BuildOptions

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from launch.atomic import write_bytes_atomic
+from configs.atomic import write_bytes_atomic
 from shards.convert import encode_jpeg
 
 

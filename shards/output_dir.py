@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from shards.errors import ShardsError
-from launch.atomic import TEMP_FILE
+from configs.atomic import TEMP_FILE
 from shards.manifest import MANIFEST_FILE
 from shards.progress import PROGRESS_DIR, read_json, read_plan_record, write_plan_record
 from shards.tar_writer import TEMP_SUFFIX

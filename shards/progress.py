@@ -13,7 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from launch.atomic import write_json_atomic
+from configs.atomic import write_json_atomic
 from shards.tar_writer import index_path
 
 PROGRESS_DIR = ".progress"

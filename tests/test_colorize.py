@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from launch import colorize, import_seed
+from launch.apps import colorize, import_seed
 from models import Generator
 from models.export import WeightsError, load_generator, save_generator, sidecar_path
 from pipeline.image_io import read_image

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch.config import Config, ConfigError, dump_config, load_config
+from configs import Config, ConfigError, dump_config, load_config
 
 CONFIGS = sorted(Path(__file__).resolve().parent.parent.joinpath("configs").glob("*.yaml"))
 
@@ -128,7 +128,7 @@ def test_every_field_has_a_docstring():
     import ast
     import inspect
 
-    import launch.config as module
+    import configs as module
 
     tree = ast.parse(inspect.getsource(module))
     for node in tree.body:

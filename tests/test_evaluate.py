@@ -12,9 +12,9 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from _colorize_helpers import make_weights
 from _loader_helpers import write_test_shards
-from launch import evaluate
-from launch.fid import FidError, frechet_distance
-from launch.metrics import ab_l1_lab_units, colourfulness, psnr_rgb, ssim_rgb
+from launch.eval import evaluate
+from launch.eval.fid import FidError, frechet_distance
+from launch.eval.metrics import ab_l1_lab_units, colourfulness, psnr_rgb, ssim_rgb
 from pipeline.lab import rgb_to_network
 
 
@@ -151,7 +151,7 @@ def test_colorize_eval_errors_are_one_line(shards, tmp_path, capsys):
 def test_fid_with_local_inception_weights(shards, tmp_path):
     from torchvision.models import inception_v3
 
-    from launch.fid import InceptionFeatures
+    from launch.eval.fid import InceptionFeatures
 
     torch.manual_seed(0)
     torch.save(inception_v3(weights=None, aux_logits=False, init_weights=False).state_dict(), tmp_path / "inception.pth")

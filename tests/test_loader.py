@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from skimage.color import rgb2lab
 
-from launch.config import ConfigError, DataConfig
+from configs import ConfigError, DataConfig
 from pipeline import make_loader
 from pipeline.dali_loader import DaliLoader
 from pipeline.lab import rgb_to_network
@@ -631,7 +631,7 @@ def test_bench_loader_reports_every_backend_against_seed_and_the_ceiling(shards,
 
 
 def test_bench_loader_defaults_and_clock_synchronisation():
-    from launch.bench_loader import _timed, default_backends
+    from launch.bench.loader import _timed, default_backends
 
     assert default_backends("cpu") == "seed,torch,dali" and default_backends("cuda") == "dali,torch,torch-cpu"
     events = []

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from launch.config import ConfigError, LossConfig
+from configs import ConfigError, LossConfig
 from losses import (
     VGGFeatureLoss,
     VGGWeightsError,

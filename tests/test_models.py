@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from launch.config import ConfigError, ModelConfig
+from configs import ConfigError, ModelConfig
 from models import (
     DISCRIMINATORS,
     GENERATORS,
@@ -191,20 +191,3 @@ def test_registry_rejects_unknown_names_with_the_config_key():
     with pytest.raises(ConfigError) as info:
         build_discriminator(ModelConfig(discriminator="patchgan"))
     assert str(info.value) == "model.discriminator = 'patchgan' is not one of: patchgan70"
-
-
-def test_summary_prints_counts_and_shapes(capsys):
-    from launch.summary import main
-
-    assert main(["--features", "8", "--disc-features", "8"]) == 0
-    out = capsys.readouterr().out
-    totals = [int(n.replace(",", "")) for n in re.findall(r"^  total +([\d,]+)$", out, flags=re.M)]
-    assert totals == [parameter_count(Generator(features=8)), parameter_count(PatchDiscriminator(features=8))]
-    assert "shapes: L 1×1×256×256 → G → ab 1×2×256×256 → D(L, ab) → logits 1×1×30×30" in out
-
-
-def test_summary_rejects_a_bad_size_with_one_line(capsys):
-    from launch.summary import main
-
-    assert main(["--size", "300"]) == 2
-    assert capsys.readouterr().err == "error: --size = 300 must be a positive multiple of 256\n"

@@ -68,7 +68,7 @@ def test_three_parts_in_three_processes_merge_into_the_one_machine_build(source,
     verify = subprocess.run([*CLI, "verify", str(out)], capture_output=True, text=True)
     assert verify.returncode == 0 and "all shards" in verify.stdout, verify.stderr
 
-    from launch.config import DataConfig
+    from configs import DataConfig
     from pipeline import make_loader
 
     for split in ("train", "val"):  # one evaluation pass: every sample of the split, once

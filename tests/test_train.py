@@ -14,7 +14,7 @@ import pytest
 from safetensors import safe_open
 
 from _train_helpers import REPO, TRAIN_SCRIPT, build_tiny_shards, run_train, subprocess_env, tiny_config, wandb_history
-from launch.training.logging import read_metrics
+from launch.training.tracking import read_metrics
 
 LOSS_KEYS = ("train/l1", "train/g_total", "train/g_adv", "train/d_real", "train/d_fake", "train/d_total")
 

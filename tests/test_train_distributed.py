@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from _train_helpers import REPO, TRAIN_SCRIPT, accelerate_cmd, build_tiny_shards, free_port, subprocess_env, tiny_config
-from launch.training.logging import read_metrics
+from launch.training.tracking import read_metrics
 
 # Deterministic crops and no flip, so the same source image gives the same tensor on any rank and
 # per-sample hashes can be compared across ranks.

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from _train_helpers import build_tiny_shards, run_train, subprocess_env, tiny_config
-from launch.config import load_config
+from configs import load_config
 
 pytestmark = pytest.mark.gpu
 
@@ -48,7 +48,7 @@ def nccl_group(tmp_path):
 def test_ddp_over_nccl_with_syncbatchnorm_trains_the_generator(nccl_group):
     from torch.nn.parallel import DistributedDataParallel
 
-    from launch.bench_step import synthetic_batch
+    from launch.bench.step import synthetic_batch
     from models import build_generator
 
     cfg = _tiny_cuda_config()
@@ -72,7 +72,7 @@ def test_ddp_over_nccl_with_syncbatchnorm_trains_the_generator(nccl_group):
 def test_compiled_networks_train_both_phases_without_recompiling():
     """Compiled G and D: one graph per network and input shape during warm-up, none after, and none at
     the NoGAN → GAN switch or for an evaluation's eager forward."""
-    from launch.bench_step import compiled_frames, synthetic_batch
+    from launch.bench.step import compiled_frames, synthetic_batch
     from launch.training.steps import gan_step, nogan_step
 
     accelerator, ctx = _context(_tiny_cuda_config("model.compile=true"))

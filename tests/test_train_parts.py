@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from launch.config import ConfigError, load_config
+from configs import ConfigError, load_config
 from launch.training.checkpoint import latest_checkpoint, list_checkpoints
-from launch.training.logging import MetricsFile, read_metrics, resolve_wandb_mode
+from launch.training.tracking import MetricsFile, read_metrics, resolve_wandb_mode
 from launch.training.samples import sample_grid, save_png
 from launch.training.schedule import GAN, NOGAN, is_phase_switch, learning_rate, phase_at
 from launch.training.signals import StopRequest
@@ -170,7 +170,7 @@ def test_each_test_gets_a_fresh_accelerator_state(precision):
 
 
 def test_batch_must_split_over_processes():
-    from launch.config import scale_to_processes
+    from configs import scale_to_processes
 
     cfg = load_config(None, ["data.batch_size=6"])
     assert scale_to_processes(cfg, 3) == (cfg, [])  # a global batch and no reference: nothing changes
@@ -181,7 +181,7 @@ def test_batch_must_split_over_processes():
 def test_per_process_batch_scales_learning_rates_and_steps_by_the_stated_rule(tmp_path):
     """`per_process`: global batch = batch × processes; with a reference batch, lr × √(G/ref) and
     steps × ref/G (rounded up), so the samples seen stay the same; the resolved config reloads as is."""
-    from launch.config import dump_config, scale_to_processes
+    from configs import dump_config, scale_to_processes
 
     cfg = load_config(None, [
         "data.batch_size=64", "data.batch_size_unit=per_process", "optim.reference_batch=64",
@@ -220,7 +220,7 @@ def test_demo_report_checks_both_criteria(tmp_path, capsys):
 @pytest.mark.gpu
 def test_one_bf16_cuda_step_of_each_phase_is_finite():
     """The CUDA path: bf16 autocast, channels_last, fused Adam, both phases; losses finite."""
-    from launch.bench_step import synthetic_batch
+    from launch.bench.step import synthetic_batch
     from launch.train import build_accelerator, build_feature_loss_if_used, build_models, build_optimizers
     from launch.training.steps import StepContext, gan_step, nogan_step
 

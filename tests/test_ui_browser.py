@@ -1,7 +1,7 @@
 """`colorize-ui` driven in headless Chromium: upload, result, download, bad uploads, examples.
 
 The server runs as a real `colorize-ui` subprocess on a free localhost port; the browser is Debian's
-Chromium (installed by `launch/install_browser.sh`), driven through Playwright. Without Chromium the
+Chromium (installed by `tests/install_browser.sh`), driven through Playwright. Without Chromium the
 tests FAIL with the install command: a missing browser must not pass as green.
 
 The generator is a small fresh network whose final bias makes ab_net ≈ tanh(0.35) ≈ 0.34, i.e. an
@@ -86,7 +86,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: the browser test needs Debian's Chromium; run `bash launch/install_browser.sh` (as root)")
+        pytest.fail(f"{CHROMIUM} not found: the browser test needs Debian's Chromium; run `bash tests/install_browser.sh` (as root)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

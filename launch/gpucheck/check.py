@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launch.atomic import write_text_atomic
+from configs.atomic import write_text_atomic
 from launch.gpucheck import kit as gpukit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ print(json.dumps({"dali": nvidia.dali.__version__, "dali_file": nvidia.dali.__fi
                   "webdataset": getattr(webdataset, "__version__", "?")}))"""
 _SHARDS = """import sys
 from pathlib import Path
-from launch.bench_loader import generate_shards
+from launch.bench.loader import generate_shards
 print(generate_shards(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))"""
 
 
@@ -228,7 +228,7 @@ def step_kit(ctx: Context) -> dict:
 
 
 def step_shards(ctx: Context) -> dict:
-    """ImageNet-like shards built here (`launch.bench_loader.generate_shards`): JPEGs q90, 450–500 px."""
+    """ImageNet-like shards built here (`launch.bench.loader.generate_shards`): JPEGs q90, 450–500 px."""
     images = ctx.images if ctx.cuda else min(ctx.images, 48)
     started = time.monotonic()
     output = run_logged(ctx, "shards", [ctx.python, "-c", _SHARDS, str(ctx.work), str(images), str(os.cpu_count() or 1)])

@@ -48,7 +48,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from launch.atomic import write_text_atomic
+from configs.atomic import write_text_atomic
 
 KIT_DIR = Path(".gpu-kit")
 MANIFEST = "manifest.json"

@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from launch.metrics import ab_l1_lab_units, psnr_rgb
+from launch.eval.metrics import ab_l1_lab_units, psnr_rgb
 from pipeline.lab import network_to_rgb
 
 EVAL_KEYS = ("eval/ab_l1", "eval/ab_l1_grey", "eval/psnr", "eval/psnr_grey")

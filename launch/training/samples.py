@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from launch.atomic import atomic_path
+from configs.atomic import atomic_path
 from pipeline.lab import network_to_rgb
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from launch.config import AdamConfig, Config, ScheduleConfig
+from configs import AdamConfig, Config, ScheduleConfig
 
 NOGAN = "nogan"
 GAN = "gan"

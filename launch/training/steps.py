@@ -20,7 +20,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from launch.config import LossConfig
+from configs import LossConfig
 from losses import ab_l1, discriminator_loss, generator_adversarial_loss
 
 

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from launch.config import ScheduleConfig
+from configs import ScheduleConfig
 from launch.training.schedule import GAN, NOGAN
 
 

@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from launch.bench_step import add_timing_arguments, projected_hours, timing_overrides
-from launch.config import ConfigError, load_config
+from launch.bench.step import add_timing_arguments, projected_hours, timing_overrides
+from configs import ConfigError, load_config
 from launch.training.schedule import GAN, NOGAN
 
 NEVER = 10**9  # a cadence longer than the run: samples/eval/checkpoints only where the loop forces them
@@ -41,7 +41,7 @@ def phase_figures(records: list[dict], phase: str, warmup: int, batch: int) -> d
 
 def run(args: argparse.Namespace) -> int:
     from launch.train import main as train_main
-    from launch.training.logging import read_metrics
+    from launch.training.tracking import read_metrics
 
     if args.steps < 1 or args.warmup < 0:
         print("error: --steps must be >= 1 and --warmup >= 0", file=sys.stderr)

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from launch.atomic import write_text_atomic
-from launch.config import DataConfig
+from configs.atomic import write_text_atomic
+from configs import DataConfig
 
 CEILING = "decode ceiling"
 CEILING_TEXT = {

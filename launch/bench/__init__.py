@@ -1,6 +1,6 @@
 """`colorize-bench`: the project's benchmarks, one sub-command each (`shards`, `loader`, `step`, `train`).
 
-Each sub-command lives in its own module `launch.bench_<name>` exposing `add_arguments(parser)` and
+Each sub-command lives in its own module `launch.bench.<name>` exposing `add_arguments(parser)` and
 `run(args) -> int`; modules are imported only when their sub-command runs, so one benchmark's heavy
 imports (torch, DALI) never slow another down.
 """
@@ -20,7 +20,7 @@ BENCHMARKS = {
 
 
 def _module(name: str):
-    return importlib.import_module(f"launch.bench_{name}")
+    return importlib.import_module(f"launch.bench.{name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,13 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, summary in BENCHMARKS.items():
         sub = commands.add_parser(name, help=summary, description=summary)
         if name == chosen:
-            try:
-                _module(name).add_arguments(sub)
-            except ModuleNotFoundError as error:
-                if error.name != f"launch.bench_{name}":
-                    raise
-                print(f"error: benchmark {name!r} is not available yet (no launch/bench_{name}.py)", file=sys.stderr)
-                return 2
+            _module(name).add_arguments(sub)
     args = parser.parse_args(argv)
     return int(_module(args.benchmark).run(args) or 0)
 

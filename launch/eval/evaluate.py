@@ -28,8 +28,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from launch.atomic import write_text_atomic
-from launch.metrics import ab_l1_lab_units, colourfulness, psnr_rgb, ssim_rgb
+from configs.atomic import write_text_atomic
+from launch.eval.metrics import ab_l1_lab_units, colourfulness, psnr_rgb, ssim_rgb
 from pipeline.lab import network_to_rgb
 
 METRICS = ("ab_l1", "psnr", "ssim", "colourfulness")
@@ -88,7 +88,7 @@ def evaluate_batches(
         raise EvalError("no images to evaluate (the split is empty)")
     metrics = {m: {k: v / seen for k, v in row.items()} for m, row in sums.items()}
     if inception is not None:
-        from launch.fid import frechet_distance
+        from launch.eval.fid import frechet_distance
 
         truth = torch.cat(features["truth"])
         metrics["fid"] = {name: frechet_distance(torch.cat(features[name]), truth) for name in ("model", "grey")}
@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from launch.config import DataConfig
+    from configs import DataConfig
     from models.export import load_generator
     from pipeline import make_loader
     from pipeline.inference import resolve_device
@@ -159,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
     generator, meta = load_generator(args.weights, device=device)
     inception = None
     if args.fid_inception:
-        from launch.fid import InceptionFeatures
+        from launch.eval.fid import InceptionFeatures
 
         inception = InceptionFeatures(args.fid_inception, device=device)
     data_cfg = DataConfig(shards=args.shards, backend=args.backend, size=args.size, batch_size=args.batch_size,
@@ -187,8 +187,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from launch.config import ConfigError
-    from launch.fid import FidError
+    from configs import ConfigError
+    from launch.eval.fid import FidError
     from models.export import WeightsError
     from pipeline.shard_list import ShardError
 

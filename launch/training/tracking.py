@@ -18,7 +18,7 @@ import numpy as np
 from accelerate import Accelerator
 from tqdm import tqdm
 
-from launch.atomic import write_text_atomic
+from configs.atomic import write_text_atomic
 
 WANDB_HOST = "api.wandb.ai"
 

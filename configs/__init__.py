@@ -465,7 +465,7 @@ def dump_config(cfg: Config, path: str | Path | None = None) -> str:
     """The resolved config as YAML text; also written (atomically) to `path` when given."""
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
     if path is not None:
-        from launch.atomic import write_text_atomic
+        from configs.atomic import write_text_atomic
 
         write_text_atomic(path, text)
     return text

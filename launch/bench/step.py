@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from launch.config import ConfigError, load_config, scale_to_processes
+from configs import ConfigError, load_config, scale_to_processes
 from launch.training.schedule import GAN, NOGAN
 
 
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
             + (" on this device" if devices == 1 else " at this device's rate each")
         )
     if args.json is not None:
-        from launch.atomic import write_json_atomic
+        from configs.atomic import write_json_atomic
 
         write_json_atomic(args.json, report)
     return 0

@@ -1,0 +1,5 @@
+import sys
+
+from launch.bench import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: `colorize-eval`, the metrics it and training share, and FID."""
