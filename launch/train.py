@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch import nn
 
 from configs import Config, ConfigError, config_to_dict, dump_config, load_config, scale_to_processes
 from launch.training.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -34,13 +33,11 @@ from launch.training.errors import TrainingError
 from launch.training.evaluation import evaluate
 from launch.training.tracking import RunLogger, keep_wandb_files_in, resolve_wandb_mode
 from launch.training.samples import sample_grid, save_png
-from launch.training.schedule import NOGAN, is_phase_switch, learning_rate, phase_at, set_learning_rate
+from launch.training.schedule import NOGAN, is_phase_switch, phase_at
 from launch.training.signals import StopRequest
-from launch.training.steps import StepContext, gan_step, nogan_step
+from launch.training.gan import ColorizationGAN, build_gan
 from launch.training.monitor import LossMonitor
 from launch.training.timing import StepTimer
-from losses import build_feature_loss
-from models import build_discriminator, build_generator
 from models.export import save_generator
 from pipeline import make_loader
 from pipeline.loader_base import BadShardError
@@ -54,7 +51,7 @@ class Run:
     cfg: Config
     accelerator: Accelerator
     state: TrainingState
-    ctx: StepContext
+    gan: ColorizationGAN
     loader: object
     """The training loader: iterable of (L, ab) on the device, with state_dict()/load_state_dict()."""
     logger: RunLogger
@@ -96,61 +93,6 @@ def build_accelerator(cfg: Config, wandb_mode: str) -> Accelerator:
         mixed_precision=precision,
         log_with="wandb" if wandb_mode != "disabled" else None,
         project_dir=str(cfg.run_dir),
-    )
-
-
-def build_models(cfg: Config, accelerator: Accelerator) -> tuple[nn.Module, nn.Module]:
-    """Generator and discriminator, identically initialised on every rank, on the device, in the
-    configured memory format, SyncBatchNorm'd and compiled when asked (CUDA only where noted)."""
-    set_seed(cfg.run.seed)
-    generator, discriminator = build_generator(cfg.model), build_discriminator(cfg.model)
-    on_cuda = accelerator.device.type == "cuda"
-    if on_cuda and cfg.model.sync_batchnorm and accelerator.num_processes > 1:
-        generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
-        discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
-    memory_format = torch.channels_last if on_cuda and cfg.model.channels_last else torch.contiguous_format
-    generator = generator.to(accelerator.device, memory_format=memory_format)
-    discriminator = discriminator.to(accelerator.device, memory_format=memory_format)
-    if cfg.model.compile:
-        # In-place compile keeps state_dict keys unchanged (no `_orig_mod.`), so checkpoints and the
-        # exported generator are the same with and without it. The training shapes are fixed, so
-        # static shapes; evaluation and sample grids run the eager forward (`eager_forward`) rather
-        # than compile graphs for their own batch sizes and the eval-mode BatchNorm.
-        generator.compile(dynamic=False)
-        discriminator.compile(dynamic=False)
-    return generator, discriminator
-
-
-def build_feature_loss_if_used(cfg: Config, accelerator: Accelerator) -> nn.Module | None:
-    """The frozen VGG19-bn feature loss, only when a phase that runs gives it a non-zero weight."""
-    used = (cfg.schedule.nogan_steps > 0 and cfg.loss.feature_weight_nogan > 0) or (
-        cfg.schedule.gan_steps > 0 and cfg.loss.feature_weight_gan > 0
-    )
-    if not used:
-        return None
-    # The main process fetches the ImageNet weights into the torch hub cache first; the others then
-    # read the cached file instead of all downloading it at once.
-    with accelerator.main_process_first():
-        loss = build_feature_loss(cfg.loss).to(accelerator.device)
-    if accelerator.device.type == "cuda" and cfg.model.channels_last:
-        loss = loss.to(memory_format=torch.channels_last)
-    return loss
-
-
-def build_optimizers(cfg: Config, generator: nn.Module, discriminator: nn.Module, device: torch.device):
-    """Adam for G in NoGAN, Adam for G in GAN, Adam for D — all three exist from the start, so every
-    checkpoint holds the same set and a resume lands in either phase. Fused kernels on CUDA."""
-    fused = device.type == "cuda"
-
-    def adam(params, settings):
-        return torch.optim.Adam(
-            params, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay, fused=fused or None
-        )
-
-    return (
-        adam(generator.parameters(), cfg.optim.nogan),
-        adam(generator.parameters(), cfg.optim.generator),
-        adam(discriminator.parameters(), cfg.optim.discriminator),
     )
 
 
@@ -220,12 +162,7 @@ def build_run(cfg: Config, resume: bool) -> Run:
         print(f"resolved config (saved to {cfg.run_dir / 'config.yaml'}):\n{text}", file=sys.stderr)
         for line in scaling:
             print(line, file=sys.stderr)
-    generator, discriminator = build_models(cfg, accelerator)
-    feature_loss = build_feature_loss_if_used(cfg, accelerator)
-    opt_nogan, opt_g, opt_d = build_optimizers(cfg, generator, discriminator, accelerator.device)
-    generator, discriminator, opt_nogan, opt_g, opt_d = accelerator.prepare(
-        generator, discriminator, opt_nogan, opt_g, opt_d
-    )
+    gan = build_gan(cfg, accelerator)
     loader, has_val = build_loaders(cfg, accelerator)
     state = TrainingState()
     accelerator.register_for_checkpointing(state)
@@ -238,23 +175,11 @@ def build_run(cfg: Config, resume: bool) -> Run:
             print(f"resumed from {checkpoint} (step {state.step}, phase {state.phase})", file=sys.stderr)
     elif resume and accelerator.is_main_process:
         print(f"--resume: no checkpoint under {cfg.run_dir / 'checkpoints'}; starting from step 0", file=sys.stderr)
-    ctx = StepContext(
-        accelerator=accelerator,
-        generator=generator,
-        discriminator=discriminator,
-        discriminator_module=accelerator.unwrap_model(discriminator),
-        opt_nogan=opt_nogan,
-        opt_generator=opt_g,
-        opt_discriminator=opt_d,
-        loss=cfg.loss,
-        feature_loss=feature_loss,
-        grad_clip=cfg.optim.grad_clip,
-    )
     return Run(
         cfg=cfg,
         accelerator=accelerator,
         state=state,
-        ctx=ctx,
+        gan=gan,
         loader=loader,
         # A finished run resumed (e.g. a second `make demo`) has nothing to log: no empty W&B run.
         logger=build_logger(cfg, accelerator, wandb_mode if state.step < cfg.total_steps else "disabled", state.step),
@@ -269,24 +194,11 @@ def build_run(cfg: Config, resume: bool) -> Run:
 # Pieces of the loop
 
 
-def apply_learning_rates(run: Run, step: int) -> dict[str, float]:
-    """Set this step's learning rates on the optimisers in use; return them for logging."""
-    cfg, ctx = run.cfg, run.ctx
-    if phase_at(step, cfg.schedule) == NOGAN:
-        lr_g = learning_rate(step, cfg.optim.nogan, cfg)
-        set_learning_rate(ctx.opt_nogan, lr_g)
-        return {"train/lr_g": lr_g}
-    lr_g, lr_d = learning_rate(step, cfg.optim.generator, cfg), learning_rate(step, cfg.optim.discriminator, cfg)
-    set_learning_rate(ctx.opt_generator, lr_g)
-    set_learning_rate(ctx.opt_discriminator, lr_d)
-    return {"train/lr_g": lr_g, "train/lr_d": lr_d}
-
-
 def write_samples(run: Run, step: int) -> None:
     """Grid of the fixed val batch: runs/<name>/samples/step_<n>.png, and W&B `samples/grid` (rank 0)."""
     if run.sample_batch is None:
         return
-    generator = run.accelerator.unwrap_model(run.ctx.generator)
+    generator = run.accelerator.unwrap_model(run.gan.G)
     was_training = generator.training
     generator.eval()
     L, ab = run.sample_batch
@@ -302,7 +214,7 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
     """Score the val split on all ranks: eval/* beside the grey baseline (empty without a val split)."""
     if run.val_loader is None:
         return {}
-    generator = run.accelerator.unwrap_model(run.ctx.generator)
+    generator = run.accelerator.unwrap_model(run.gan.G)
     values = evaluate(run.accelerator, generator, run.val_loader, run.cfg.logging.eval_batches)
     run.logger.write(
         f"step {step}: eval ab-L1 {values['eval/ab_l1']:.3f} (grey {values['eval/ab_l1_grey']:.3f}), "
@@ -315,7 +227,7 @@ def save(run: Run, step: int, phase: str) -> None:
     """Checkpoint (all ranks) and export the generator beside it (rank 0)."""
     save_checkpoint(run.accelerator, run.checkpoint_root, step, run.loader, run.cfg.checkpoint.keep_last)
     if run.accelerator.is_main_process:
-        generator = run.accelerator.unwrap_model(run.ctx.generator)
+        generator = run.accelerator.unwrap_model(run.gan.G)
         save_generator(run.run_dir / "generator.safetensors", generator, run.cfg.model, {"step": step, "phase": phase})
     maybe_kill_after_checkpoint(step)
 
@@ -325,16 +237,19 @@ def save(run: Run, step: int, phase: str) -> None:
 
 
 def train_loop(run: Run) -> int:
-    """Run the schedule from `run.state.step` to the end; returns the exit status (see module doc)."""
-    cfg, state, ctx = run.cfg, run.state, run.ctx
-    total, log_every = cfg.total_steps, cfg.logging.every_steps
-    acc = run.accelerator
+    """Run the schedule from `run.state.step` to the end; returns the exit status (see module doc).
+
+    `state.step` is the one step counter: the number of optimiser steps done. Before a step it is
+    also the 0-based index of the step about to run; every log line, picture and checkpoint after it
+    is keyed by its new value.
+    """
+    cfg, state, gan, acc = run.cfg, run.state, run.gan, run.accelerator
+    total, every = cfg.total_steps, cfg.logging
     timer = StepTimer(images_per_step=cfg.data.batch_size, device=acc.device)
     monitor = LossMonitor(acc.device, acc.num_processes)
     batches = iter(run.loader)
     while state.step < total:
-        step = state.step  # 0-based index of the step about to run
-        phase = phase_at(step, cfg.schedule)
+        phase = phase_at(state.step, cfg.schedule)
 
         # 1. Next batch; the time the device waits here is the data wait.
         timer.start_step()
@@ -342,55 +257,52 @@ def train_loop(run: Run) -> int:
         timer.data_ready()
         run.recorder.record(L)
 
-        # 2. Learning rates are a pure function of the step (warm-up per phase): nothing to checkpoint.
-        lrs = apply_learning_rates(run, step)
-
-        # 3. One optimiser step of the phase: G alone, or D then G. Losses stay on the device.
-        terms = nogan_step(ctx, L, ab) if phase == NOGAN else gan_step(ctx, L, ab)
-        state.step, state.phase = step + 1, phase
-        done = state.step
-        monitor.update(done, terms)
+        # 2. One optimiser step of the phase: G alone, or D then G. Losses stay on the device.
+        lrs = gan.set_learning_rates(state.step)
+        terms = gan.nogan_step(L, ab) if phase == NOGAN else gan.gan_step(L, ab)
+        state.step, state.phase = state.step + 1, phase
+        monitor.update(state.step, terms)
         timer.end_step()
 
-        # 4. Only some steps read numbers back. Every rank decides alike (a stop request alone can
+        # 3. Only some steps read numbers back. Every rank decides alike (a stop request alone can
         #    end a one-process run at any step; several processes agree on it at the next sync point).
-        log_due = done % log_every == 0 or done == total
-        sample_due = done % cfg.logging.sample_every_steps == 0 or done == total
-        eval_due = done % cfg.logging.eval_every_steps == 0 or done == total
-        save_due = done % cfg.checkpoint.every_steps == 0 or is_phase_switch(done, cfg.schedule) or done == total
-        stop_now = run.stop.requested and acc.num_processes == 1
-        if not (log_due or sample_due or eval_due or save_due or stop_now):
-            run.logger.progress(done, phase)
+        step = state.step
+        log_due = step % every.every_steps == 0 or step == total
+        sample_due = step % every.sample_every_steps == 0 or step == total
+        eval_due = step % every.eval_every_steps == 0 or step == total
+        save_due = step % cfg.checkpoint.every_steps == 0 or is_phase_switch(step, cfg.schedule) or step == total
+        if not (log_due or sample_due or eval_due or save_due or (run.stop.requested and acc.num_processes == 1)):
+            run.logger.progress(step, phase)
             continue
 
-        # 5. THE CPU–GPU sync point: reduce the losses over ranks and read them; a non-finite loss
+        # 4. THE CPU–GPU sync point: reduce the losses over ranks and read them; a non-finite loss
         #    since the last sync point raises here, before anything below saves.
         timer.sync(phase)
         values, stop = monitor.read(run.stop.requested)
 
-        # 6. Pictures and validation metrics.
+        # 5. Pictures and validation metrics.
         record: dict[str, float] = {}
         if sample_due:
-            write_samples(run, done)
+            write_samples(run, step)
         if eval_due:
-            record.update(run_eval(run, done))
+            record.update(run_eval(run, step))
 
-        # 7. Scalars (one metrics.jsonl line per logged step) and progress, rank 0.
+        # 6. Scalars (one metrics.jsonl line per logged step) and progress, rank 0.
         if log_due:
             record.update(values, **lrs, **timer.window())
-            record["perf/eta_hours"] = timer.eta_hours(done, cfg.schedule)
+            record["perf/eta_hours"] = timer.eta_hours(step, cfg.schedule)
         if record:
-            run.logger.log(done, phase, record)
-        run.logger.progress(done, phase, values)
+            run.logger.log(step, phase, record)
+        run.logger.progress(step, phase, values)
 
-        # 8. Checkpoints: on schedule, at the NoGAN → GAN switch, at the end, and when asked to stop.
+        # 7. Checkpoints: on schedule, at the NoGAN → GAN switch, at the end, and when asked to stop.
         if save_due or stop:
-            save(run, done, phase)
-        if is_phase_switch(done, cfg.schedule):
-            run.logger.write(f"step {done}: NoGAN phase done, checkpoint saved; GAN phase starts")
+            save(run, step, phase)
+        if is_phase_switch(step, cfg.schedule):
+            run.logger.write(f"step {step}: NoGAN phase done, checkpoint saved; GAN phase starts")
         if stop:
             signal_name = run.stop.signal_name or "SIGTERM"  # a rank that got no signal follows the others
-            run.logger.write(f"step {done}: stopped by {signal_name}; checkpoint saved, resume with --resume")
+            run.logger.write(f"step {step}: stopped by {signal_name}; checkpoint saved, resume with --resume")
             return 128 + int(signal.Signals[signal_name])
     return 0
 
@@ -419,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         status = train_loop(run)
         run.recorder.dump(
             run.run_dir, run.accelerator.process_index, run.state.step,
-            run.accelerator.unwrap_model(run.ctx.generator), run.ctx.discriminator_module,
+            run.accelerator.unwrap_model(run.gan.G), run.gan.D_module,
         )
     except (TrainingError, BadShardError) as exc:
         # The last good checkpoint stays as it is: nothing is saved on this exit.

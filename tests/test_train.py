@@ -111,7 +111,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(shards, tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(shards, tmp_path, monkeypatch, capsys):
     import torch
 
-    import launch.training.steps as steps
+    import launch.training.gan as steps
     from launch.train import main
 
     real_l1, calls = steps.ab_l1, {"n": 0}

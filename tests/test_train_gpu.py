@@ -22,16 +22,11 @@ def _tiny_cuda_config(*extra: str):
 
 
 def _context(cfg):
-    from launch.train import build_accelerator, build_feature_loss_if_used, build_models, build_optimizers
-    from launch.training.steps import StepContext
+    from launch.train import build_accelerator
+    from launch.training.gan import build_gan
 
     accelerator = build_accelerator(cfg, "disabled")
-    G, D = build_models(cfg, accelerator)
-    opts = build_optimizers(cfg, G, D, accelerator.device)
-    G, D, *opts = accelerator.prepare(G, D, *opts)
-    ctx = StepContext(accelerator, G, D, accelerator.unwrap_model(D), *opts, loss=cfg.loss,
-                      feature_loss=build_feature_loss_if_used(cfg, accelerator), grad_clip=0.0)
-    return accelerator, ctx
+    return accelerator, build_gan(cfg, accelerator)
 
 
 @pytest.fixture
@@ -73,21 +68,20 @@ def test_compiled_networks_train_both_phases_without_recompiling():
     """Compiled G and D: one graph per network and input shape during warm-up, none after, and none at
     the NoGAN → GAN switch or for an evaluation's eager forward."""
     from launch.bench.step import compiled_frames, synthetic_batch
-    from launch.training.steps import gan_step, nogan_step
 
-    accelerator, ctx = _context(_tiny_cuda_config("model.compile=true"))
+    accelerator, gan = _context(_tiny_cuda_config("model.compile=true"))
     L, ab = synthetic_batch(2, 256, accelerator.device)
     L, ab = L.contiguous(memory_format=torch.channels_last), ab.contiguous(memory_format=torch.channels_last)
-    for step in (nogan_step, gan_step, nogan_step, gan_step):
-        terms = step(ctx, L, ab)
+    for step in (gan.nogan_step, gan.gan_step, gan.nogan_step, gan.gan_step):
+        terms = step(L, ab)
     warm = compiled_frames()
-    G = accelerator.unwrap_model(ctx.generator)
+    G = accelerator.unwrap_model(gan.G)
     G.eval()
     with torch.no_grad():
         G.forward(L)
     G.train()
-    for step in (nogan_step, gan_step):
-        terms = step(ctx, L, ab)
+    for step in (gan.nogan_step, gan.gan_step):
+        terms = step(L, ab)
     assert all(torch.isfinite(v).item() for v in terms.values()), terms
     assert compiled_frames() == warm
 

@@ -221,23 +221,19 @@ def test_demo_report_checks_both_criteria(tmp_path, capsys):
 def test_one_bf16_cuda_step_of_each_phase_is_finite():
     """The CUDA path: bf16 autocast, channels_last, fused Adam, both phases; losses finite."""
     from launch.bench.step import synthetic_batch
-    from launch.train import build_accelerator, build_feature_loss_if_used, build_models, build_optimizers
-    from launch.training.steps import StepContext, gan_step, nogan_step
+    from launch.train import build_accelerator
+    from launch.training.gan import build_gan
 
     cfg = load_config(None, ["run.device=cuda", "model.features=8", "model.disc_features=16",
                              "loss.vgg_weights=none", "data.batch_size=2"])
     accelerator = build_accelerator(cfg, "disabled")
     assert accelerator.mixed_precision == "bf16"
-    G, D = build_models(cfg, accelerator)
-    opts = build_optimizers(cfg, G, D, accelerator.device)
-    assert all(o.defaults["fused"] for o in opts)
-    G, D, *opts = accelerator.prepare(G, D, *opts)
-    ctx = StepContext(accelerator, G, D, accelerator.unwrap_model(D), *opts, loss=cfg.loss,
-                      feature_loss=build_feature_loss_if_used(cfg, accelerator), grad_clip=0.0)
+    gan = build_gan(cfg, accelerator)
+    assert all(o.defaults["fused"] for o in (gan.opt_nogan, gan.opt_G, gan.opt_D))
     L, ab = synthetic_batch(2, 256, accelerator.device)
     L, ab = L.contiguous(memory_format=torch.channels_last), ab.contiguous(memory_format=torch.channels_last)
-    for step in (nogan_step, gan_step):
-        terms = step(ctx, L, ab)
+    for step in (gan.nogan_step, gan.gan_step):
+        terms = step(L, ab)
         assert all(torch.isfinite(v).item() for v in terms.values()), terms
 
 
@@ -260,7 +256,7 @@ class _FakeAccelerator:
 
 
 def test_vgg_weights_are_fetched_by_the_main_process_first(monkeypatch):
-    import launch.train as train
+    import launch.training.gan as train
 
     events: list[str] = []
     monkeypatch.setattr(train, "build_feature_loss", lambda cfg: events.append("build VGG") or torch.nn.Identity())

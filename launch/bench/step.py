@@ -1,12 +1,13 @@
 """`colorize-bench step`: training-step speed on synthetic batches, per phase, and what it implies for a
 full schedule.
 
-Builds the networks, optimisers and losses exactly as `launch/train.py` does (same build functions,
-same step functions), feeds a fixed synthetic batch already on the device (so no data wait), and
-times `--steps` NoGAN steps and `--steps` GAN steps after `--warmup` untimed ones. The VGG feature
-loss is built with random weights (same cost as ImageNet weights, no download). Projected hours are
-for one device running `--schedule`'s steps at its global batch size (divide by the number of GPUs
-for ideal data-parallel scaling).
+Builds the GAN exactly as `launch/train.py` does (`launch.training.gan.build_gan`), feeds a fixed
+synthetic batch already on the device (so no data wait), and times `--steps` NoGAN steps and
+`--steps` GAN steps after `--warmup` untimed ones, reading the losses back once at the end as the
+loop does on a logging step. The VGG feature loss is built with random weights (same cost as
+ImageNet weights, no download). It also reports each step's FLOPs (so TFLOP/s and, with
+`--peak-tflops`, the share of the device's peak), how many graphs torch.compile built in warm-up and
+after it, and the hours `--schedule` would take on 1 and on 8 devices at the measured per-device rate.
 """
 
 from __future__ import annotations
@@ -73,14 +74,14 @@ def projected_hours(schedule_cfg, images_per_s: dict[str, float]) -> float:
     return (nogan + gan) / 3600.0
 
 
-def _time_phase(ctx, step_fn, L, ab, steps: int, device: torch.device) -> float:
+def _time_phase(step_fn, L, ab, steps: int, device: torch.device) -> float:
     """Seconds per step of `step_fn`, synchronised like the training loop: the host queues the steps
     and reads the losses back once at the end (the loop's sync point on a logging step)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
-        terms = step_fn(ctx, L, ab)
+        terms = step_fn(L, ab)
     torch.stack([t.float() for t in terms.values()]).tolist()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -94,20 +95,20 @@ def compiled_frames() -> int:
     return int(counters["frames"]["ok"])
 
 
-def step_flops(ctx, step_fn, L, ab) -> int:
+def step_flops(step_fn, L, ab) -> int:
     """Floating-point operations of one step (forward, backward; torch's FlopCounterMode), counted on
     the eager networks: compiled graphs hide their operations from the counter."""
     import torch._dynamo
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch._dynamo.config.patch(disable=True), FlopCounterMode(display=False) as counter:
-        step_fn(ctx, L, ab)
+        step_fn(L, ab)
     return int(counter.get_total_flops())
 
 
 def run(args: argparse.Namespace) -> int:
-    from launch.train import build_accelerator, build_feature_loss_if_used, build_models, build_optimizers
-    from launch.training.steps import StepContext, gan_step, nogan_step
+    from launch.train import build_accelerator
+    from launch.training.gan import build_gan
 
     try:
         overrides = [f"run.device={args.device}", "loss.vgg_weights=none", *args.overrides, *timing_overrides(args)]
@@ -122,15 +123,8 @@ def run(args: argparse.Namespace) -> int:
     # by weight alone.
     cfg = replace(cfg, schedule=replace(cfg.schedule, nogan_steps=1, gan_steps=1))
     accelerator = build_accelerator(cfg, "disabled")
-    generator, discriminator = build_models(cfg, accelerator)
-    feature_loss = build_feature_loss_if_used(cfg, accelerator)
-    opt_nogan, opt_g, opt_d = build_optimizers(cfg, generator, discriminator, accelerator.device)
-    generator, discriminator, opt_nogan, opt_g, opt_d = accelerator.prepare(generator, discriminator, opt_nogan, opt_g, opt_d)
-    ctx = StepContext(
-        accelerator=accelerator, generator=generator, discriminator=discriminator,
-        discriminator_module=accelerator.unwrap_model(discriminator), opt_nogan=opt_nogan, opt_generator=opt_g,
-        opt_discriminator=opt_d, loss=cfg.loss, feature_loss=feature_loss, grad_clip=cfg.optim.grad_clip,
-    )
+    cfg, _ = scale_to_processes(cfg, accelerator.num_processes)
+    gan = build_gan(cfg, accelerator)
     L, ab = synthetic_batch(cfg.data.batch_size, cfg.data.size, accelerator.device)
     if accelerator.device.type == "cuda" and cfg.model.channels_last:
         L, ab = L.contiguous(memory_format=torch.channels_last), ab.contiguous(memory_format=torch.channels_last)
@@ -139,29 +133,29 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"device {device_name}, precision {accelerator.mixed_precision}, batch {cfg.data.batch_size} at "
         f"{cfg.data.size}², features {cfg.model.features}/{cfg.model.disc_features}, "
-        f"feature loss {'on' if feature_loss is not None else 'off'} (NoGAN weight {cfg.loss.feature_weight_nogan}, "
+        f"feature loss {'on' if gan.feature_loss is not None else 'off'} (NoGAN weight {cfg.loss.feature_weight_nogan}, "
         f"GAN weight {cfg.loss.feature_weight_gan}), compile {'on' if cfg.model.compile else 'off'}"
     )
     rates, report = {}, {"device": device_name, "precision": accelerator.mixed_precision,
                          "batch": cfg.data.batch_size, "size": cfg.data.size, "compile": cfg.model.compile,
-                         "features": cfg.model.features, "feature_loss": feature_loss is not None, "phases": {}}
+                         "features": cfg.model.features, "feature_loss": gan.feature_loss is not None, "phases": {}}
     print(f"{'phase':<6} {'images/s':>10} {'step ms':>10} {'TFLOP/s':>9} {'of peak':>8} {'compiles':>9} {'in timed':>9}")
-    for phase, fn in ((NOGAN, nogan_step), (GAN, gan_step)):
+    for phase, fn in ((NOGAN, gan.nogan_step), (GAN, gan.gan_step)):
         before = compiled_frames()
         for _ in range(args.warmup):
-            fn(ctx, L, ab)
+            fn(L, ab)
         warmed = compiled_frames()
-        seconds = _time_phase(ctx, fn, L, ab, args.steps, accelerator.device)
+        seconds = _time_phase(fn, L, ab, args.steps, accelerator.device)
         # After the timed steps, what the training loop does at an evaluation (an eager eval-mode
         # forward), then one more step of the phase: neither should compile anything new.
-        generator_module = accelerator.unwrap_model(generator)
+        generator_module = accelerator.unwrap_model(gan.G)
         generator_module.eval()
         with torch.no_grad():
             generator_module.forward(L)
         generator_module.train()
-        fn(ctx, L, ab)
+        fn(L, ab)
         recompiles = compiled_frames() - warmed
-        flops = step_flops(ctx, fn, L, ab)
+        flops = step_flops(fn, L, ab)
         rates[phase] = cfg.data.batch_size / seconds
         tflops = flops / seconds / 1e12
         share = tflops / args.peak_tflops if args.peak_tflops else None

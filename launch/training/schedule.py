@@ -6,8 +6,6 @@ Steps are counted from 0: step `s` is the (s+1)-th optimiser step of the run. St
 
 from __future__ import annotations
 
-import torch
-
 from configs import AdamConfig, Config, ScheduleConfig
 
 NOGAN = "nogan"
@@ -40,9 +38,3 @@ def learning_rate(step: int, adam: AdamConfig, cfg: Config) -> float:
         return adam.lr
     into_phase = step - phase_start(phase_at(step, cfg.schedule), cfg.schedule)
     return adam.lr * min(1.0, (into_phase + 1) / warmup)
-
-
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Write `lr` into every parameter group of `optimizer`."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
