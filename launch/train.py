@@ -30,7 +30,7 @@ from configs import Config, ConfigError, config_to_dict, dump_config, load_confi
 from launch.training.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from launch.training.debug import SampleRecorder, maybe_kill_after_checkpoint
 from launch.training.errors import TrainingError
-from launch.training.evaluation import evaluate
+from launch.eval.evaluate import evaluate_batches
 from launch.training.tracking import RunLogger, keep_wandb_files_in, resolve_wandb_mode
 from launch.training.samples import sample_grid, save_png
 from launch.training.schedule import NOGAN, is_phase_switch, phase_at
@@ -211,11 +211,31 @@ def write_samples(run: Run, step: int) -> None:
 
 
 def run_eval(run: Run, step: int) -> dict[str, float]:
-    """Score the val split on all ranks: eval/* beside the grey baseline (empty without a val split)."""
+    """Score the val split on all ranks (a collective): eval/* beside the grey baseline, ab-L1 in CIELAB
+    units and PSNR in dB. Only the generator runs under autocast, and its eager forward (a compiled
+    generator is compiled for the training step); the global RNG is untouched, so evaluating does not
+    shift the training run's random stream (a resumed run must match an uninterrupted one)."""
     if run.val_loader is None:
         return {}
-    generator = run.accelerator.unwrap_model(run.gan.G)
-    values = evaluate(run.accelerator, generator, run.val_loader, run.cfg.logging.eval_batches)
+    acc = run.accelerator
+    generator = acc.unwrap_model(run.gan.G)
+
+    def predict(L: torch.Tensor) -> torch.Tensor:
+        with acc.autocast():
+            return generator.forward(L)
+
+    was_training = generator.training
+    generator.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            scores = evaluate_batches(
+                predict, run.val_loader, metrics=("ab_l1", "psnr"), max_batches=run.cfg.logging.eval_batches or None,
+                reduce=(lambda t: acc.reduce(t, reduction="sum")) if acc.num_processes > 1 else None, device=acc.device,
+            )["metrics"]
+    finally:
+        generator.train(was_training)
+    values = {"eval/ab_l1": scores["ab_l1"]["model"], "eval/ab_l1_grey": scores["ab_l1"]["grey"],
+              "eval/psnr": scores["psnr"]["model"], "eval/psnr_grey": scores["psnr"]["grey"]}
     run.logger.write(
         f"step {step}: eval ab-L1 {values['eval/ab_l1']:.3f} (grey {values['eval/ab_l1_grey']:.3f}), "
         f"PSNR {values['eval/psnr']:.2f} dB (grey {values['eval/psnr_grey']:.2f})"

@@ -51,48 +51,67 @@ def evaluate_batches(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     limit: int | None = None,
     inception: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    *,
+    metrics: tuple[str, ...] = METRICS,
+    max_batches: int | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
 ) -> dict:
-    """Per-image means of every metric for the model and the grey baseline (and the truth's
-    colourfulness), over at most `limit` images of `batches`.
+    """Per-image means of `metrics` for the model and the grey baseline (and the truth's
+    colourfulness), over at most `limit` images or `max_batches` batches of `batches`. The one
+    evaluation loop: `colorize-eval` and the training run's `eval/*` both use it.
 
-    `batches` yields (L_net B×1×S×S, ab_net B×2×S×S); `predict` maps L_net to predicted ab_net.
-    `inception`, when given, maps sRGB B×3×S×S in [0, 1] to features for FID. Returns
-    {"images": n, "metrics": {name: {"model": x, "grey": y[, "truth": z]}}}.
+    `batches` yields (L_net B×1×S×S, ab_net B×2×S×S); `predict` maps L_net to predicted ab_net (any
+    float dtype; the colour maths and metrics run in float32). `inception`, when given, maps sRGB
+    B×3×S×S in [0, 1] to features for FID. Sums stay on the batches' device until the end (no host
+    read per batch); `reduce`, when given, sums them over processes first (every process calls it,
+    for its own share of the batches). Returns {"images": n, "metrics": {name: {"model": x, "grey":
+    y[, "truth": z]}}}; raises EvalError when there was no image.
     """
-    sums: dict[str, dict[str, float]] = {m: {"model": 0.0, "grey": 0.0} for m in METRICS}
-    sums["colourfulness"]["truth"] = 0.0
+    columns = [(m, who) for m in metrics for who in ("model", "grey")]
+    if "colourfulness" in metrics:
+        columns.append(("colourfulness", "truth"))
     features: dict[str, list[torch.Tensor]] = {"model": [], "grey": [], "truth": []}
+    sums: torch.Tensor | None = None
     seen = 0
-    for lightness, ab in batches:
+    for index, (lightness, ab) in enumerate(batches):
+        if (limit is not None and seen >= limit) or (max_batches is not None and index >= max_batches):
+            break
         if limit is not None:
-            if seen >= limit:
-                break
             lightness, ab = lightness[: limit - seen], ab[: limit - seen]
         lightness, ab = lightness.float(), ab.float()
-        predicted = predict(lightness).float()
+        outputs = {"model": predict(lightness).float(), "grey": torch.zeros_like(ab)}
         truth_rgb = network_to_rgb(lightness, ab)
-        outputs = {"model": predicted, "grey": torch.zeros_like(ab)}
-        for name, out_ab in outputs.items():
-            rgb = network_to_rgb(lightness, out_ab)
-            sums["ab_l1"][name] += ab_l1_lab_units(out_ab, ab, reduction="none").double().sum().item()
-            sums["psnr"][name] += psnr_rgb(rgb, truth_rgb, reduction="none").double().sum().item()
-            sums["ssim"][name] += ssim_rgb(rgb, truth_rgb, reduction="none").double().sum().item()
-            sums["colourfulness"][name] += colourfulness(rgb, reduction="none").double().sum().item()
-            if inception is not None:
-                features[name].append(inception(rgb))
-        sums["colourfulness"]["truth"] += colourfulness(truth_rgb, reduction="none").double().sum().item()
+        rgbs = {name: network_to_rgb(lightness, out_ab) for name, out_ab in outputs.items()} | {"truth": truth_rgb}
+        per_image = {
+            "ab_l1": lambda who: ab_l1_lab_units(outputs[who], ab, reduction="none"),
+            "psnr": lambda who: psnr_rgb(rgbs[who], truth_rgb, reduction="none"),
+            "ssim": lambda who: ssim_rgb(rgbs[who], truth_rgb, reduction="none"),
+            "colourfulness": lambda who: colourfulness(rgbs[who], reduction="none"),
+        }
+        batch_sums = torch.stack([per_image[m](who).double().sum() for m, who in columns])
+        sums = batch_sums if sums is None else sums + batch_sums
         if inception is not None:
-            features["truth"].append(inception(truth_rgb))
+            for name, rgb in rgbs.items():
+                features[name].append(inception(rgb))
         seen += lightness.shape[0]
-    if seen == 0:
+    if sums is None:
+        sums = torch.zeros(len(columns), dtype=torch.float64, device=device)
+    counted = torch.cat([sums, torch.tensor([float(seen)], dtype=torch.float64, device=sums.device)])
+    if reduce is not None:
+        counted = reduce(counted)
+    *totals, images = counted.tolist()
+    if images == 0:
         raise EvalError("no images to evaluate (the split is empty)")
-    metrics = {m: {k: v / seen for k, v in row.items()} for m, row in sums.items()}
+    result: dict[str, dict[str, float]] = {}
+    for (metric, who), total in zip(columns, totals):
+        result.setdefault(metric, {})[who] = total / images
     if inception is not None:
         from launch.eval.fid import frechet_distance
 
         truth = torch.cat(features["truth"])
-        metrics["fid"] = {name: frechet_distance(torch.cat(features[name]), truth) for name in ("model", "grey")}
-    return {"images": seen, "metrics": metrics}
+        result["fid"] = {name: frechet_distance(torch.cat(features[name]), truth) for name in ("model", "grey")}
+    return {"images": int(images), "metrics": result}
 
 
 def _number(value: float) -> str:
