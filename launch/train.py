@@ -41,7 +41,7 @@ from launch.training.timing import StepTimer
 from models.export import save_generator
 from pipeline import make_loader
 from pipeline.loader_base import BadShardError
-from pipeline.shard_list import ShardError, split_shards
+from pipeline.shard_list import ShardsDirError, split_shards
 
 
 @dataclass
@@ -104,7 +104,7 @@ def build_loaders(cfg: Config, accelerator: Accelerator) -> tuple[object, bool]:
     try:
         split_shards(cfg.data.shards, "val", need_index=False)
         has_val = True
-    except ShardError:
+    except ShardsDirError:
         has_val = False
     return loader, has_val
 
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         run = build_run(cfg, args.resume)
-    except (ConfigError, ShardError) as exc:
+    except (ConfigError, ShardsDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingError as exc:

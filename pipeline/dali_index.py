@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from configs.atomic import write_text_atomic
-from pipeline.shard_list import ShardError
+from pipeline.shard_list import ShardsDirError
 
 
 @dataclass
@@ -31,10 +31,10 @@ class IndexEntry:
 
 
 def read_index(index_path: Path) -> tuple[str, list[IndexEntry]]:
-    """(version header, entries) of a DALI webdataset index; ShardError naming the file when malformed."""
+    """(version header, entries) of a DALI webdataset index; ShardsDirError naming the file when malformed."""
     lines = Path(index_path).read_text().splitlines()
     if not lines or not lines[0].startswith("v"):
-        raise ShardError(f"{index_path}: not a DALI webdataset index (no version header)")
+        raise ShardsDirError(f"{index_path}: not a DALI webdataset index (no version header)")
     version = lines[0].split()[0]
     entries = []
     for lineno, line in enumerate(lines[1:], start=2):
@@ -42,7 +42,7 @@ def read_index(index_path: Path) -> tuple[str, list[IndexEntry]]:
         if not parts:
             continue
         if len(parts) % 4:
-            raise ShardError(f"{index_path}: line {lineno} is malformed")
+            raise ShardsDirError(f"{index_path}: line {lineno} is malformed")
         entry = IndexEntry(key="")
         for i in range(0, len(parts), 4):
             ext, off, size, name = parts[i : i + 4]
@@ -66,11 +66,11 @@ def entries_past_end(tar_path: Path, entries: list[IndexEntry]) -> list[int]:
 def substitute(entries: list[IndexEntry], bad: set[int], ext: str = "jpg") -> list[IndexEntry]:
     """A copy of `entries` where each bad sample's `ext` component points at the nearest good one.
 
-    Raises ShardError when no sample of the shard is good.
+    Raises ShardsDirError when no sample of the shard is good.
     """
     good = [i for i in range(len(entries)) if i not in bad and ext in entries[i].components]
     if not good:
-        raise ShardError("every sample of the shard is bad")
+        raise ShardsDirError("every sample of the shard is bad")
     patched = []
     for i, entry in enumerate(entries):
         if i in bad:

@@ -31,7 +31,7 @@ def make_loader(
     (evaluation): one deterministic pass per `iter()` in manifest order, no flip, the whole image
     squashed (`data.crop: resize`) or resized by its shorter side and centre-cropped, last batch kept.
     `return_keys=True` adds a list of `<shard file>/<sample key>` per batch (debugging, tests).
-    Raises ConfigError naming data.batch_size when it does not divide by world_size, ShardError for a
+    Raises ConfigError naming data.batch_size when it does not divide by world_size, ShardsDirError for a
     missing shards dir, manifest or shard.
     """
     per_rank_batch(data_cfg, world_size)

@@ -13,8 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-class ShardError(RuntimeError):
-    """A shards directory, manifest or shard that cannot be used; the message names the file."""
+MANIFEST_FILE = "manifest.json"
+FORMAT_NAME = "colorization-shards"
+FORMAT_VERSION = 1
+
+
+class ShardsDirError(RuntimeError):
+    """A shards directory, its manifest, or a shard or index it lists, that cannot be used; the message
+    names the file."""
 
 
 @dataclass(frozen=True)
@@ -31,44 +37,53 @@ class Shard:
 
 
 def read_manifest(shards_dir: str | Path) -> dict:
-    """The parsed manifest.json of `shards_dir`; ShardError naming the path when missing or invalid."""
+    """The parsed, checked manifest.json of `shards_dir` (the loaders' and the shard builder's one
+    reader); ShardsDirError naming the path when it is missing, unreadable, of another format or
+    version, or has no shard list."""
     root = Path(shards_dir)
     if not root.is_dir():
-        raise ShardError(f"{root}: shards directory not found")
-    manifest_path = root / "manifest.json"
+        raise ShardsDirError(f"{root}: shards directory not found")
+    manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
-        raise ShardError(f"{manifest_path}: manifest not found (build shards with `colorize-shards build`)")
+        raise ShardsDirError(
+            f"{manifest_path}: no manifest (not a shards folder, or its build has not finished: "
+            "build shards with `colorize-shards build`)"
+        )
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ShardError(f"{manifest_path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        raise ShardError(f"{manifest_path}: has no 'shards' list")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ShardsDirError(f"{manifest_path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise ShardsDirError(f"{manifest_path}: not a {FORMAT_NAME} manifest")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise ShardsDirError(f"{manifest_path}: version {manifest.get('version')!r} is not {FORMAT_VERSION}")
+    if not isinstance(manifest.get("shards"), list):
+        raise ShardsDirError(f"{manifest_path}: has no 'shards' list")
     return manifest
 
 
 def split_shards(shards_dir: str | Path, split: str, *, need_index: bool = True) -> list[Shard]:
     """The shards of `split` in manifest order, each checked to exist (with its .idx when asked).
 
-    Raises ShardError naming the manifest when the split has no shards, or naming the missing file.
+    Raises ShardsDirError naming the manifest when the split has no shards, or naming the missing file.
     """
     root = Path(shards_dir)
     manifest = read_manifest(root)
     shards = []
     for i, entry in enumerate(manifest["shards"]):
         if not isinstance(entry, dict) or "name" not in entry or "split" not in entry:
-            raise ShardError(f"{root / 'manifest.json'}: shards[{i}] lacks 'name' or 'split'")
+            raise ShardsDirError(f"{root / MANIFEST_FILE}: shards[{i}] lacks 'name' or 'split'")
         if entry["split"] != split:
             continue
         path = root / entry["name"]
         if not path.is_file():
-            raise ShardError(f"{path}: shard listed in manifest.json is missing")
+            raise ShardsDirError(f"{path}: shard listed in manifest.json is missing")
         index_path = path.with_name(path.name + ".idx")
         if need_index and not index_path.is_file():
-            raise ShardError(f"{index_path}: DALI index missing (make it with `wds2idx {path} {index_path}`)")
+            raise ShardsDirError(f"{index_path}: DALI index missing (make it with `wds2idx {path} {index_path}`)")
         shards.append(Shard(path=path, index_path=index_path, samples=int(entry.get("samples", 0))))
     if not shards:
-        raise ShardError(f"{root / 'manifest.json'}: no shards for split {split!r}")
+        raise ShardsDirError(f"{root / MANIFEST_FILE}: no shards for split {split!r}")
     return shards
 
 

@@ -29,7 +29,7 @@ import zlib
 from pathlib import Path
 from typing import NamedTuple
 
-from shards.errors import ShardsError
+from shards.errors import BuildError
 
 ZIP_STORED, ZIP_DEFLATED = 0, 8
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, 22 bytes we do not need, name and extra lengths
@@ -201,11 +201,11 @@ def _open_readable(path: Path) -> int:
     try:
         return os.open(path, os.O_RDONLY)
     except OSError as error:
-        raise ShardsError(f"source archive {str(path)!r} is not readable: {error.strerror or error}") from None
+        raise BuildError(f"source archive {str(path)!r} is not readable: {error.strerror or error}") from None
 
 
 def list_tar(path: Path) -> ArchiveListing:
-    """List a tar archive (member tars read as folders); `ShardsError` when it is not a plain tar."""
+    """List a tar archive (member tars read as folders); `BuildError` when it is not a plain tar."""
     fd = _open_readable(path)
     try:
         if hasattr(os, "posix_fadvise"):  # headers only: read-ahead would pull in the whole archive
@@ -213,13 +213,13 @@ def list_tar(path: Path) -> ArchiveListing:
         head = os.pread(fd, 6, 0)
         for magic, kind in _COMPRESSED_MAGIC.items():
             if head.startswith(magic):
-                raise ShardsError(f"source {str(path)!r} is a {kind}-compressed tar: images cannot be read in "
+                raise BuildError(f"source {str(path)!r} is a {kind}-compressed tar: images cannot be read in "
                                   f"place; decompress it once (e.g. `{kind} -d`) or unpack it into a folder")
         size = os.fstat(fd).st_size
         try:
             tarfile.open(fileobj=_Window(fd, 0, size), mode="r:")
         except tarfile.ReadError as error:
-            raise ShardsError(f"source {str(path)!r} is not a readable tar archive ({error})") from None
+            raise BuildError(f"source {str(path)!r} is not a readable tar archive ({error})") from None
         listing = ArchiveListing({}, [])
         _list_tar(fd, 0, size, size, "", "", listing, nested=True)
         for problem in listing.problems:
@@ -231,13 +231,13 @@ def list_tar(path: Path) -> ArchiveListing:
 
 
 def list_zip(path: Path) -> ArchiveListing:
-    """List a zip archive from its central directory; `ShardsError` when that cannot be read."""
+    """List a zip archive from its central directory; `BuildError` when that cannot be read."""
     os.close(_open_readable(path))
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as error:
-        raise ShardsError(f"source {str(path)!r} is not a readable zip archive ({error})") from None
+        raise BuildError(f"source {str(path)!r} is not a readable zip archive ({error})") from None
     listing = ArchiveListing({}, [])
     for info in infos:
         name = _clean(info.filename)

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from configs.atomic import write_json_atomic
 from shards.convert import COLOURLESS, KEPT, SKIPPED, Inspection, inspect_read
-from shards.manifest import MANIFEST_FILE, assemble_manifest
+from pipeline.shard_list import MANIFEST_FILE
+from shards.manifest import assemble_manifest
 from shards.options import BuildOptions
 from shards.output_dir import claim_output
 from shards.parts import finish_part, part_shards
@@ -123,7 +124,7 @@ def build_shards(
     `src`: an image folder, or a tar / zip archive read in place (`shards.sources`; `inside` picks a
     folder of it). `part=(K, N)`: build only the K-th of N disjoint parts of the plan and write its
     part manifest; returns the merged manifest when that completed the set, else the part manifest.
-    Raises `ShardsError` for a missing/unreadable `src`, an unusable `out`, or an `out` that holds a
+    Raises `BuildError` for a missing/unreadable `src`, an unusable `out`, or an `out` that holds a
     different build. Undecodable images never raise: they are listed in the manifest's `skipped`.
     `progress` shows a tqdm bar (images/s) on stderr.
     """

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from shards.errors import ShardsError
+from pipeline.shard_list import ShardsDirError
+from shards.errors import BuildError
 from shards.options import (
     DEFAULT_QUALITY,
     DEFAULT_SHARD_SAMPLES,
@@ -148,7 +149,7 @@ def _demo_images(args) -> int:
     from shards.demo_images import write_demo_images, write_heldout_photos
 
     if args.count < 1:
-        raise ShardsError(f"--count must be positive, got {args.count}")
+        raise BuildError(f"--count must be positive, got {args.count}")
     paths = write_demo_images(args.dir, count=args.count, seed=args.seed, workers=default_workers())
     print(f"wrote {len(paths)} demo photos in {len({p.parent for p in paths})} class folders under {args.dir}")
     if args.heldout is not None:
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"build": _build, "merge": _merge, "verify": _verify, "demo-images": _demo_images}
     try:
         return commands[args.command](args)
-    except ShardsError as error:
+    except (BuildError, ShardsDirError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,6 +2,9 @@
 
 Beside it: `train-000000.tar` … `val-000000.tar` …, each with its DALI index `<tar name>.idx`.
 
+Read back (by the loaders and by `verify` and `merge`) with `pipeline.shard_list.read_manifest`,
+which checks the format and version below.
+
 Layout (paths relative to the source folder, or inside the source archive; the file's bytes depend only on the plan and the
 source contents, never on timing or worker count):
     format, version           "colorization-shards", 1
@@ -18,15 +21,9 @@ source contents, never on timing or worker count):
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from shards.errors import ShardsError
+from pipeline.shard_list import FORMAT_NAME, FORMAT_VERSION
 from shards.plan import SPLITS
-from shards.progress import read_json
 
-MANIFEST_FILE = "manifest.json"
-FORMAT_NAME = "colorization-shards"
-FORMAT_VERSION = 1
 SHARD_FIELDS = ("name", "split", "samples", "bytes", "sha256")
 
 
@@ -62,16 +59,3 @@ def assemble_manifest(
         "skipped": skipped,
         "colourless": colourless,
     }
-
-
-def read_manifest(out: Path) -> dict:
-    """The manifest of the shards folder `out`; `ShardsError` when it is missing or malformed."""
-    path = Path(out) / MANIFEST_FILE
-    if not path.is_file():
-        raise ShardsError(f"{path}: no manifest (not a shards folder, or its build has not finished)")
-    manifest = read_json(path)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise ShardsError(f"{path}: not a {FORMAT_NAME} manifest")
-    if manifest.get("version") != FORMAT_VERSION:
-        raise ShardsError(f"{path}: version {manifest.get('version')!r} is not {FORMAT_VERSION}")
-    return manifest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
-from shards.errors import ShardsError
+from shards.errors import BuildError
 
 # ImageNet-1k's train set averages ~110 KB per JPEG: 2,000 samples make ~220 MB shards, big enough
 # for sequential reads and few files, small enough that ~580 shards spread over many ranks.
@@ -44,17 +44,17 @@ class BuildOptions:
 
     def __post_init__(self) -> None:
         if not isinstance(self.shard_samples, int) or self.shard_samples < 1:
-            raise ShardsError(f"shard_samples must be a positive integer, got {self.shard_samples!r}")
+            raise BuildError(f"shard_samples must be a positive integer, got {self.shard_samples!r}")
         if not 0.0 <= float(self.val_fraction) < 1.0:
-            raise ShardsError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+            raise BuildError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if self.short_side is not None and (not isinstance(self.short_side, int) or self.short_side < 8):
-            raise ShardsError(f"short_side must be an integer >= 8, got {self.short_side!r}")
+            raise BuildError(f"short_side must be an integer >= 8, got {self.short_side!r}")
         if not isinstance(self.quality, int) or not 1 <= self.quality <= 95:
-            raise ShardsError(f"quality must be an integer in [1, 95], got {self.quality!r}")
+            raise BuildError(f"quality must be an integer in [1, 95], got {self.quality!r}")
         if self.split not in (None, "train", "val"):
-            raise ShardsError(f"split must be 'train' or 'val', got {self.split!r}")
+            raise BuildError(f"split must be 'train' or 'val', got {self.split!r}")
         if not isinstance(self.workers, int) or self.workers < 1:
-            raise ShardsError(f"workers must be a positive integer, got {self.workers!r}")
+            raise BuildError(f"workers must be a positive integer, got {self.workers!r}")
 
     def output_options(self) -> dict:
         """The options that decide the output bytes (recorded in the manifest; `workers` is not)."""

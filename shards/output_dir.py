@@ -13,9 +13,9 @@ import os
 import re
 from pathlib import Path
 
-from shards.errors import ShardsError
+from shards.errors import BuildError
 from configs.atomic import TEMP_FILE
-from shards.manifest import MANIFEST_FILE
+from pipeline.shard_list import MANIFEST_FILE
 from shards.progress import PROGRESS_DIR, read_json, read_plan_record, write_plan_record
 from shards.tar_writer import TEMP_SUFFIX
 
@@ -33,13 +33,13 @@ def claim_output(out: Path, source, options: dict, plan_sha256: str, owned: set[
     those of the shards named in `owned`, when given: other parts may be writing theirs)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ShardsError(f"output {str(out)!r} exists and is not a folder")
+        raise BuildError(f"output {str(out)!r} exists and is not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ShardsError(f"cannot create output folder {str(out)!r}: {error.strerror or error}") from None
+        raise BuildError(f"cannot create output folder {str(out)!r}: {error.strerror or error}") from None
     if not os.access(out, os.W_OK | os.X_OK):
-        raise ShardsError(f"output folder {str(out)!r} is not writable")
+        raise BuildError(f"output folder {str(out)!r} is not writable")
 
     refuse = f"output folder {str(out)!r} holds shards built"
     advice = "choose another output folder or delete it"
@@ -49,17 +49,17 @@ def claim_output(out: Path, source, options: dict, plan_sha256: str, owned: set[
         if recorded is None:
             continue
         if not isinstance(recorded, dict) or not isinstance(recorded.get("options"), dict):
-            raise ShardsError(f"{out / what}: unreadable record of an earlier build; {advice}")
+            raise BuildError(f"{out / what}: unreadable record of an earlier build; {advice}")
         if recorded["options"] != options:
             changed = differences(recorded["options"], options)
-            raise ShardsError(f"{refuse} with other options ({changed}); {advice}")
+            raise BuildError(f"{refuse} with other options ({changed}); {advice}")
         if recorded.get("plan_sha256") != plan_sha256:
-            raise ShardsError(
+            raise BuildError(
                 f"{refuse} from a different source listing (was {recorded.get('source')!r}; files added, "
                 f"removed or renamed since); {advice}"
             )
     if plan is None and manifest is None and any(SHARD_FILE.match(p.name) for p in out.iterdir()):
-        raise ShardsError(f"{refuse} by something else (shard files without a manifest or progress record); {advice}")
+        raise BuildError(f"{refuse} by something else (shard files without a manifest or progress record); {advice}")
 
     progress = out / PROGRESS_DIR
     for stale in [*out.iterdir(), *(progress.iterdir() if progress.is_dir() else ())]:

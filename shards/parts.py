@@ -16,8 +16,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from shards.errors import ShardsError
-from shards.manifest import MANIFEST_FILE, assemble_manifest
+from shards.errors import BuildError
+from pipeline.shard_list import MANIFEST_FILE
+from shards.manifest import assemble_manifest
 from shards.output_dir import differences
 from shards.plan import ShardPlan
 from shards.progress import read_json, read_plan_record, write_record
@@ -30,10 +31,10 @@ _PART_FILE = re.compile(r"^part-(\d+)-of-(\d+)\.json$")
 
 
 def parse_part(text: str) -> tuple[int, int]:
-    """"K/N" → (K, N) with 1 ≤ K ≤ N; `ShardsError` otherwise."""
+    """"K/N" → (K, N) with 1 ≤ K ≤ N; `BuildError` otherwise."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not match or not 1 <= int(match[1]) <= int(match[2]):
-        raise ShardsError(f"--part must be K/N with 1 <= K <= N (e.g. 2/8), got {text!r}")
+        raise BuildError(f"--part must be K/N with 1 <= K <= N (e.g. 2/8), got {text!r}")
     return int(match[1]), int(match[2])
 
 
@@ -88,18 +89,18 @@ def finish_part(out: Path, part: tuple[int, int], summary: tuple, listing_skippe
 def merge_parts(out) -> dict:
     """Check every part of the build in `out` and write its manifest.json; return the manifest.
 
-    `ShardsError` (one line naming the part) when a part is missing, was built with other options or
+    `BuildError` (one line naming the part) when a part is missing, was built with other options or
     from another listing, or a shard of it is gone or changed.
     """
     out = Path(out)
     found = _found_parts(out)
     if not found:
-        raise ShardsError(f"{out}: no part manifests in {PARTS_DIR}/ (build the parts first: "
+        raise BuildError(f"{out}: no part manifests in {PARTS_DIR}/ (build the parts first: "
                           f"`colorize-shards build SRC {out} --part K/N` for K = 1 … N)")
     counts = sorted({n for _, n in found})
     if len(counts) > 1:
         names = ", ".join(path.name for path in found.values())
-        raise ShardsError(f"{out / PARTS_DIR}: parts of splits into {' and '.join(map(str, counts))} ({names}); "
+        raise BuildError(f"{out / PARTS_DIR}: parts of splits into {' and '.join(map(str, counts))} ({names}); "
                           f"all parts of one build must use the same N")
     n = counts[0]
     parts = {k: (path, read_json(path)) for (k, _), path in sorted(found.items())}
@@ -110,19 +111,19 @@ def merge_parts(out) -> dict:
     for k, (path, part) in parts.items():
         name = f"{PARTS_DIR}/{path.name}"
         if not isinstance(part, dict) or part.get("format") != PART_FORMAT or part.get("version") != PART_VERSION:
-            raise ShardsError(f"{out / name}: unreadable part manifest; rerun part {k}/{n}")
+            raise BuildError(f"{out / name}: unreadable part manifest; rerun part {k}/{n}")
         if part["options"] != reference.get("options"):
-            raise ShardsError(f"{out / name}: part {k} of {n} was built with other options "
+            raise BuildError(f"{out / name}: part {k} of {n} was built with other options "
                               f"({differences(reference.get('options') or {}, part['options'])}); rebuild it "
                               f"with the options of the other parts")
         if part["plan_sha256"] != reference.get("plan_sha256") or part["plan"] != (first_plan or part["plan"]):
-            raise ShardsError(f"{out / name}: part {k} of {n} was built from a different source listing "
+            raise BuildError(f"{out / name}: part {k} of {n} was built from a different source listing "
                               f"(files added, removed or renamed); rebuild it from the same source")
         first_plan = part["plan"]
     missing = [k for k in range(1, n + 1) if k not in parts]
     if missing:
         more = f" (and {', '.join(map(str, missing[1:]))})" if missing[1:] else ""
-        raise ShardsError(f"{out}: part {missing[0]} of {n}{more} is missing: no {PARTS_DIR}/part-{missing[0]}-of-{n}"
+        raise BuildError(f"{out}: part {missing[0]} of {n}{more} is missing: no {PARTS_DIR}/part-{missing[0]}-of-{n}"
                           f".json, that part has not finished; run `colorize-shards build SRC {out} "
                           f"--part {missing[0]}/{n}`")
 
@@ -130,13 +131,13 @@ def merge_parts(out) -> dict:
     for k, (path, part) in parts.items():
         wanted = part["plan"][k - 1 :: n]
         if [record["name"] for record in part["records"]] != wanted:
-            raise ShardsError(f"{out / PARTS_DIR / path.name}: does not list the shards of part {k} of {n}; rerun it")
+            raise BuildError(f"{out / PARTS_DIR / path.name}: does not list the shards of part {k} of {n}; rerun it")
         for record in part["records"]:
             tar = out / record["name"]
             if record["samples"] and (
                 not tar.is_file() or tar.stat().st_size != record["bytes"] or not index_path(tar).is_file()
             ):
-                raise ShardsError(f"{tar}: shard of part {k} of {n} is missing or changed since that part "
+                raise BuildError(f"{tar}: shard of part {k} of {n} is missing or changed since that part "
                                   f"finished; rerun `colorize-shards build SRC {out} --part {k}/{n}`")
             records[record["name"]] = record
     part = parts[1][1]

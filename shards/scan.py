@@ -52,7 +52,7 @@ def is_image_path(path: str) -> bool:
 
 def scan_source(src: str | os.PathLike | Source, inside: str | None = None) -> SourceListing:
     """List the image files of `src` (a folder or archive path, or an opened `Source`); raise
-    `ShardsError` when it is missing or unreadable. `inside`: see `sources.open_source`."""
+    `BuildError` when it is missing or unreadable. `inside`: see `sources.open_source`."""
     source = src if isinstance(src, Source) else open_source(src, inside)
     paths = sorted(path for path in source.files if is_image_path(path))
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shards.archives import ArchiveReader, list_tar, list_zip
-from shards.errors import ShardsError
+from shards.errors import BuildError
 
 
 class FolderReader:
@@ -67,34 +67,34 @@ def _inside(files: dict, inside: str, location: str) -> dict:
     picked = {path[len(prefix):]: locator for path, locator in files.items() if path.startswith(prefix)}
     if not picked:
         tops = sorted({path.split("/", 1)[0] for path in files if "/" in path})[:8]
-        raise ShardsError(f"source {location!r} has nothing under {inside!r} (its top-level folders: "
+        raise BuildError(f"source {location!r} has nothing under {inside!r} (its top-level folders: "
                           f"{', '.join(tops) or 'none'})")
     return picked
 
 
 def open_source(src, inside: str | None = None) -> Source:
-    """List the source at `src` (folder, `.tar` or `.zip`); `ShardsError` naming it when unusable.
+    """List the source at `src` (folder, `.tar` or `.zip`); `BuildError` naming it when unusable.
 
     `inside`: a folder of the source to build from instead of its root (same as building the folder
     `extraction/inside`).
     """
     root = Path(src).absolute()
     if not root.exists():
-        raise ShardsError(f"source {str(src)!r} does not exist")
+        raise BuildError(f"source {str(src)!r} does not exist")
     if root.is_dir():
         if not os.access(root, os.R_OK | os.X_OK):
-            raise ShardsError(f"source folder {str(src)!r} is not readable")
+            raise BuildError(f"source folder {str(src)!r} is not readable")
         if inside:
             root = root / inside.strip("/")
             if not root.is_dir():
-                raise ShardsError(f"source {str(src)!r} has no folder {inside!r}")
+                raise BuildError(f"source {str(src)!r} has no folder {inside!r}")
         return Source(str(root), _walk_folder(root), [], FolderReader(root))
     if root.suffix.lower() == ".zip" or (root.suffix.lower() != ".tar" and _is_zip(root)):
         listing = list_zip(root)
     elif root.suffix.lower() == ".tar" or root.is_file():
         listing = list_tar(root)
     else:
-        raise ShardsError(f"source {str(src)!r} is not a folder, a tar or a zip archive")
+        raise BuildError(f"source {str(src)!r} is not a folder, a tar or a zip archive")
     files, location = listing.members, str(root)
     if inside:
         files = _inside(files, inside, location)

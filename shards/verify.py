@@ -12,8 +12,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from shards.errors import ShardsError
-from shards.manifest import read_manifest
+from pipeline.shard_list import ShardsDirError, read_manifest
 from shards.output_dir import SHARD_FILE
 from shards.progress import file_sha256
 from shards.tar_writer import index_path, write_index
@@ -67,7 +66,7 @@ def verify_shards(out) -> list[str]:
     out = Path(out)
     try:
         manifest = read_manifest(out)
-    except ShardsError as error:
+    except ShardsDirError as error:
         return [str(error)]
     needs_cls = manifest.get("classes") is not None
     problems: list[str] = []

@@ -18,6 +18,8 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from pipeline.shard_list import FORMAT_NAME, FORMAT_VERSION
+
 WDS2IDX = Path(sys.executable).with_name("wds2idx")
 
 
@@ -78,7 +80,7 @@ def write_test_shards(
             index_shard(out / name)
             entries.append({"name": name, "split": split, "samples": count, "bytes": (out / name).stat().st_size,
                             "sha256": ""})
-    manifest = {"source": "tests", "options": {}, "splits": {"train": sum(train), "val": sum(val)},
+    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "source": "tests", "options": {}, "splits": {"train": sum(train), "val": sum(val)},
                 "shards": entries, "skipped": [], "colourless": []}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest

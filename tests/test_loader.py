@@ -18,7 +18,7 @@ from pipeline.lab import rgb_to_network
 from pipeline.lab_uint8 import uint8_planar_to_network
 from pipeline.loader_base import BadShardError
 from pipeline.seed_loader import SeedDataset
-from pipeline.shard_list import ShardError, shard_paths
+from pipeline.shard_list import ShardsDirError, shard_paths
 
 from _loader_helpers import all_keys, jpeg_bytes, write_test_shards
 
@@ -100,12 +100,12 @@ def test_three_backends_produce_the_same_lab_from_the_same_pixels(tmp_path, colo
 def test_shard_paths_follow_the_manifest_and_name_what_is_missing(shards, tmp_path):
     root, manifest = shards
     assert [p.name for p in shard_paths(root, "train")] == [e["name"] for e in manifest["shards"][:3]]
-    with pytest.raises(ShardError, match="no_such_dir"):
+    with pytest.raises(ShardsDirError, match="no_such_dir"):
         shard_paths(tmp_path / "no_such_dir", "train")
     (tmp_path / "m").mkdir()
-    with pytest.raises(ShardError, match="manifest.json"):
+    with pytest.raises(ShardsDirError, match="manifest.json"):
         shard_paths(tmp_path / "m", "train")
-    with pytest.raises(ShardError, match="'test'"):
+    with pytest.raises(ShardsDirError, match="'test'"):
         shard_paths(root, "test")
 
 

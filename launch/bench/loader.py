@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args, backends, shards_dir: Path) -> int:
     from pipeline import make_loader
     from pipeline.loader_base import BadShardError
-    from pipeline.shard_list import ShardError
+    from pipeline.shard_list import ShardsDirError
 
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -214,7 +214,7 @@ def _run(args, backends, shards_dir: Path) -> int:
               flush=True)
         sync = torch.cuda.synchronize if device.type == "cuda" else _no_sync
         rates = measure_in_rounds(sources, args.batch_size, args.seconds, args.warmup, args.rounds, sync)
-    except (ShardError, BadShardError) as exc:
+    except (ShardsDirError, BadShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     del sources  # stops the DataLoader workers and DALI threads before the report

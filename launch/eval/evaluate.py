@@ -209,12 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     from configs import ConfigError
     from launch.eval.fid import FidError
     from models.export import WeightsError
-    from pipeline.shard_list import ShardError
+    from pipeline.shard_list import ShardsDirError
 
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
-    except (EvalError, WeightsError, FidError, ShardError, ConfigError) as exc:
+    except (EvalError, WeightsError, FidError, ShardsDirError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
