@@ -29,6 +29,7 @@ from torchvision.models import VGG19_BN_Weights
 from torchvision.models.vgg import cfgs, make_layers
 
 from configs import ConfigError, LossConfig
+from models.export import UnreadableStateDict, read_state_dict
 from pipeline.lab import denormalize_lab, lab_to_rgb
 
 # Module index ranges of vgg19_bn.features: up to and including pool3 (26), pool4 (39), pool5 (52).
@@ -61,22 +62,14 @@ def _fresh_vgg19_bn_features() -> nn.Sequential:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
+    try:
+        return read_state_dict(path)
+    except FileNotFoundError:
         raise VGGWeightsError(
             f"VGG19-bn weights file not found: {path} (loss.vgg_weights takes 'imagenet', 'none' or a local state_dict path)"
-        )
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file is the same user mistake: say which file and why
-        raise VGGWeightsError(f"cannot read VGG19-bn weights from {path}: {_first_line(exc)}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise VGGWeightsError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
-    return state
+        ) from None
+    except UnreadableStateDict as exc:
+        raise VGGWeightsError(f"cannot read VGG19-bn weights from {path}: {exc}") from None
 
 
 def _load_features(features: nn.Sequential, state: dict[str, torch.Tensor], source: str) -> None:

@@ -23,8 +23,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from configs.atomic import atomic_path, write_text_atomic
 from configs import ModelConfig
+from configs.atomic import atomic_path, write_text_atomic
 
 FORMAT = "colorization-generator/1"
 NORMALISATION = {"L": "L*/50 - 1", "ab": "ab*/128", "colour_space": "CIELAB D65 (skimage constants)"}
@@ -116,21 +116,40 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     return state, meta
 
 
-def _read_torch_state_dict(path: Path) -> dict[str, torch.Tensor] | None:
-    """The tensors of a `torch.save`d state_dict (optionally under "state_dict" or "model"), or None."""
+class UnreadableStateDict(ValueError):
+    """A file that holds no state_dict `read_state_dict` can read; the message says why, in a few words."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a saved state_dict: `.safetensors`, or `torch.save` (read with
+    `weights_only=True`; a dict under "state_dict" or "model" is unwrapped). The one reader of saved
+    weights (generators, VGG19-bn, Inception). FileNotFoundError when `path` is no file;
+    UnreadableStateDict otherwise — callers word both for their own kind of weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UnreadableStateDict(_first_line(exc)) from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - pickle, zip and weights_only errors all mean "not a state_dict"
-        return None
+    except Exception as exc:  # noqa: BLE001 - pickle, zip and weights_only errors all mean "not a state_dict"
+        raise UnreadableStateDict(f"{type(exc).__name__}: {_first_line(exc)}") from None
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model"):
             if isinstance(obj.get(wrapper), dict):
                 obj = obj[wrapper]
                 break
     if not isinstance(obj, dict):
-        return None
-    # Keep the tensors; a dict without the generator's keys then fails with the missing key named.
+        raise UnreadableStateDict(f"holds a {type(obj).__name__}, not a state_dict")
+    # Keep the tensors; a dict without the expected keys then fails where the missing key is named.
     return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -151,12 +170,13 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
         state, meta = loaded
         source = "safetensors"
     else:
-        state = _read_torch_state_dict(path)
-        if state is None:
+        try:
+            state = read_state_dict(path)
+        except UnreadableStateDict:
             raise WeightsError(
                 f"{path}: not a safetensors file or a PyTorch state_dict with the generator's keys "
                 f"(cannot be read as either)"
-            )
+            ) from None
         meta, source = {}, "pytorch"
     state = _strip_wrappers(state)
     if FIRST_WEIGHT not in state:

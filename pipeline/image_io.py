@@ -23,7 +23,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from configs.atomic import atomic_path
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".jfif")
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm",
+)
+"""File endings (lower case) read as images, by `colorize` and by the shard builder's scan."""
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 JPEG_QUALITY = 95
 
@@ -53,25 +56,31 @@ def _reason(exc: BaseException) -> str:
     return text.split(" '", 1)[0] if "cannot identify image file" in text else text
 
 
-def _to_float_rgb(im: Image.Image) -> np.ndarray:
-    """Decoded upright PIL image (any mode) → H×W×3 float32 sRGB in [0, 1], alpha on white."""
+def flatten_rgb(im: Image.Image, uint8: bool = False) -> np.ndarray:
+    """Decoded upright PIL image (any mode) → H×W×3 sRGB: float32 in [0, 1], or uint8 (rounded to
+    nearest) with `uint8`. Alpha is composited on white, greyscale replicated to three channels,
+    16-bit greyscale read at full precision. The one flattener: `colorize` reads through it, and the
+    shard builder re-encodes through it."""
     if im.mode in _SIXTEEN_BIT_GREY:
         grey = np.asarray(im, dtype=np.float32) / 65535.0
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    if im.mode == "I":  # 32-bit integer greyscale: Pillow's mode for some 16-bit files
+        rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    elif im.mode == "I":  # 32-bit integer greyscale: Pillow's mode for some 16-bit files
         raw = np.asarray(im, dtype=np.float64)
         scale = 65535.0 if raw.max(initial=0) > 255 else 255.0
         grey = np.clip(raw / scale, 0.0, 1.0).astype(np.float32)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    if im.mode == "F":
+        rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    elif im.mode == "F":
         grey = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    has_alpha = im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
-    if has_alpha:
+        rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    elif im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
         rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
         alpha = rgba[:, :, 3:4]
-        return rgba[:, :, :3] * alpha + (1.0 - alpha)
-    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+        rgb = rgba[:, :, :3] * alpha + (1.0 - alpha)
+    elif uint8:
+        return np.asarray(im.convert("RGB"))  # already 8-bit levels: no round trip through float
+    else:
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return to_uint8(rgb) if uint8 else rgb
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -86,7 +95,7 @@ def read_image(path: str | Path) -> np.ndarray:
             with Image.open(path) as im:
                 im.load()
                 upright = ImageOps.exif_transpose(im)
-                return np.ascontiguousarray(_to_float_rgb(upright))
+                return np.ascontiguousarray(flatten_rgb(upright))
     except UnidentifiedImageError:
         raise ImageReadError("cannot identify image file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from pipeline.image_io import flatten_rgb
 from shards.archives import UnreadableMember
 from shards.colourless import is_colourless
 
@@ -139,19 +140,9 @@ def jpeg_frame_marker(data: bytes) -> int | None:
 
 
 def to_rgb8(image: Image.Image) -> Image.Image:
-    """Any decoded PIL image → 8-bit "RGB": alpha composited over white, 16/32-bit grey scaled to 8 bits."""
-    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        # 16-bit sources span 0–65535; anything already within 0–255 is taken as 8-bit levels.
-        scale = 255.0 / 65535.0 if values.max(initial=0) > 255 else 1.0
-        image = Image.fromarray(np.clip(values * scale + 0.5, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image)
-    return image.convert("RGB")
+    """Any decoded PIL image → 8-bit "RGB" (`pipeline.image_io.flatten_rgb`: alpha over white, 16-bit
+    grey scaled)."""
+    return image if image.mode == "RGB" else Image.fromarray(flatten_rgb(image, uint8=True), "RGB")
 
 
 def thumbnail(rgb: Image.Image) -> Image.Image:

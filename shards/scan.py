@@ -14,12 +14,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.image_io import IMAGE_EXTENSIONS
 from shards.keys import sample_key
 from shards.sources import Source, open_source
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
-)
 
 
 @dataclass(frozen=True)

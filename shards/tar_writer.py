@@ -37,7 +37,7 @@ def index_path(tar_path: Path) -> Path:
     return tar_path.with_name(tar_path.name + ".idx")
 
 
-def write_index(tar_path: Path, idx_path: Path) -> None:
+def make_index(tar_path: Path, idx_path: Path) -> None:
     """Write the DALI index of the tar at `tar_path` to `idx_path` (overwritten, not atomically)."""
     with IndexCreator(str(tar_path), str(idx_path), verbose=False) as creator:
         creator.create_index()
@@ -100,7 +100,7 @@ class ShardWriter:
         self._file.close()
         idx_final = index_path(self.final_path)
         idx_temp = idx_final.with_name(idx_final.name + TEMP_SUFFIX)
-        write_index(self.temp_path, idx_temp)
+        make_index(self.temp_path, idx_temp)
         os.replace(idx_temp, idx_final)
         os.replace(self.temp_path, self.final_path)
         return WrittenShard(self.final_path.name, self.samples, self._hashing.size, self._hashing.sha256.hexdigest())

@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.shard_list import ShardsDirError, read_manifest
 from shards.output_dir import SHARD_FILE
 from shards.progress import file_sha256
-from shards.tar_writer import index_path, write_index
+from shards.tar_writer import index_path, make_index
 
 
 def count_samples(tar_path: Path, needs_cls: bool) -> tuple[int, list[str]]:
@@ -55,7 +55,7 @@ def verify_shard(out: Path, entry: dict, needs_cls: bool) -> list[str]:
     else:
         with tempfile.TemporaryDirectory() as scratch:
             fresh = Path(scratch) / index.name
-            write_index(tar, fresh)
+            make_index(tar, fresh)
             if fresh.read_bytes() != index.read_bytes():
                 problems.append(f"{index.name}: does not match its tar (regenerate with wds2idx)")
     return problems

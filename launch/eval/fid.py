@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import inception_v3
 
+from models.export import UnreadableStateDict, read_state_dict
+
 INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
 
@@ -29,19 +31,12 @@ class FidError(ValueError):
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FidError(f"{path}: no such Inception weights file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a state_dict"
-        raise FidError(f"{path}: not a PyTorch state_dict ({type(exc).__name__})") from None
-    if not isinstance(state, dict):
-        raise FidError(f"{path}: not a PyTorch state_dict")
-    return state
+        return read_state_dict(path)
+    except FileNotFoundError:
+        raise FidError(f"{path}: no such Inception weights file") from None
+    except UnreadableStateDict as exc:
+        raise FidError(f"{path}: not a PyTorch state_dict ({exc})") from None
 
 
 class InceptionFeatures(nn.Module):
