@@ -197,6 +197,16 @@ class LoggingConfig:
     """W&B project name."""
     entity: Optional[str] = None
     """W&B entity (team or user); None uses the account default."""
+    tags: str = ""
+    """W&B tags, comma-separated (e.g. `baseline,imagenet`)."""
+    group: Optional[str] = None
+    """W&B group (e.g. one per experiment or sweep); None: no group."""
+    notes: Optional[str] = None
+    """W&B run notes (free text shown on the run page)."""
+    alert_wait_fraction: float = 0.25
+    """`wandb.alert` (online runs) when data/wait_fraction stays above this (0 = never)…"""
+    alert_wait_logs: int = 20
+    """…for this many logging steps in a row."""
     every_steps: int = 10
     """Log scalars every this many steps."""
     sample_every_steps: int = 500

@@ -31,6 +31,7 @@ from launch.training.checkpoint import TrainingState, latest_checkpoint, load_ch
 from launch.training.debug import SampleRecorder, maybe_kill_after_checkpoint
 from launch.training.errors import TrainingError
 from launch.eval.evaluate import evaluate_batches
+from launch.training import wandb_run
 from launch.training.tracking import RunLogger, keep_wandb_files_in, resolve_wandb_mode
 from launch.training.samples import sample_grid, save_png
 from launch.training.schedule import NOGAN, is_phase_switch, phase_at
@@ -136,15 +137,26 @@ def build_sample_batch(cfg: Config, accelerator: Accelerator, has_val: bool):
 
 
 def build_logger(cfg: Config, accelerator: Accelerator, wandb_mode: str, start_step: int) -> RunLogger:
-    """Start the W&B tracker (rank 0) and the metrics file / progress bar."""
+    """Start the W&B run (rank 0; one stable id per training run, see wandb_run.py) and the metrics
+    file / progress bar."""
+    wb = None
     if wandb_mode != "disabled":
-        init = {"name": cfg.run.name, "dir": str(cfg.run_dir), "mode": wandb_mode}
-        if cfg.logging.entity:
-            init["entity"] = cfg.logging.entity
-        accelerator.init_trackers(cfg.logging.project, config=config_to_dict(cfg), init_kwargs={"wandb": init})
-    logger = RunLogger(accelerator, cfg.run_dir, cfg.total_steps, start_step, wandb_mode)
+        run_id = wandb_run.stable_run_id(cfg.run_dir, resume=start_step > 0) if accelerator.is_main_process else None
+        init = wandb_run.init_kwargs(cfg.logging, cfg.run.name, cfg.run_dir, run_id or "", wandb_mode)
+        config = wandb_run.flat_config(config_to_dict(cfg))
+        accelerator.init_trackers(cfg.logging.project, config=config, init_kwargs={"wandb": init})
+        if accelerator.is_main_process:
+            wb = wandb_run.WandbRun(
+                accelerator.get_tracker("wandb", unwrap=True), mode=wandb_mode, run_dir=cfg.run_dir,
+                global_batch=cfg.data.batch_size, start_step=start_step,
+                alert_wait_fraction=cfg.logging.alert_wait_fraction, alert_wait_logs=cfg.logging.alert_wait_logs,
+            )
+            wb.ledger = wandb_run.ModelLedger(cfg.run_dir, start_step)
+            wb.define_metrics()
+            wb.use_dataset(cfg.data.shards)
+    logger = RunLogger(accelerator, cfg.run_dir, cfg.total_steps, start_step, wandb_mode, wb)
     if wandb_mode == "offline":
-        logger.write(f"W&B is offline (no credentials): upload later with `wandb sync {cfg.run_dir / 'wandb'}/offline-run-*`")
+        logger.write(f"W&B is offline (no credentials): upload later with `colorize-wandb sync {cfg.run_dir}`")
     return logger
 
 
@@ -194,18 +206,36 @@ def build_run(cfg: Config, resume: bool) -> Run:
 # Pieces of the loop
 
 
+def predict_samples(run: Run) -> torch.Tensor:
+    """The generator's ab for the fixed val batch (eval mode, the training RNG untouched)."""
+    generator = run.accelerator.unwrap_model(run.gan.G)
+    was_training = generator.training
+    generator.eval()
+    L, _ = run.sample_batch
+    with torch.no_grad(), torch.random.fork_rng(devices=[]), run.accelerator.autocast():
+        fake = generator.forward(L).float()  # eager: compile serves the training step's shapes only
+    generator.train(was_training)
+    return fake
+
+
+def write_sample_table(run: Run, step: int) -> None:
+    """At each eval, W&B `samples/table`: grey | prediction | truth and per-image ab-L1 and PSNR of the
+    fixed val batch (rank 0, W&B on); also kept as runs/<name>/tables/step_<n>.* for `colorize-wandb sync`."""
+    wb = run.logger.wandb
+    if run.sample_batch is None or wb is None:
+        return
+    L, ab = run.sample_batch
+    columns = wandb_run.sample_table_rows(L, predict_samples(run), ab)
+    wandb_run.save_table_files(run.run_dir, step, *columns)
+    wb.log(step, {"samples/table": wb.table(*columns)})
+
+
 def write_samples(run: Run, step: int) -> None:
     """Grid of the fixed val batch: runs/<name>/samples/step_<n>.png, and W&B `samples/grid` (rank 0)."""
     if run.sample_batch is None:
         return
-    generator = run.accelerator.unwrap_model(run.gan.G)
-    was_training = generator.training
-    generator.eval()
     L, ab = run.sample_batch
-    with torch.no_grad(), torch.random.fork_rng(devices=[]), run.accelerator.autocast():
-        fake = generator.forward(L).float()  # eager: compile serves the training step's shapes only
-    generator.train(was_training)
-    grid = sample_grid(L, fake, ab)
+    grid = sample_grid(L, predict_samples(run), ab)
     save_png(grid, run.run_dir / "samples" / f"step_{step}.png")
     run.logger.log_image(step, "samples/grid", grid)
 
@@ -248,8 +278,21 @@ def save(run: Run, step: int, phase: str) -> None:
     save_checkpoint(run.accelerator, run.checkpoint_root, step, run.loader, run.cfg.checkpoint.keep_last)
     if run.accelerator.is_main_process:
         generator = run.accelerator.unwrap_model(run.gan.G)
-        save_generator(run.run_dir / "generator.safetensors", generator, run.cfg.model, {"step": step, "phase": phase})
+        weights = save_generator(run.run_dir / "generator.safetensors", generator, run.cfg.model, {"step": step, "phase": phase})
+        log_model_artifact(run, weights, step, phase)
     maybe_kill_after_checkpoint(step)
+
+
+def log_model_artifact(run: Run, weights: Path, step: int, phase: str) -> None:
+    """The export as a W&B `model` artifact: aliases latest, nogan-final, final, best (rank 0, W&B on)."""
+    wb = run.logger.wandb
+    if wb is None:
+        return
+    eval_values = wb.last_eval[1] if wb.last_eval and wb.last_eval[0] == step else {}
+    aliases = wb.ledger.aliases(eval_values, nogan_final=is_phase_switch(step, run.cfg.schedule),
+                                final=step == run.cfg.total_steps)
+    wb.ledger.record(weights, step, phase, aliases, eval_values)
+    wb.log_model(weights, step, phase, aliases, eval_values)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,6 +349,7 @@ def train_loop(run: Run) -> int:
             write_samples(run, step)
         if eval_due:
             record.update(run_eval(run, step))
+            write_sample_table(run, step)
 
         # 6. Scalars (one metrics.jsonl line per logged step) and progress, rank 0.
         if log_due:
@@ -332,13 +376,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="run config YAML, e.g. configs/demo.yaml")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of the run")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.batch_size=64")
-    return parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # A W&B sweep agent passes its parameters as --key=value (`${args}` in configs/sweeps/*.yaml).
+    args.overrides = [*args.overrides, *wandb_run.agent_overrides(extra)]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (see the module docstring)."""
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         cfg = load_config(args.config, args.overrides)
         run = build_run(cfg, args.resume)
     except (ConfigError, ShardsDirError) as exc:
@@ -356,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingError, BadShardError) as exc:
         # The last good checkpoint stays as it is: nothing is saved on this exit.
         print(f"error: {exc}", file=sys.stderr)
+        run.logger.alert(f"{run.cfg.run.name} stopped", f"{exc} (the last good checkpoint is kept; resume with --resume)")
         status = 1
     finally:
         run.stop.restore()

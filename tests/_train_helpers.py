@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -73,34 +74,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wandb_history(run_file: Path) -> list[dict[str, str]]:
-    """History rows (key → JSON text) of an offline W&B run file `run-<id>.wandb`.
+def wandb_records(path: Path) -> list[dict]:
+    """Every record of a W&B run's transaction log (`run-<id>.wandb`, or the run folder holding it), read
+    by W&B's own reader: `wandb leet inspect --json` (wandb ≥ 0.30; one JSON object per record, each
+    with "type" and a field of that name)."""
+    result = subprocess.run([str(VENV_BIN / "wandb"), "leet", "inspect", "--json", str(path)],
+                            capture_output=True, text=True, timeout=120, env=subprocess_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
-    wandb ≥ 0.20 ships no Python reader for its transaction log, so this reads the format directly:
-    a 7-byte file header (":W&B", magic, version), then LevelDB-log framing — 32 KiB blocks of records
-    with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last) — around protobuf
-    `Record` messages.
-    """
-    from wandb.proto import wandb_internal_pb2
 
-    data = run_file.read_bytes()
-    assert data[:4] == b":W&B", f"{run_file}: not a W&B run file"
-    block, pos, pending, rows = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        room = block - pos % block
-        if room < 7:  # block trailer padding
-            pos += room
-            continue
-        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
-        kind = data[pos + 6]
-        payload = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind == 0 and length == 0:
-            continue
-        pending = payload if kind in (1, 2) else pending + payload
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            if record.WhichOneof("record_type") == "history":
-                rows.append({(i.key or "/".join(i.nested_key)): i.value_json for i in record.history.item})
-    return rows
+def wandb_history(path: Path) -> list[dict]:
+    """The history rows (key → value; media as `<key>._type`, `<key>.path`, …) of a W&B run file."""
+    return [record["history"]["item"] for record in wandb_records(path) if record["type"] == "history"]

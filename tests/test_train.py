@@ -85,9 +85,15 @@ def test_exact_resume_after_sigkill_across_phase_switch(shards, tmp_path):
     keys = set().union(*rows)
     for key in (*LOSS_KEYS, "train/lr_g", "train/lr_d", "train/d_out_real", "train/d_out_fake", "perf/images_per_s",
                 "perf/step_ms", "perf/eta_hours", "data/wait_fraction", "eval/ab_l1", "eval/ab_l1_grey",
-                "eval/psnr", "eval/psnr_grey", "samples/grid/path"):
+                "eval/psnr", "eval/psnr_grey", "samples/grid.path", "samples/table.path", "step", "samples_seen"):
         assert key in keys, key
-    assert sorted({int(r["_step"]) for r in rows}) == list(range(1, 7))
+    assert [r["_step"] for r in rows] == [r["step"] for r in rows] == list(range(1, 7))
+    assert [r["samples_seen"] for r in rows] == [2 * s for s in range(1, 7)]
+    # The one list of metric keys covers every number the trainer logs.
+    from launch.training import metric_keys
+
+    for record in straight_records:
+        assert set(record) - {"step", "phase"} <= set(metric_keys.SCALARS), record
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(shards, tmp_path):

@@ -88,11 +88,14 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 class RunLogger:
     """Rank-0 sink for scalars, images and progress of one run."""
 
-    def __init__(self, accelerator: Accelerator, run_dir: Path, total_steps: int, start_step: int, wandb_mode: str) -> None:
+    def __init__(self, accelerator: Accelerator, run_dir: Path, total_steps: int, start_step: int, wandb_mode: str,
+                 wandb_run=None) -> None:
         self.accelerator = accelerator
         self.main = accelerator.is_main_process
         self.metrics = MetricsFile(run_dir / "metrics.jsonl")
         self.uses_wandb = wandb_mode != "disabled"
+        self.wandb = wandb_run if self.main else None
+        """The `launch.training.wandb_run.WandbRun` on rank 0 when W&B is on, else None."""
         self.bar = None
         if self.main:
             self.metrics.truncate_after(start_step)
@@ -103,16 +106,18 @@ class RunLogger:
         if not self.main:
             return
         self.metrics.append({"step": step, "phase": phase, **values})
-        if self.uses_wandb:
-            self.accelerator.log(values, step=step)
+        if self.wandb is not None:
+            self.wandb.log(step, values)
 
     def log_image(self, step: int, key: str, image: np.ndarray) -> None:
         """Send an H×W×3 uint8 sRGB picture to W&B under `key` (files on disk are the caller's)."""
-        if not (self.main and self.uses_wandb):
-            return
-        import wandb
+        if self.wandb is not None:
+            self.wandb.log(step, {key: self.wandb.image(image)})
 
-        self.accelerator.log({key: wandb.Image(image)}, step=step)
+    def alert(self, title: str, text: str) -> None:
+        """`wandb.alert` from rank 0 when the run is online (see WandbRun.alert)."""
+        if self.wandb is not None:
+            self.wandb.alert(title, text, level="ERROR")
 
     def progress(self, step: int, phase: str, values: dict[str, float] | None = None) -> None:
         """Move the bar to `step`; with `values` (read at a sync point) also show the phase, the main

@@ -1,0 +1,209 @@
+"""W&B as a team uses it, offline: one run id across resumed fragments, `colorize-wandb sync` replaying
+the run once per step, dataset → model lineage with aliases, the sample table, the dashboard's keys,
+sweeps, alerts. W&B's files are read with W&B's own reader (`wandb leet inspect --json`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from _train_helpers import REPO, build_tiny_shards, run_train, subprocess_env, tiny_config, wandb_history, wandb_records
+from launch.training import metric_keys
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return build_tiny_shards(tmp_path_factory.mktemp("wandb_data"))
+
+
+def _artifacts(records: list[dict]) -> list[dict]:
+    return [r["artifact"] for r in records if r["type"] == "artifact"]
+
+
+def _run_record(records: list[dict]) -> dict:
+    return next(r["run"] for r in records if r["type"] == "run")
+
+
+def test_killed_run_fragments_share_one_id_and_sync_replays_each_step_once(shards, tmp_path, monkeypatch):
+    """Killed after step 4 was logged but (as far as the resume knows) before its checkpoint; resumed
+    from step 3: the two offline fragments share the run id, both hold step 4, and the replay into one
+    run holds steps 1…6 exactly once, in order, with the dataset and model artifacts and the table."""
+    config = tiny_config(
+        tmp_path / "tiny.yaml", shards, tmp_path / "runs",
+        schedule={"nogan_steps": 4, "gan_steps": 2},
+        checkpoint={"every_steps": 3, "keep_last": 3},
+        logging={"wandb": "offline", "every_steps": 1, "sample_every_steps": 3, "eval_every_steps": 3,
+                 "tags": "tiny,test", "group": "g1", "notes": "offline test"},
+    )
+    run_dir = tmp_path / "runs" / "tiny"
+    killed = run_train(["--config", str(config)], env=subprocess_env(COLORIZE_DEBUG_KILL_AFTER_CHECKPOINT="4"))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    shutil.rmtree(run_dir / "checkpoints" / "step_4")  # the kill came before step 4's checkpoint was complete
+    resumed = run_train(["--config", str(config), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"colorize-wandb sync {run_dir}" in resumed.stderr
+
+    run_id = (run_dir / "wandb-run-id").read_text().strip()
+    fragments = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(fragments) == 2 and all(f.name.endswith(run_id) for f in fragments)
+    # wandb 0.31 buffers its transaction log in the wandb-core process: after a SIGKILL of this short
+    # run the killed fragment's .wandb holds at most what was flushed (here often only the header).
+    # metrics.jsonl is complete, which is one reason `colorize-wandb sync` replays it.
+    killed_rows = wandb_history(fragments[0])
+    assert [r["_step"] for r in killed_rows] == list(range(1, len(killed_rows) + 1))
+    second = wandb_records(fragments[1])
+    run = _run_record(second)
+    assert run["run_id"] == run_id and run["tags"] == ["tiny", "test"] and run["run_group"] == "g1"
+    assert run["notes"] == "offline test"
+    config_updates = [run["config"], *(r["config"] for r in second if r["type"] == "config")]
+    flat = {k: v for update in config_updates for k, v in update.get("update", {}).items()}
+    assert flat["schedule.nogan_steps"] == 4 and flat["logging.group"] == "g1" and "optim.nogan.lr" in flat  # flat
+    assert [r["_step"] for r in wandb_history(fragments[1])] == [4, 5, 6]  # step 4 redone
+
+    # Axes and summaries.
+    metrics = {r["metric"].get("name"): r["metric"] for r in second if r["type"] == "metric"}
+    assert metrics["eval/ab_l1"]["summary"] == {"min": True} and metrics["eval/psnr"]["summary"] == {"max": True}
+    assert metrics["perf/images_per_s"]["summary"] == {"mean": True}
+    assert metrics["train/l1"]["step_metric"] == "step"
+
+    # Lineage: the shards by reference with their SHA-256s, the exports with their aliases.
+    manifest = json.loads((shards / "manifest.json").read_text())
+    (dataset,) = [a for a in _artifacts(second) if a["type"] == "dataset"]
+    entries = {e["path"]: e for e in dataset["manifest"]["contents"]}
+    for shard in manifest["shards"]:
+        entry = entries[shard["name"]]
+        assert entry["ref"] == f"file://{(shards / shard['name']).resolve()}"
+        assert json.loads(entry["extra"])["sha256"] == shard["sha256"] if isinstance(entry.get("extra"), str) \
+            else entry["extra"]["sha256"] == shard["sha256"]
+    assert "manifest.json" in entries and "local_path" in entries["manifest.json"]
+    assert all("local_path" not in entries[s["name"]] for s in manifest["shards"])  # never uploaded
+    assert json.loads(dataset["metadata"])["splits"] == manifest["splits"]
+    models = [a for a in _artifacts(second) if a["type"] == "model"]
+    assert [json.loads(m["metadata"])["step"] for m in models] == [4, 6]
+    assert {"latest", "nogan-final"} <= set(models[0]["aliases"]) and {"latest", "final"} <= set(models[1]["aliases"])
+    final = models[1]
+    assert json.loads(final["metadata"])["step"] == 6 and json.loads(final["metadata"])["phase"] == "gan"
+    ledger = [json.loads(line) for line in (run_dir / "models.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in ledger] == [3, 4, 6]  # the killed job's step-4 line was dropped
+
+    # The replay: one run, every step once, in order, media at their steps, the artifacts.
+    from launch.apps.wandb_cli import sync
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert sync(run_dir) == run_id
+    (replay,) = (run_dir / "wandb-sync" / "wandb").glob(f"offline-run-*-{run_id}")
+    rows = wandb_history(replay)
+    assert [r["_step"] for r in rows] == [r["step"] for r in rows] == list(range(1, 7))
+    jsonl = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/l1"] for r in rows] == pytest.approx([r["train/l1"] for r in jsonl])
+    assert [r["_step"] for r in rows if "samples/grid.path" in r] == [3, 6]
+    assert [r["_step"] for r in rows if "samples/table.path" in r] == [3, 6]
+    replayed = _artifacts(wandb_records(replay))
+    assert {a["type"] for a in replayed} == {"dataset", "model", "run_table"}  # W&B keeps tables as artifacts too
+    replayed_models = [a for a in replayed if a["type"] == "model"]
+    assert {"latest", "nogan-final", "final"} <= set().union(*(a["aliases"] for a in replayed_models))
+    # `best` is the export with the lowest eval/ab_l1 (evals at steps 3 and 6), on one version only.
+    best_step = min((e for e in ledger if e["eval"]), key=lambda e: e["eval"]["eval/ab_l1"])["step"]
+    assert [json.loads(a["metadata"])["step"] for a in replayed_models if "best" in a["aliases"]] == [best_step]
+
+    # The sample table: the right columns, one row per fixed val image.
+    (table_row,) = [r for r in rows if r["_step"] == 6 and "samples/table.path" in r]
+    assert table_row["samples/table.ncols"] == len(metric_keys.SAMPLE_TABLE_COLUMNS)
+    assert table_row["samples/table.nrows"] == 2
+    table = json.loads((replay / "files" / table_row["samples/table.path"]).read_text())
+    assert table["columns"] == list(metric_keys.SAMPLE_TABLE_COLUMNS)
+    assert [row[0] for row in table["data"]] == [0, 1]
+    assert all(row[1:4] == ["Image"] * 3 for row in table["data"])
+    # The pictures themselves travel in the table's `run_table` artifact: 3 per row.
+    (table_artifact,) = [a for a in replayed if a["type"] == "run_table"
+                         and any(c["path"] == "samples/table.table.json" for c in a["manifest"]["contents"])][-1:]
+    assert sum(c["path"].startswith("media/images/") for c in table_artifact["manifest"]["contents"]) == 6
+    saved = json.loads((run_dir / "tables" / "step_6.json").read_text())["rows"]
+    assert [row[4] for row in table["data"]] == pytest.approx([r["ab_l1"] for r in saved])
+
+
+def test_dashboard_panels_reference_only_trainer_keys():
+    pytest.importorskip("wandb_workspaces")
+    from launch.apps.wandb_cli import build_workspace, panel_keys
+
+    workspace = build_workspace("some-entity", "colorization")  # built offline, never saved
+    by_section = panel_keys(workspace)
+    assert list(by_section) == ["train/", "perf/ + data/", "eval/", "samples/"]
+    for section, found in by_section.items():
+        assert set(found) <= set(metric_keys.ALL), (section, set(found) - set(metric_keys.ALL))
+    assert set(by_section["train/"]) - {"step"} == set(metric_keys.TRAIN)
+    assert set(by_section["perf/ + data/"]) - {"step"} == {*metric_keys.PERF, *metric_keys.DATA}
+    assert set(by_section["eval/"]) - {"step"} == set(metric_keys.EVAL)  # each beside its grey baseline
+    assert set(by_section["samples/"]) == set(metric_keys.MEDIA)
+
+
+def test_agent_arguments_become_overrides(monkeypatch, tmp_path, capsys):
+    from launch.train import main, parse_args
+
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    args = parse_args(["--config", "c.yaml", "data.size=256", "--optim.nogan.lr=0.0001", "--data.batch_size=32", "--resume"])
+    assert args.resume and args.overrides == ["data.size=256", "optim.nogan.lr=0.0001", "data.batch_size=32"]
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sw1")
+    monkeypatch.setenv("WANDB_RUN_ID", "ab12cd34")
+    assert parse_args(["--config", "c.yaml", "--optim.generator.lr=1e-4"]).overrides == [
+        "optim.generator.lr=1e-4", "run.name=sweep-sw1-ab12cd34"]
+    assert main(["--config", "c.yaml", "--learning-rate=3"]) == 2
+    assert "unrecognised argument '--learning-rate=3'" in capsys.readouterr().err
+
+
+def test_sweep_config_is_a_valid_wandb_sweep():
+    from configs import load_config
+
+    for path in sorted((REPO / "configs" / "sweeps").glob("*.yaml")):
+        sweep = yaml.safe_load(path.read_text())
+        assert (REPO / sweep["program"]).is_file()
+        assert sweep["method"] in ("grid", "random", "bayes")
+        assert sweep["metric"]["name"] in metric_keys.SCALARS and sweep["metric"]["goal"] in ("minimize", "maximize")
+        assert "${args}" in sweep["command"] and "${program}" in sweep["command"]
+        config = sweep["command"][sweep["command"].index("--config") + 1]
+        for key, spec in sweep["parameters"].items():
+            assert set(spec) <= {"values", "value", "distribution", "min", "max", "mu", "sigma", "q", "probabilities"}
+            sample = spec["values"][0] if "values" in spec else spec["min"]
+            load_config(REPO / config, [f"{key}={sample}"])  # each parameter is a config key of the right type
+
+
+class _FakeRun:
+    id, starting_step = "x1", 0
+
+    def __init__(self):
+        self.alerts, self.rows = [], []
+
+    def alert(self, **kwargs):
+        self.alerts.append(kwargs)
+
+    def log(self, row, step):
+        self.rows.append((step, row))
+
+
+@pytest.mark.parametrize("mode, expected", [("online", 1), ("offline", 0)])
+def test_data_wait_alert_once_after_a_streak(tmp_path, mode, expected):
+    from launch.training.wandb_run import WandbRun
+
+    run = _FakeRun()
+    wb = WandbRun(run, mode=mode, run_dir=tmp_path, global_batch=4, alert_wait_fraction=0.5, alert_wait_logs=3)
+    for step, wait in enumerate([0.9, 0.9, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9], start=1):
+        wb.log(step, {"data/wait_fraction": wait})
+    assert len(run.alerts) == expected
+    assert run.rows[1] == (2, {"step": 2, "samples_seen": 8, "data/wait_fraction": 0.9})
+
+
+def test_resumed_online_run_skips_steps_wandb_already_holds(tmp_path):
+    from launch.training.wandb_run import WandbRun, stable_run_id
+
+    run = _FakeRun()
+    run.starting_step = 6  # W&B held steps 1…5 when the job resumed from step 3
+    wb = WandbRun(run, mode="online", run_dir=tmp_path, global_batch=1, start_step=3, write=lambda m: None)
+    for step in range(4, 8):
+        wb.log(step, {"train/l1": 1.0})
+    assert [s for s, _ in run.rows] == [6, 7]
+    first = stable_run_id(tmp_path, resume=False)
+    assert stable_run_id(tmp_path, resume=True) == first != stable_run_id(tmp_path, resume=False)
