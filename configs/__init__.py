@@ -49,9 +49,9 @@ class DataConfig:
 
     shards: str = "demo-data/shards"
     """Shards directory written by `colorize-shards build` (holds manifest.json)."""
-    backend: Literal["dali", "torch", "seed"] = "dali"
-    """`dali` (GPU nvJPEG when CUDA, CPU otherwise), `torch` (webdataset + torchvision), `seed` (the
-    seed's PIL + skimage loader, a benchmark yardstick)."""
+    backend: Literal["dali", "torch", "baseline"] = "dali"
+    """`dali` (GPU nvJPEG when CUDA, CPU otherwise), `torch` (webdataset + torchvision), `baseline`
+    (the seed project's PIL + skimage loader, the benchmark's yardstick; called `seed` before)."""
     size: int = 256
     """Side S of the square training crop, pixels; a multiple of 256 (the generator's constraint)."""
     crop: Literal["random_resized", "resize"] = "random_resized"
@@ -70,7 +70,7 @@ class DataConfig:
     configs): each process gets `batch_size` images, so the global batch is batch_size × processes,
     and with `optim.reference_batch` the learning rates and step counts follow it (see there)."""
     num_threads: int = 2
-    """DALI CPU threads per process, or DataLoader workers for the `torch` and `seed` backends."""
+    """DALI CPU threads per process, or DataLoader workers for the `torch` and `baseline` backends."""
     prefetch: int = 2
     """Batches prepared ahead of the training step (DALI prefetch queue depth)."""
     shuffle_buffer: int = 1024
@@ -133,7 +133,7 @@ class LossConfig:
     """Weight of the generator's BCE adversarial term in the GAN phase."""
     vgg_layer_weights: tuple[float, float, float] = (30.0, 70.0, 10.0)
     """Weights of the three VGG slices (to pool3, pool4, pool5)."""
-    vgg_input: Literal["rgb", "seed"] = "rgb"
+    vgg_input: Literal["rgb", "lab"] = "rgb"
     """`rgb`: Lab → sRGB → ImageNet mean/std before VGG (the fix); `seed`: the normalised Lab tensor as-is."""
     vgg_weights: str = "imagenet"
     """`imagenet` (torchvision download), `none` (random init, for tests), or a local state_dict path."""
@@ -269,10 +269,16 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+RENAMED_VALUES = {("data.backend", "seed"): "baseline", ("loss.vgg_input", "seed"): "lab"}
+"""Choices that had another name: (dotted key, old value) → new value, named in the error."""
+
+
 def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     """Check `value` against annotation `tp`; return it converted (lists → tuples, int → float)."""
     origin = typing.get_origin(tp)
     if origin is Literal:
+        if (key, value) in RENAMED_VALUES:
+            raise ConfigError(f"{source}: {key} = {value!r} was renamed: use {RENAMED_VALUES[key, value]!r}")
         if value not in typing.get_args(tp):
             raise ConfigError(f"{source}: {key} = {value!r} is not one of {_type_name(tp)}")
         return value

@@ -9,7 +9,7 @@ What VGG sees (`input_mode`):
   The sRGB is deliberately *not* clipped to [0, 1]: clipping would zero the gradient of every
   out-of-gamut prediction, exactly the pixels the loss should pull back. Because ab_net is bounded by
   the generator's Tanh, unclipped sRGB stays within about [-1, 2], a range VGG handles.
-- `seed` (the seed's behaviour, for reproduction): cat(L_net, ab_net) fed as if it were RGB, without
+- `lab` (the seed project's behaviour, for reproduction; called `seed` before): cat(L_net, ab_net) fed as if it were RGB, without
   ImageNet normalisation.
 
 The network is frozen (no parameter requires grad) and always in eval mode, whatever `.train()` the
@@ -36,7 +36,7 @@ from pipeline.lab import denormalize_lab, lab_to_rgb
 VGG_SLICES = ((0, 27), (27, 40), (40, 53))
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-INPUT_MODES = ("rgb", "seed")
+INPUT_MODES = ("rgb", "lab")
 
 
 class VGGWeightsError(ConfigError):
@@ -125,7 +125,7 @@ class VGGFeatureLoss(nn.Module):
     def __init__(
         self,
         layer_weights: tuple[float, float, float] = (30.0, 70.0, 10.0),
-        input_mode: Literal["rgb", "seed"] = "rgb",
+        input_mode: Literal["rgb", "lab"] = "rgb",
         weights: str = "imagenet",
     ) -> None:
         super().__init__()
@@ -154,7 +154,7 @@ class VGGFeatureLoss(nn.Module):
         # Colour math in float32 even under a bf16 autocast: the sRGB gamma curve needs the precision.
         with torch.autocast(device_type=lightness.device.type, enabled=False):
             lightness, ab = lightness.float(), ab.float()
-            if self.input_mode == "seed":
+            if self.input_mode == "lab":
                 return torch.cat([lightness, ab], dim=1)
             rgb = lab_to_rgb(denormalize_lab(lightness, ab), clip=False)
             return (rgb - self.mean) / self.std

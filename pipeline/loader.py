@@ -44,6 +44,6 @@ def make_loader(
         from pipeline.torch_loader import TorchLoader
 
         return TorchLoader(data_cfg, rank, world_size, device, **kwargs)
-    from pipeline.seed_loader import SeedLoader
+    from pipeline.baseline_loader import BaselineLoader
 
-    return SeedLoader(data_cfg, rank, world_size, device, **kwargs)
+    return BaselineLoader(data_cfg, rank, world_size, device, **kwargs)

@@ -78,9 +78,9 @@ def test_out_of_range_values_are_named(override, key):
 
 def test_overrides_apply_with_yaml_typing(tmp_path):
     path = write(tmp_path, "data:\n  batch_size: 8\n")
-    cfg = load_config(path, ["data.batch_size=64", "loss.vgg_input=seed", "optim.nogan.betas=[0.8, 0.99]",
+    cfg = load_config(path, ["data.batch_size=64", "loss.vgg_input=lab", "optim.nogan.betas=[0.8, 0.99]",
                              "logging.entity=null", "model.compile=true", "optim.nogan.lr=3e-4"])
-    assert cfg.data.batch_size == 64 and cfg.loss.vgg_input == "seed"
+    assert cfg.data.batch_size == 64 and cfg.loss.vgg_input == "lab"
     assert cfg.optim.nogan.betas == (0.8, 0.99) and cfg.logging.entity is None
     assert cfg.model.compile is True and cfg.optim.nogan.lr == pytest.approx(3e-4)
 
@@ -139,3 +139,10 @@ def test_every_field_has_a_docstring():
                     nxt = body[i + 1] if i + 1 < len(body) else None
                     has_doc = isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant)
                     assert has_doc, f"{node.name}.{stmt.target.id} has no docstring"
+
+
+@pytest.mark.parametrize("override, new", [("data.backend=seed", "baseline"), ("loss.vgg_input=seed", "lab")])
+def test_a_renamed_choice_names_its_new_value(override, new):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"{key} = 'seed' was renamed: use '{new}'"):
+        load_config(None, [override])

@@ -17,13 +17,13 @@ from pipeline.dali_loader import DaliLoader
 from pipeline.lab import rgb_to_network
 from pipeline.lab_uint8 import uint8_planar_to_network
 from pipeline.loader_base import BadShardError
-from pipeline.seed_loader import SeedDataset
+from pipeline.baseline_loader import SeedDataset
 from pipeline.shard_list import ShardsDirError, shard_paths
 
 from _loader_helpers import all_keys, jpeg_bytes, write_test_shards
 
 CPU = torch.device("cpu")
-BACKENDS = ("dali", "torch", "seed")
+BACKENDS = ("dali", "torch", "baseline")
 
 
 @pytest.fixture(scope="module")
@@ -608,32 +608,32 @@ def test_gpu_eval_view_matches_cpu_path(shards):
 
 
 # ------------------------------------------------------------------------------------------ benchmark
-def test_bench_loader_reports_every_backend_against_seed_and_the_ceiling(shards, tmp_path, capsys):
+def test_bench_loader_reports_every_backend_against_the_baseline_and_the_ceiling(shards, tmp_path, capsys):
     import json
 
     from launch.bench import main as bench
 
     out = tmp_path / "loader.json"
-    code = bench(["loader", "--shards", str(shards[0]), "--backends", "seed,torch-cpu,dali", "--batch-size", "8",
+    code = bench(["loader", "--shards", str(shards[0]), "--backends", "baseline,torch-cpu,dali", "--batch-size", "8",
                   "--seconds", "1", "--rounds", "2", "--warmup", "1", "--threads", "2", "--device", "cpu",
                   "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
-    seed, dali = report["backends"]["seed"], report["backends"]["dali"]
-    assert seed["ratio_vs_seed"] == 1.0 and seed["images_per_s"] > 0 and dali["images_per_s"] > 0
-    assert dali["ratio_vs_seed"] == pytest.approx(dali["images_per_s"] / seed["images_per_s"], rel=0.01)
+    baseline, dali = report["backends"]["baseline"], report["backends"]["dali"]
+    assert baseline["ratio_vs_baseline"] == 1.0 and baseline["images_per_s"] > 0 and dali["images_per_s"] > 0
+    assert dali["ratio_vs_baseline"] == pytest.approx(dali["images_per_s"] / baseline["images_per_s"], rel=0.01)
     assert dali["fraction_of_decode_ceiling"] == pytest.approx(
         dali["images_per_s"] / report["decode_ceiling_images_per_s"], rel=0.01)
     assert report["settings"]["rounds"] == 2
     assert report["backends"]["torch-cpu"]["images_per_s"] > 0 and "CPU" in report["decode_ceiling"]
     printed = capsys.readouterr().out
-    assert "seed" in printed and "dali" in printed and "ceiling" in printed
+    assert "baseline" in printed and "dali" in printed and "ceiling" in printed
 
 
 def test_bench_loader_defaults_and_clock_synchronisation():
     from launch.bench.loader import _timed, default_backends
 
-    assert default_backends("cpu") == "seed,torch,dali" and default_backends("cuda") == "dali,torch,torch-cpu"
+    assert default_backends("cpu") == "baseline,torch,dali" and default_backends("cuda") == "dali,torch,torch-cpu"
     events = []
 
     def batches():
@@ -665,7 +665,9 @@ def test_bench_loader_on_cuda_times_every_gpu_source_and_the_nvjpeg_ceiling(shar
 def test_bench_loader_rejects_bad_arguments_in_one_line(shards, capsys):
     from launch.bench import main as bench
 
-    assert bench(["loader", "--shards", str(shards[0]), "--backends", "seed,fast"]) == 2
+    assert bench(["loader", "--shards", str(shards[0]), "--backends", "baseline,fast"]) == 2
     assert "unknown backend(s) ['fast']" in capsys.readouterr().err
+    assert bench(["loader", "--shards", str(shards[0]), "--backends", "seed,dali"]) == 2
+    assert "the source 'seed' was renamed: use 'baseline'" in capsys.readouterr().err
     assert bench(["loader", "--shards", str(shards[0]), "--rounds", "0"]) == 2
     assert "--rounds" in capsys.readouterr().err

@@ -169,7 +169,7 @@ def test_feature_loss_gradient_survives_out_of_gamut_colours(feature_loss):
 
 
 def test_seed_mode_feeds_lab_not_rgb(feature_loss, photo_batch):
-    seed_mode = VGGFeatureLoss(input_mode="seed", weights="none")
+    seed_mode = VGGFeatureLoss(input_mode="lab", weights="none")
     seed_mode.load_state_dict(feature_loss.state_dict())
     lightness, ab = photo_batch
     assert torch.equal(seed_mode.vgg_input(lightness, ab), torch.cat([lightness, ab], 1))
@@ -194,15 +194,15 @@ def test_feature_loss_runs_under_bf16_autocast(feature_loss, photo_batch):
 def test_feature_loss_rejects_mismatched_inputs_and_bad_options(feature_loss):
     with pytest.raises(ValueError, match="feature loss needs L B×1×H×W and fake/real ab B×2×H×W"):
         feature_loss(torch.zeros(1, 1, 64, 64), torch.zeros(1, 2, 64, 64), torch.zeros(1, 2, 32, 32))
-    with pytest.raises(ValueError, match="input_mode = 'lab' is not one of: rgb, seed"):
-        VGGFeatureLoss(input_mode="lab", weights="none")
+    with pytest.raises(ValueError, match="input_mode = 'hsv' is not one of: rgb, lab"):
+        VGGFeatureLoss(input_mode="hsv", weights="none")
     with pytest.raises(ValueError, match="layer_weights needs 3 values"):
         VGGFeatureLoss(layer_weights=(1.0, 2.0), weights="none")
 
 
 def test_build_feature_loss_follows_the_config():
-    loss = build_feature_loss(LossConfig(vgg_layer_weights=(1.0, 2.0, 3.0), vgg_input="seed", vgg_weights="none"))
-    assert loss.layer_weights == (1.0, 2.0, 3.0) and loss.input_mode == "seed"
+    loss = build_feature_loss(LossConfig(vgg_layer_weights=(1.0, 2.0, 3.0), vgg_input="lab", vgg_weights="none"))
+    assert loss.layer_weights == (1.0, 2.0, 3.0) and loss.input_mode == "lab"
 
 
 # --------------------------------------------------------------------------------- weight loading

@@ -1,10 +1,10 @@
-"""`colorize-bench loader`: the loader backends side by side on the same shards, against the seed.
+"""`colorize-bench loader`: the loader backends side by side on the same shards, against a baseline.
 
 Runs each source for the same number of seconds, one after the other in one process, and prints
-images/s, the ratio to `seed`, and a bare-decode ceiling — read + full decode alone, no crop, flip
+images/s, the ratio to `baseline` (the seed project's loader), and a bare-decode ceiling — read + full decode alone, no crop, flip
 or Lab, with the same threads, batch and shards — so each pipeline's own cost is visible. Every
 source yields the same output: L B×1×S×S and ab B×2×S×S float32 network Lab on `--device`.
-- `--device cpu` (default without CUDA): `seed,torch,dali`; the ceiling is DALI's CPU
+- `--device cpu` (default without CUDA): `baseline,torch,dali`; the ceiling is DALI's CPU
   `decoders.image` (libjpeg-turbo).
 - `--device cuda`: `dali,torch,torch-cpu` — DALI's GPU pipeline, the `torch` backend decoding on the
   GPU (batched nvJPEG, `data.decode_device: auto`) and decoding in its DataLoader workers with the
@@ -50,7 +50,7 @@ CEILING_TEXT = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", type=Path, help="shards directory (default: generate ImageNet-like shards)")
     parser.add_argument("--split", default="train", help="split to read (default train)")
-    parser.add_argument("--backends", help="comma-separated: seed, torch, torch-cpu, dali (default: seed,torch,dali "
+    parser.add_argument("--backends", help="comma-separated: baseline, torch, torch-cpu, dali (default: baseline,torch,dali "
                         "on cpu, dali,torch,torch-cpu on cuda)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--size", type=int, default=256, help="crop side S (multiple of 256)")
@@ -154,18 +154,21 @@ def _machine() -> dict:
     return info
 
 
-SOURCES = ("seed", "torch", "torch-cpu", "dali")
+SOURCES = ("baseline", "torch", "torch-cpu", "dali")
 
 
 def default_backends(device: str) -> str:
     """The sources timed when --backends is not given (module doc)."""
-    return "dali,torch,torch-cpu" if device == "cuda" else "seed,torch,dali"
+    return "dali,torch,torch-cpu" if device == "cuda" else "baseline,torch,dali"
 
 
 def run(args: argparse.Namespace) -> int:
     if args.backends is None:
         args.backends = default_backends(args.device)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if "seed" in backends:
+        print("error: --backends: the source 'seed' was renamed: use 'baseline'", file=sys.stderr)
+        return 2
     unknown = sorted(set(backends) - set(SOURCES))
     if unknown or not backends:
         print(f"error: --backends {args.backends!r}: unknown backend(s) {unknown} (choose from {', '.join(SOURCES)})",
@@ -220,9 +223,9 @@ def _run(args, backends, shards_dir: Path) -> int:
     del sources  # stops the DataLoader workers and DALI threads before the report
     ceiling = rates.pop(CEILING)
     results: dict[str, dict] = {name: {"images_per_s": round(rate, 1)} for name, rate in rates.items()}
-    seed_rate = results.get("seed", {}).get("images_per_s")
+    baseline_rate = results.get("baseline", {}).get("images_per_s")
     for r in results.values():
-        r["ratio_vs_seed"] = round(r["images_per_s"] / seed_rate, 2) if seed_rate else None
+        r["ratio_vs_baseline"] = round(r["images_per_s"] / baseline_rate, 2) if baseline_rate else None
         r["fraction_of_decode_ceiling"] = round(r["images_per_s"] / ceiling, 3)
     machine = _machine() | {"load_average_before": round(load_before, 2),
                             "load_average_after": round(os.getloadavg()[0], 2)}
@@ -232,10 +235,10 @@ def _run(args, backends, shards_dir: Path) -> int:
                            "seconds": args.seconds, "rounds": args.rounds, "warmup": args.warmup,
                            "device": args.device, "shards": str(shards_dir)},
               "machine": machine}
-    print(f"\n{'backend':10s} {'images/s':>10s} {'× seed':>8s} {'of decode':>10s}")
+    print(f"\n{'backend':10s} {'images/s':>10s} {'× baseline':>10s} {'of decode':>10s}")
     for name, r in results.items():
-        ratio = f"{r['ratio_vs_seed']:.2f}" if r["ratio_vs_seed"] is not None else "-"
-        print(f"{name:10s} {r['images_per_s']:10.1f} {ratio:>8s} {100 * r['fraction_of_decode_ceiling']:9.0f}%")
+        ratio = f"{r['ratio_vs_baseline']:.2f}" if r["ratio_vs_baseline"] is not None else "-"
+        print(f"{name:10s} {r['images_per_s']:10.1f} {ratio:>10s} {100 * r['fraction_of_decode_ceiling']:9.0f}%")
     print(f"{'decode':10s} {ceiling:10.1f}   (ceiling: {CEILING_TEXT[device.type]})")
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, load average {load_before:.1f} → "
           f"{machine['load_average_after']:.1f}")

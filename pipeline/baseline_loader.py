@@ -1,4 +1,4 @@
-"""The `seed` backend: the seed project's loader, reading our shards — the benchmark's yardstick.
+"""The `baseline` backend: the seed project's loader, reading our shards — the benchmark's yardstick.
 
 As the seed's notebook does it (../shared/seed/FACTS.md): a map-style `Dataset` whose
 `__getitem__` opens the JPEG with PIL (`Image.open(...).convert("RGB")`), squashes it to S×S with
@@ -78,7 +78,7 @@ def _collate(items):
     return torch.stack([x[0] for x in good]), torch.stack([x[1] for x in good]), [x[2] for x in good], skipped
 
 
-class SeedLoader:
+class BaselineLoader:
     """Iterable of (L B×1×S×S, ab B×2×S×S) float32 network-Lab batches on `device`, the seed's way."""
 
     def __init__(self, data_cfg: DataConfig, rank: int, world_size: int, device: torch.device, *,
@@ -122,11 +122,11 @@ class SeedLoader:
             self.batch_in_epoch = 0
 
     def state_dict(self) -> dict:
-        return {"backend": "seed", "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+        return {"backend": "baseline", "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "skipped": self.skipped, "world_size": self.world_size, "rank": self.rank}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("backend") != "seed":
-            raise ValueError(f"loader state is for backend {state.get('backend')!r}, not 'seed'")
+        if state.get("backend") != "baseline":
+            raise ValueError(f"loader state is for backend {state.get('backend')!r}, not 'baseline'")
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         self.skipped = int(state.get("skipped", 0))
