@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -195,13 +195,13 @@ class LoggingConfig:
     """`auto`: online when W&B credentials exist, else offline (sync later with `wandb sync`)."""
     project: str = "colorization"
     """W&B project name."""
-    entity: Optional[str] = None
+    entity: str | None = None
     """W&B entity (team or user); None uses the account default."""
     tags: str = ""
     """W&B tags, comma-separated (e.g. `baseline,imagenet`)."""
-    group: Optional[str] = None
+    group: str | None = None
     """W&B group (e.g. one per experiment or sweep); None: no group."""
-    notes: Optional[str] = None
+    notes: str | None = None
     """W&B run notes (free text shown on the run page)."""
     alert_wait_fraction: float = 0.25
     """`wandb.alert` (online runs) when data/wait_fraction stays above this (0 = never)…"""
@@ -292,7 +292,7 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{source}: {key} must be a list of {len(args)} values, got {value!r}")
-        return tuple(_convert(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_convert(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args, strict=False)))
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key} must be a mapping of {tp.__name__} fields, got {value!r}")
@@ -433,7 +433,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"{source}: the top level must be a mapping of sections")
         tree = loaded or {}
     for override in overrides:
-        _apply_override(tree, override, f"{source} (override)" if overrides else source)
+        _apply_override(tree, override, f"{source} (override)")
     cfg = _build(Config, tree, "", source)
     return validate(cfg, source)
 

@@ -27,18 +27,18 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from configs import Config, ConfigError, config_to_dict, dump_config, load_config, scale_to_processes
+from launch.eval.evaluate import evaluate_batches
+from launch.training import wandb_run
 from launch.training.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from launch.training.debug import SampleRecorder, maybe_kill_after_checkpoint
 from launch.training.errors import TrainingError
-from launch.eval.evaluate import evaluate_batches
-from launch.training import wandb_run
-from launch.training.tracking import RunLogger, keep_wandb_files_in, resolve_wandb_mode
+from launch.training.gan import ColorizationGAN, build_gan
+from launch.training.monitor import LossMonitor
 from launch.training.samples import sample_grid, save_png
 from launch.training.schedule import NOGAN, is_phase_switch, phase_at
 from launch.training.signals import StopRequest
-from launch.training.gan import ColorizationGAN, build_gan
-from launch.training.monitor import LossMonitor
 from launch.training.timing import StepTimer
+from launch.training.tracking import RunLogger, keep_wandb_files_in, resolve_wandb_mode
 from models.export import save_generator
 from pipeline import make_loader
 from pipeline.loader_base import BadShardError

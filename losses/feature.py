@@ -142,7 +142,7 @@ class VGGFeatureLoss(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.train(False)
 
-    def train(self, mode: bool = True) -> "VGGFeatureLoss":
+    def train(self, mode: bool = True) -> VGGFeatureLoss:
         """Set the mode of the module as usual, but keep VGG in eval: its BatchNorm uses ImageNet
         statistics and must not update them from our batches."""
         super().train(mode)
@@ -179,7 +179,7 @@ class VGGFeatureLoss(nn.Module):
             real_features = self.features(self.vgg_input(lightness, real_ab))
         fake_features = self.features(self.vgg_input(lightness, fake_ab))
         loss = fake_ab.new_zeros((), dtype=torch.float32)
-        for weight, fake, real in zip(self.layer_weights, fake_features, real_features):
+        for weight, fake, real in zip(self.layer_weights, fake_features, real_features, strict=False):
             loss = loss + weight * F.l1_loss(fake.float(), real.float())
         return loss
 

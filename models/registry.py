@@ -6,7 +6,7 @@ an unknown name raises `ConfigError` listing the known ones.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

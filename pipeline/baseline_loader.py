@@ -1,6 +1,6 @@
 """The `baseline` backend: the seed project's loader, reading our shards — the benchmark's yardstick.
 
-As the seed's notebook does it (../shared/seed/FACTS.md): a map-style `Dataset` whose
+As the seed project's notebook does it: a map-style `Dataset` whose
 `__getitem__` opens the JPEG with PIL (`Image.open(...).convert("RGB")`), squashes it to S×S with
 `Resize((S, S), BICUBIC)`, flips it with `RandomHorizontalFlip(0.5)` (training), converts it with
 `skimage.color.rgb2lab` in float64, scales it (L/50 − 1, ab/128) and returns float32; a DataLoader

@@ -14,8 +14,8 @@ that spins for a while after every parallel region: measured at ≈ 0.4 ms of CP
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torchvision.transforms.v2.functional import resize

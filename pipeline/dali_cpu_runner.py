@@ -89,7 +89,7 @@ class DaliCpuRunner:
             self.delivered += count
         return [{
             name: [torch.from_numpy(np.asarray(out[i])) for i in range(count)]
-            for name, out in zip(self.names, outputs)
+            for name, out in zip(self.names, outputs, strict=False)
         }]
 
     def checkpoints(self) -> list:

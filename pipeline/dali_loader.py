@@ -219,8 +219,6 @@ class DaliLoader:
                 self._last_good = self._iterator.checkpoints()[0]
             try:
                 out = next(self._iterator)[0]
-            except StopIteration:
-                raise
             except RuntimeError as exc:
                 self._raise_or_skip(exc)
                 continue

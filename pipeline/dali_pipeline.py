@@ -26,11 +26,11 @@ each sample's `<tar path>:<offset>:<member name>` as zero-padded bytes (debug an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from nvidia.dali import fn, pipeline_def, types
 import nvidia.dali.math as dmath
+from nvidia.dali import fn, pipeline_def, types
 
 from pipeline.colour_constants import EPSILON, F_OFFSET, KAPPA_SLOPE, SRGB_LINEAR_THRESHOLD
 from pipeline.lab_uint8 import lab_matrix, xyz_matrix

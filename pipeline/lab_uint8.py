@@ -16,7 +16,7 @@ The DALI pipeline's GPU path uses the same folded constants, so every path compu
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 def xyz_matrix() -> list[list[float]]:
     """3×3: linear RGB → XYZ already divided by the D65 white (rows X/Xn, Y/Yn, Z/Zn)."""
-    return [[v / w for v in row] for row, w in zip(XYZ_FROM_RGB, D65_WHITE)]
+    return [[v / w for v in row] for row, w in zip(XYZ_FROM_RGB, D65_WHITE, strict=False)]
 
 
 def lab_matrix() -> tuple[list[list[float]], list[float]]:
@@ -67,7 +67,7 @@ def uint8_planar_to_network(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     lin = torch.where(v > SRGB_LINEAR_THRESHOLD, torch.exp(torch.log((v + 0.055) * (1.0 / 1.055)) * 2.4), v * (1.0 / 12.92))
     r, g, b = lin[:, 0], lin[:, 1], lin[:, 2]
     fx, fy, fz = (_f(m[0] * r + m[1] * g + m[2] * b) for m in _XYZ)
-    lab = [m[0] * fx + m[1] * fy + m[2] * fz + o for m, o in zip(_LAB, _LAB_OFFSET)]
+    lab = [m[0] * fx + m[1] * fy + m[2] * fz + o for m, o in zip(_LAB, _LAB_OFFSET, strict=False)]
     return lab[0].unsqueeze(1), torch.stack(lab[1:], dim=1)
 
 
@@ -129,7 +129,7 @@ def _cube_root_halley(t: torch.Tensor) -> torch.Tensor:
 
 def _affine(row: list[float], values: tuple[torch.Tensor, ...], offset: float = 0.0) -> torch.Tensor:
     """Σ row_i · values_i + offset, leaving out the zero coefficients (the compiler keeps 0 · x)."""
-    terms = [c * v for c, v in zip(row, values) if c != 0.0]
+    terms = [c * v for c, v in zip(row, values, strict=False) if c != 0.0]
     total = terms[0]
     for term in terms[1:]:
         total = total + term
@@ -143,7 +143,7 @@ def uint8_planar_to_network_fast(rgb: torch.Tensor) -> tuple[torch.Tensor, torch
     # Below ε the linear segment applies; the cube root's value there is discarded, and finite.
     f = tuple(torch.where(t > EPSILON, _cube_root_halley(t), t * KAPPA_SLOPE + F_OFFSET)
               for t in (_affine(row, rgb_linear) for row in _XYZ))
-    lab = [_affine(row, f, offset) for row, offset in zip(_LAB, _LAB_OFFSET)]
+    lab = [_affine(row, f, offset) for row, offset in zip(_LAB, _LAB_OFFSET, strict=False)]
     return lab[0].unsqueeze(1), torch.stack(lab[1:], dim=1)
 
 

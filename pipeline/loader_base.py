@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from configs import DataConfig
 
-
 # DataLoader workers start from a fork server, not by forking this process: a fork taken while DALI's
 # (or any) threads hold locks can deadlock the child, and the benchmark runs every backend in one process.
 WORKER_START = "forkserver"

@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-
 MANIFEST_FILE = "manifest.json"
 FORMAT_NAME = "colorization-shards"
 FORMAT_VERSION = 1
@@ -85,8 +84,3 @@ def split_shards(shards_dir: str | Path, split: str, *, need_index: bool = True)
     if not shards:
         raise ShardsDirError(f"{root / MANIFEST_FILE}: no shards for split {split!r}")
     return shards
-
-
-def shard_paths(shards_dir: str | Path, split: str) -> list[Path]:
-    """Paths of the `split` shards (tar files) listed in `shards_dir/manifest.json`, in manifest order."""
-    return [s.path for s in split_shards(shards_dir, split, need_index=False)]

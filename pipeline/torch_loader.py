@@ -34,8 +34,9 @@ it, and that batch is one image short (the CPU mode refills the batch from the s
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator, Sequence
 from itertools import count
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 import webdataset as wds
@@ -97,7 +98,7 @@ def finish_batch(images: Sequence[torch.Tensor], views: Sequence[View], cfg: Dat
                  train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """B decoded 3×H×W uint8 sRGB images (sizes differ; CPU or CUDA) and their views →
     (L_net B×1×S×S in [-1, 1], ab_net B×2×S×S ≈ [-1, 1]) float32 on the images' device."""
-    return uint8_planar_to_network(torch.stack([apply_view(im, v, cfg, train) for im, v in zip(images, views)]))
+    return uint8_planar_to_network(torch.stack([apply_view(im, v, cfg, train) for im, v in zip(images, views, strict=False)]))
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
@@ -316,7 +317,7 @@ class TorchLoader:
         except RuntimeError:
             # One bad JPEG fails the whole batched call: decode one by one to find it.
             images, kept_views, kept_keys = [], [], []
-            for data, view, key in zip(encoded, views, keys):
+            for data, view, key in zip(encoded, views, keys, strict=False):
                 try:
                     images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.decode_on))
                 except torch.OutOfMemoryError:

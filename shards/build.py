@@ -20,8 +20,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from configs.atomic import write_json_atomic
-from shards.convert import COLOURLESS, KEPT, SKIPPED, Inspection, inspect_read
 from pipeline.shard_list import MANIFEST_FILE
+from shards.convert import COLOURLESS, KEPT, SKIPPED, Inspection, inspect_read
 from shards.manifest import assemble_manifest
 from shards.options import BuildOptions
 from shards.output_dir import claim_output

@@ -52,11 +52,6 @@ def chroma(rgb: np.ndarray) -> np.ndarray:
     return np.sqrt(a * a + b * b).reshape(rgb.shape[:2])
 
 
-def coloured_fraction(rgb: np.ndarray) -> float:
-    """Fraction of pixels of an H×W×3 uint8 sRGB image whose chroma reaches `CHROMA_THRESHOLD`."""
-    return float(np.count_nonzero(chroma(rgb) >= CHROMA_THRESHOLD)) / max(1, rgb.shape[0] * rgb.shape[1])
-
-
 def is_colourless(rgb: np.ndarray) -> bool:
     """True when an H×W×3 uint8 sRGB image (ideally a ~1/8-scale thumbnail) carries no colour."""
     pixels = rgb.reshape(-1, 1, 3)

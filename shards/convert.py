@@ -21,7 +21,6 @@ import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -52,11 +51,6 @@ class Inspection:
     reason: str | None = None
     colourless: bool = False
     converted: bool = False
-
-
-def inspect_file(path: Path, short_side: int | None, quality: int, keep_colourless: bool) -> Inspection:
-    """Read and inspect the file at `path`; never raises for a bad file."""
-    return inspect_read(path.read_bytes, short_side, quality, keep_colourless)
 
 
 def inspect_read(

@@ -69,7 +69,7 @@ def colour_sources() -> dict[str, Callable[[], np.ndarray]]:
     return sources
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo(name: str) -> Image.Image:
     return Image.fromarray(colour_sources()[name]())
 

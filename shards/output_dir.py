@@ -13,9 +13,9 @@ import os
 import re
 from pathlib import Path
 
-from shards.errors import BuildError
 from configs.atomic import TEMP_FILE
 from pipeline.shard_list import MANIFEST_FILE
+from shards.errors import BuildError
 from shards.progress import PROGRESS_DIR, read_json, read_plan_record, write_plan_record
 from shards.tar_writer import TEMP_SUFFIX
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from shards.errors import BuildError
 from pipeline.shard_list import MANIFEST_FILE
+from shards.errors import BuildError
 from shards.manifest import assemble_manifest
 from shards.output_dir import differences
 from shards.plan import ShardPlan

@@ -19,7 +19,6 @@ from shards.keys import sample_key
 from shards.sources import Source, open_source
 
 
-
 @dataclass(frozen=True)
 class SourceImage:
     """One image file of the source: `path` relative to the source folder (POSIX), its key and class."""

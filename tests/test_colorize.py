@@ -17,6 +17,7 @@ from models.export import WeightsError, load_generator, save_generator, sidecar_
 from pipeline.image_io import read_image
 from pipeline.inference import Colorizer, lab_to_rgb_in_gamut, model_shape
 from pipeline.lab import lab_to_rgb, rgb_to_lab
+
 from _colorize_helpers import chroma, console_script, lightness, make_weights, subprocess_env
 
 # Output L* vs input L*: 8-bit rounding of the output moves L* by at most ~0.4 (steepest near black),
@@ -137,7 +138,7 @@ def test_batched_equals_one_at_a_time(weights, colour_photos):
     images = [colour_photos[n][:256, :256].astype(np.float32) / 255 for n in ("astronaut", "coffee", "rocket")]
     together = colorizer.colorize(images, batch_size=3)
     alone = [colorizer.colorize([im], batch_size=1)[0] for im in images]
-    for a, b in zip(together, alone):
+    for a, b in zip(together, alone, strict=False):
         np.testing.assert_allclose(a.rgb, b.rgb, atol=1e-5)  # eval mode: no batch statistics
 
 

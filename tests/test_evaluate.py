@@ -10,12 +10,13 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from _colorize_helpers import make_weights
-from _loader_helpers import write_test_shards
 from launch.eval import evaluate
 from launch.eval.fid import FidError, frechet_distance
 from launch.eval.metrics import ab_l1_lab_units, colourfulness, psnr_rgb, ssim_rgb
 from pipeline.lab import rgb_to_network
+
+from _colorize_helpers import make_weights
+from _loader_helpers import write_test_shards
 
 
 def _batch(photos: dict[str, np.ndarray], size: int = 96) -> torch.Tensor:

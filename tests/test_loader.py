@@ -13,12 +13,12 @@ from skimage.color import rgb2lab
 
 from configs import ConfigError, DataConfig
 from pipeline import make_loader
+from pipeline.baseline_loader import SeedDataset
 from pipeline.dali_loader import DaliLoader
 from pipeline.lab import rgb_to_network
 from pipeline.lab_uint8 import uint8_planar_to_network
 from pipeline.loader_base import BadShardError
-from pipeline.baseline_loader import SeedDataset
-from pipeline.shard_list import ShardsDirError, shard_paths
+from pipeline.shard_list import ShardsDirError, split_shards
 
 from _loader_helpers import all_keys, jpeg_bytes, write_test_shards
 
@@ -99,14 +99,14 @@ def test_three_backends_produce_the_same_lab_from_the_same_pixels(tmp_path, colo
 # -------------------------------------------------------------------------------------- shard listing
 def test_shard_paths_follow_the_manifest_and_name_what_is_missing(shards, tmp_path):
     root, manifest = shards
-    assert [p.name for p in shard_paths(root, "train")] == [e["name"] for e in manifest["shards"][:3]]
+    assert [s.name for s in split_shards(root, "train", need_index=False)] == [e["name"] for e in manifest["shards"][:3]]
     with pytest.raises(ShardsDirError, match="no_such_dir"):
-        shard_paths(tmp_path / "no_such_dir", "train")
+        split_shards(tmp_path / "no_such_dir", "train")
     (tmp_path / "m").mkdir()
     with pytest.raises(ShardsDirError, match="manifest.json"):
-        shard_paths(tmp_path / "m", "train")
+        split_shards(tmp_path / "m", "train")
     with pytest.raises(ShardsDirError, match="'test'"):
-        shard_paths(root, "test")
+        split_shards(root, "test")
 
 
 def test_batch_size_must_divide_by_world_size(shards):
@@ -148,7 +148,7 @@ def test_one_pass_ends_keeps_the_partial_batch_and_repeats_identically(shards, b
     first = [b[0] for b in loader]
     second = [b[0] for b in loader]
     assert len(first) == len(second) == 2
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=False))
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
@@ -160,12 +160,12 @@ def test_one_pass_dali_loader_is_reused_across_passes_without_rebuilding(shards,
     builds = []
     build = loader._build
     monkeypatch.setattr(loader, "_build", lambda: builds.append(1) or build())
-    passes = [[(k, L.cpu()) for L, _, keys in loader for k, L in zip(keys, L)] for _ in range(3)]
+    passes = [[(k, L.cpu()) for L, _, keys in loader for k, L in zip(keys, L, strict=False)] for _ in range(3)]
     assert len(builds) == 1
     assert [k.split("/")[1] for k, _ in passes[0]] == all_keys(manifest, "val")
     for other in passes[1:]:
         assert [k for k, _ in other] == [k for k, _ in passes[0]]
-        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(other, passes[0]))
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(other, passes[0], strict=False))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -188,7 +188,7 @@ def test_endless_loader_runs_past_the_end_of_the_epoch_with_full_batches(shards,
     loader = make_loader(cfg_for(root, backend=backend, num_threads=1), 0, 1, CPU, split="train", endless=True,
                          return_keys=True)
     batches = 0
-    for lightness, ab, keys in loader:
+    for lightness, ab, _keys in loader:
         assert lightness.shape == (8, 1, 256, 256) and ab.shape == (8, 2, 256, 256)
         assert -1.0 - 1e-6 <= lightness.min() and lightness.max() <= 1.0 + 1e-6
         batches += 1
@@ -212,8 +212,8 @@ def test_restored_loader_yields_exactly_the_next_batches(shards, backend, device
     expected = [next(it) for _ in range(4)]
     restored = make_loader(cfg, 0, 1, torch.device(device), seed=3, return_keys=True)
     restored.load_state_dict(state)
-    got = [b for b, _ in zip(restored, range(4))]
-    for (el, eab, ek), (gl, gab, gk) in zip(expected, got):
+    got = [b for b, _ in zip(restored, range(4), strict=False)]
+    for (el, eab, ek), (gl, gab, gk) in zip(expected, got, strict=False):
         assert ek == gk
         assert torch.equal(el, gl) and torch.equal(eab, gab)
 
@@ -281,7 +281,7 @@ def test_training_loader_on_gpu_crops_and_flips(shards, backend):
     for i, (L, ab, keys) in enumerate(loader):
         assert L.device == ab.device == device and L.shape == (8, 1, 256, 256) and ab.shape == (8, 2, 256, 256)
         assert L.dtype == ab.dtype == torch.float32 and -1 - 1e-5 <= L.min() and L.max() <= 1 + 1e-5
-        for k, image in zip(keys, L):
+        for k, image in zip(keys, L, strict=False):
             seen.setdefault(k, []).append(image)
         if i == 12:  # two epochs of 6 batches, and one more
             break
@@ -334,7 +334,7 @@ def test_torch_gpu_decode_matches_the_cpu_worker_mode(shards, endless):
     cpu = make_loader(cfg_for(root, backend="torch", decode_device="cpu"), 0, 1, device, split=split,
                       endless=endless, seed=2, return_keys=True)
     assert gpu.decode_on == device and cpu.decode_on is None
-    for (gl, gab, gk), (cl, cab, ck) in zip([b for b, _ in zip(gpu, range(3))], [b for b, _ in zip(cpu, range(3))]):
+    for (gl, gab, gk), (cl, cab, ck) in zip([b for b, _ in zip(gpu, range(3), strict=False)], [b for b, _ in zip(cpu, range(3), strict=False)], strict=False):
         assert gk == ck and gl.device == device and cl.device == device
         assert (gl - cl).abs().mean() < 4e-3 and (gab - cab).abs().mean() < 4e-3
 
@@ -419,7 +419,7 @@ def test_torch_gpu_mode_flow_equals_cpu_mode_on_cpu(shards, endless, crop):
     cpu_mode = make_loader(cfg, 0, 1, CPU, split=split, endless=endless, seed=5, return_keys=True)
     flow = _gpu_mode_on(make_loader(cfg, 0, 1, CPU, split=split, endless=endless, seed=5, return_keys=True), CPU)
     assert cpu_mode.decode_on is None
-    for (el, eab, ek), (gl, gab, gk) in zip([b for b, _ in zip(cpu_mode, range(3))], [b for b, _ in zip(flow, range(3))]):
+    for (el, eab, ek), (gl, gab, gk) in zip([b for b, _ in zip(cpu_mode, range(3), strict=False)], [b for b, _ in zip(flow, range(3), strict=False)], strict=False):
         assert ek == gk
         assert torch.equal(el, gl) and torch.equal(eab, gab)
 
@@ -435,7 +435,7 @@ def test_torch_gpu_mode_flow_resumes_exactly(shards):
     expected = [next(it) for _ in range(3)]
     restored = _gpu_mode_on(make_loader(cfg, 0, 1, CPU, seed=3, return_keys=True), CPU)
     restored.load_state_dict(state)
-    for (el, eab, ek), (gl, gab, gk) in zip(expected, [b for b, _ in zip(restored, range(3))]):
+    for (el, eab, ek), (gl, gab, gk) in zip(expected, [b for b, _ in zip(restored, range(3), strict=False)], strict=False):
         assert ek == gk and torch.equal(el, gl) and torch.equal(eab, gab)
 
 

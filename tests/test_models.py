@@ -3,7 +3,6 @@ PatchGAN's patch grid and size, the initialisation statistics, and the registry'
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest

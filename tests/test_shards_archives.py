@@ -20,7 +20,14 @@ from shards.build import BuildOptions, build_shards
 from shards.keys import sample_key
 
 from _shards_helpers import (
-    crops, jpeg_bytes, read_samples, shard_digests, tar_bytes, write, write_class_tree, write_nested_tar,
+    crops,
+    jpeg_bytes,
+    read_samples,
+    shard_digests,
+    tar_bytes,
+    write,
+    write_class_tree,
+    write_nested_tar,
 )
 
 CLI = [sys.executable, "-m", "shards.cli"]

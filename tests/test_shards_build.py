@@ -23,7 +23,14 @@ from shards.scan import scan_source
 from shards.verify import verify_shards
 
 from _shards_helpers import (
-    crops, jpeg_bytes, read_samples, shard_digests, tar_bytes, tree_digests, write, write_class_tree,
+    crops,
+    jpeg_bytes,
+    read_samples,
+    shard_digests,
+    tar_bytes,
+    tree_digests,
+    write,
+    write_class_tree,
 )
 
 CLI = [sys.executable, "-m", "shards.cli"]
@@ -247,7 +254,7 @@ def test_dali_reads_every_sample_through_the_written_indexes(class_source, built
         )
 
         @pipeline_def(batch_size=8, num_threads=1, device_id=None)
-        def reader():
+        def reader(entries):
             jpg, cls = fn.readers.webdataset(
                 paths=[str(out / e["name"]) for e in entries],
                 index_paths=[str(out / (e["name"] + ".idx")) for e in entries],
@@ -256,7 +263,7 @@ def test_dali_reads_every_sample_through_the_written_indexes(class_source, built
             )
             return fn.decoders.image(jpg, device="cpu", output_type=types.RGB), cls
 
-        pipe = reader()
+        pipe = reader(entries)
         pipe.build()
         count = manifest["splits"][split]
         assert pipe.reader_meta("Reader")["epoch_size"] == count

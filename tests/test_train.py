@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from _train_helpers import REPO, TRAIN_SCRIPT, build_tiny_shards, run_train, subprocess_env, tiny_config, wandb_history
 from launch.training.tracking import read_metrics
+
+from _train_helpers import REPO, TRAIN_SCRIPT, build_tiny_shards, run_train, subprocess_env, tiny_config, wandb_history
 
 LOSS_KEYS = ("train/l1", "train/g_total", "train/g_adv", "train/d_real", "train/d_fake", "train/d_total")
 

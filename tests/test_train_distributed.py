@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from _train_helpers import REPO, TRAIN_SCRIPT, accelerate_cmd, build_tiny_shards, free_port, subprocess_env, tiny_config
 from launch.training.tracking import read_metrics
+
+from _train_helpers import REPO, TRAIN_SCRIPT, accelerate_cmd, build_tiny_shards, free_port, subprocess_env, tiny_config
 
 # Deterministic crops and no flip, so the same source image gives the same tensor on any rank and
 # per-sample hashes can be compared across ranks.
@@ -68,7 +69,7 @@ def test_two_machines_one_process_each(shards, tmp_path):
         for rank in (0, 1)
     ]
     outputs = [m.communicate(timeout=300) for m in machines]
-    for m, (_, err) in zip(machines, outputs):
+    for m, (_, err) in zip(machines, outputs, strict=False):
         assert m.returncode == 0, err[-3000:]
     _check_data_parallel(tmp_path / "runs" / "tiny", steps=3)
 

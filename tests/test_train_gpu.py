@@ -10,8 +10,9 @@ import json
 import pytest
 import torch
 
-from _train_helpers import build_tiny_shards, run_train, subprocess_env, tiny_config
 from configs import load_config
+
+from _train_helpers import build_tiny_shards, run_train, subprocess_env, tiny_config
 
 pytestmark = pytest.mark.gpu
 

@@ -13,11 +13,11 @@ import torch
 
 from configs import ConfigError, load_config
 from launch.training.checkpoint import latest_checkpoint, list_checkpoints
-from launch.training.tracking import MetricsFile, read_metrics, resolve_wandb_mode
 from launch.training.samples import sample_grid, save_png
 from launch.training.schedule import GAN, NOGAN, is_phase_switch, learning_rate, phase_at
 from launch.training.signals import StopRequest
 from launch.training.timing import StepTimer
+from launch.training.tracking import MetricsFile, read_metrics, resolve_wandb_mode
 
 
 def test_phases_and_switch():
@@ -77,7 +77,9 @@ def test_sample_grid_rows_are_grey_prediction_truth(tmp_path):
     fake[:, 1] = -0.5  # b* = -64: blue
     grid = sample_grid(L, fake, real, padding=2)
     assert grid.shape == (2 + n * (s + 2), 2 + 3 * (s + 2), 3) and grid.dtype == np.uint8
-    tile = lambda row, col: grid[2 + row * (s + 2) + s // 2, 2 + col * (s + 2) + s // 2].astype(int)
+    def tile(row, col):
+        return grid[2 + row * (s + 2) + s // 2, 2 + col * (s + 2) + s // 2].astype(int)
+
     grey, pred, truth = tile(0, 0), tile(0, 1), tile(0, 2)
     assert abs(grey[0] - grey[1]) <= 1 and abs(grey[1] - grey[2]) <= 1
     assert pred[2] > pred[0] + 40  # blue prediction

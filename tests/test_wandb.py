@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _train_helpers import REPO, build_tiny_shards, run_train, subprocess_env, tiny_config, wandb_history, wandb_records
 from launch.training import metric_keys
+
+from _train_helpers import REPO, build_tiny_shards, run_train, subprocess_env, tiny_config, wandb_history, wandb_records
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def test_killed_run_fragments_share_one_id_and_sync_replays_each_step_once(shard
 
 def test_dashboard_panels_reference_only_trainer_keys():
     pytest.importorskip("wandb_workspaces")
-    from launch.apps.wandb_cli import build_workspace, panel_keys
+    from launch.apps.wandb_cli import build_workspace
 
     workspace = build_workspace("some-entity", "colorization")  # built offline, never saved
     by_section = panel_keys(workspace)
@@ -207,3 +208,23 @@ def test_resumed_online_run_skips_steps_wandb_already_holds(tmp_path):
     assert [s for s, _ in run.rows] == [6, 7]
     first = stable_run_id(tmp_path, resume=False)
     assert stable_run_id(tmp_path, resume=True) == first != stable_run_id(tmp_path, resume=False)
+
+
+def panel_keys(workspace) -> dict[str, list[str]]:
+    """Section name → every metric key its panels reference (x-axes included)."""
+    out: dict[str, list[str]] = {}
+    for section in workspace.sections:
+        found: list[str] = []
+        for panel in section.panels:
+            if hasattr(panel, "y"):
+                found += [panel.x, *panel.y]
+            if hasattr(panel, "media_keys"):
+                found += list(panel.media_keys)
+            if hasattr(panel, "table_name"):
+                found.append(panel.table_name)
+        out[section.name] = found
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# log-eval

@@ -31,7 +31,12 @@ from configs import ConfigError, load_config
 from launch.training import metric_keys as keys
 from launch.training.tracking import keep_wandb_files_in
 from launch.training.wandb_run import (
-    WandbRun, dataset_artifact, flat_config, init_kwargs, load_table_files, read_jsonl, read_run_id,
+    WandbRun,
+    flat_config,
+    init_kwargs,
+    load_table_files,
+    read_jsonl,
+    read_run_id,
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -110,8 +115,8 @@ def sync(run_dir: Path, project: str | None = None, entity: str | None = None, m
         for step, item in plan:
             row = dict(item.get("values", {}))
             if "grid" in item:
-                from PIL import Image
                 import numpy as np
+                from PIL import Image
 
                 row[keys.SAMPLE_GRID] = wb.image(np.asarray(Image.open(item["grid"]).convert("RGB")))
             if "table" in item:
@@ -171,26 +176,6 @@ def build_workspace(entity: str, project: str, name: str = "Colorization"):
         ]),
     ]
     return ws.Workspace(entity=entity, project=project, name=name, sections=sections)
-
-
-def panel_keys(workspace) -> dict[str, list[str]]:
-    """Section name → every metric key its panels reference (x-axes included)."""
-    out: dict[str, list[str]] = {}
-    for section in workspace.sections:
-        found: list[str] = []
-        for panel in section.panels:
-            if hasattr(panel, "y"):
-                found += [panel.x, *panel.y]
-            if hasattr(panel, "media_keys"):
-                found += list(panel.media_keys)
-            if hasattr(panel, "table_name"):
-                found.append(panel.table_name)
-        out[section.name] = found
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# log-eval
 
 
 def log_eval(result_json: Path, model: str, project: str, entity: str | None = None, mode: str | None = None) -> None:

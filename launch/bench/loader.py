@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from configs.atomic import write_text_atomic
 from configs import DataConfig
+from configs.atomic import write_text_atomic
 
 CEILING = "decode ceiling"
 CEILING_TEXT = {

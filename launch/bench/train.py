@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from launch.bench.step import add_timing_arguments, projected_hours, timing_overrides
 from configs import ConfigError, load_config
+from launch.bench.step import add_timing_arguments, projected_hours, timing_overrides
 from launch.training.schedule import GAN, NOGAN
 
 NEVER = 10**9  # a cadence longer than the run: samples/eval/checkpoints only where the loop forces them

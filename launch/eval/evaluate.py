@@ -23,8 +23,8 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 
@@ -44,6 +44,17 @@ LABELS = {
 
 class EvalError(ValueError):
     """A command-line mistake or unusable input; printed as one `error:` line."""
+
+
+def _per_image(metric: str, out_ab, true_ab, rgb, true_rgb) -> torch.Tensor:
+    """One metric per image (B,) of a colouring: its ab_net and sRGB against the truth's."""
+    if metric == "ab_l1":
+        return ab_l1_lab_units(out_ab, true_ab, reduction="none")
+    if metric == "psnr":
+        return psnr_rgb(rgb, true_rgb, reduction="none")
+    if metric == "ssim":
+        return ssim_rgb(rgb, true_rgb, reduction="none")
+    return colourfulness(rgb, reduction="none")
 
 
 def evaluate_batches(
@@ -83,13 +94,9 @@ def evaluate_batches(
         outputs = {"model": predict(lightness).float(), "grey": torch.zeros_like(ab)}
         truth_rgb = network_to_rgb(lightness, ab)
         rgbs = {name: network_to_rgb(lightness, out_ab) for name, out_ab in outputs.items()} | {"truth": truth_rgb}
-        per_image = {
-            "ab_l1": lambda who: ab_l1_lab_units(outputs[who], ab, reduction="none"),
-            "psnr": lambda who: psnr_rgb(rgbs[who], truth_rgb, reduction="none"),
-            "ssim": lambda who: ssim_rgb(rgbs[who], truth_rgb, reduction="none"),
-            "colourfulness": lambda who: colourfulness(rgbs[who], reduction="none"),
-        }
-        batch_sums = torch.stack([per_image[m](who).double().sum() for m, who in columns])
+        batch_sums = torch.stack([
+            _per_image(metric, outputs.get(who), ab, rgbs[who], truth_rgb).double().sum() for metric, who in columns
+        ])
         sums = batch_sums if sums is None else sums + batch_sums
         if inception is not None:
             for name, rgb in rgbs.items():
@@ -104,7 +111,7 @@ def evaluate_batches(
     if images == 0:
         raise EvalError("no images to evaluate (the split is empty)")
     result: dict[str, dict[str, float]] = {}
-    for (metric, who), total in zip(columns, totals):
+    for (metric, who), total in zip(columns, totals, strict=False):
         result.setdefault(metric, {})[who] = total / images
     if inception is not None:
         from launch.eval.fid import frechet_distance
@@ -125,7 +132,7 @@ def format_table(result: dict) -> str:
         rows.append((LABELS[name], _number(values["model"]), _number(values["grey"]),
                      _number(values["truth"]) if "truth" in values else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=False))) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

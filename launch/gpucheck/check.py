@@ -259,7 +259,7 @@ def step_bench_loader(ctx: Context) -> dict:
 
 
 H200_BF16_TFLOPS = 790.0
-"""Dense bf16 matrix-product rate measured on the lent H200 (ENVIRONMENT.md): each phase's share of it."""
+"""The H200's dense bf16 matrix-product rate (TFLOP/s): each phase's share of it is reported."""
 
 
 def bench_step(compile_: bool) -> Callable[[Context], dict]:

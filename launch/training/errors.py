@@ -2,5 +2,5 @@
 
 
 class TrainingError(RuntimeError):
-    """A run that must stop: a non-finite loss, a checkpoint that does not match this run, a bad batch
-    split. The message is one line naming the step, file or key at fault."""
+    """A run that must stop: a non-finite loss, or a checkpoint that does not match this run. The message
+    is one line naming the step, term or file at fault."""

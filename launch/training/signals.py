@@ -25,7 +25,7 @@ class StopRequest:
             self.signal_name = signal.Signals(signum).name
         self.requested = True
 
-    def install(self) -> "StopRequest":
+    def install(self) -> StopRequest:
         """Route SIGTERM and SIGINT to this flag (only possible from the main thread; elsewhere a no-op)."""
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
