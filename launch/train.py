@@ -100,7 +100,12 @@ def build_accelerator(cfg: Config, wandb_mode: str) -> Accelerator:
 def build_loaders(cfg: Config, accelerator: Accelerator) -> tuple[object, bool]:
     """The endless training loader for this rank, and whether a val split exists (for samples and eval)."""
     loader = make_loader(
-        cfg.data, accelerator.process_index, accelerator.num_processes, accelerator.device, split="train", seed=cfg.run.seed
+        cfg.data,
+        accelerator.process_index,
+        accelerator.num_processes,
+        accelerator.device,
+        split="train",
+        seed=cfg.run.seed,
     )
     try:
         split_shards(cfg.data.shards, "val", need_index=False)
@@ -116,8 +121,13 @@ def build_val_loader(cfg: Config, accelerator: Accelerator, has_val: bool):
     if not has_val:
         return None
     return make_loader(
-        cfg.data, accelerator.process_index, accelerator.num_processes, accelerator.device,
-        split="val", endless=False, seed=cfg.run.seed,
+        cfg.data,
+        accelerator.process_index,
+        accelerator.num_processes,
+        accelerator.device,
+        split="val",
+        endless=False,
+        seed=cfg.run.seed,
     )
 
 
@@ -147,9 +157,13 @@ def build_logger(cfg: Config, accelerator: Accelerator, wandb_mode: str, start_s
         accelerator.init_trackers(cfg.logging.project, config=config, init_kwargs={"wandb": init})
         if accelerator.is_main_process:
             wb = wandb_run.WandbRun(
-                accelerator.get_tracker("wandb", unwrap=True), mode=wandb_mode, run_dir=cfg.run_dir,
-                global_batch=cfg.data.batch_size, start_step=start_step,
-                alert_wait_fraction=cfg.logging.alert_wait_fraction, alert_wait_logs=cfg.logging.alert_wait_logs,
+                accelerator.get_tracker("wandb", unwrap=True),
+                mode=wandb_mode,
+                run_dir=cfg.run_dir,
+                global_batch=cfg.data.batch_size,
+                start_step=start_step,
+                alert_wait_fraction=cfg.logging.alert_wait_fraction,
+                alert_wait_logs=cfg.logging.alert_wait_logs,
             )
             wb.ledger = wandb_run.ModelLedger(cfg.run_dir, start_step)
             wb.define_metrics()
@@ -259,13 +273,21 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             scores = evaluate_batches(
-                predict, run.val_loader, metrics=("ab_l1", "psnr"), max_batches=run.cfg.logging.eval_batches or None,
-                reduce=(lambda t: acc.reduce(t, reduction="sum")) if acc.num_processes > 1 else None, device=acc.device,
+                predict,
+                run.val_loader,
+                metrics=("ab_l1", "psnr"),
+                max_batches=run.cfg.logging.eval_batches or None,
+                reduce=(lambda t: acc.reduce(t, reduction="sum")) if acc.num_processes > 1 else None,
+                device=acc.device,
             )["metrics"]
     finally:
         generator.train(was_training)
-    values = {"eval/ab_l1": scores["ab_l1"]["model"], "eval/ab_l1_grey": scores["ab_l1"]["grey"],
-              "eval/psnr": scores["psnr"]["model"], "eval/psnr_grey": scores["psnr"]["grey"]}
+    values = {
+        "eval/ab_l1": scores["ab_l1"]["model"],
+        "eval/ab_l1_grey": scores["ab_l1"]["grey"],
+        "eval/psnr": scores["psnr"]["model"],
+        "eval/psnr_grey": scores["psnr"]["grey"],
+    }
     run.logger.write(
         f"step {step}: eval ab-L1 {values['eval/ab_l1']:.3f} (grey {values['eval/ab_l1_grey']:.3f}), "
         f"PSNR {values['eval/psnr']:.2f} dB (grey {values['eval/psnr_grey']:.2f})"
@@ -278,7 +300,9 @@ def save(run: Run, step: int, phase: str) -> None:
     save_checkpoint(run.accelerator, run.checkpoint_root, step, run.loader, run.cfg.checkpoint.keep_last)
     if run.accelerator.is_main_process:
         generator = run.accelerator.unwrap_model(run.gan.G)
-        weights = save_generator(run.run_dir / "generator.safetensors", generator, run.cfg.model, {"step": step, "phase": phase})
+        weights = save_generator(
+            run.run_dir / "generator.safetensors", generator, run.cfg.model, {"step": step, "phase": phase}
+        )
         log_model_artifact(run, weights, step, phase)
     maybe_kill_after_checkpoint(step)
 
@@ -289,8 +313,9 @@ def log_model_artifact(run: Run, weights: Path, step: int, phase: str) -> None:
     if wb is None:
         return
     eval_values = wb.last_eval[1] if wb.last_eval and wb.last_eval[0] == step else {}
-    aliases = wb.ledger.aliases(eval_values, nogan_final=is_phase_switch(step, run.cfg.schedule),
-                                final=step == run.cfg.total_steps)
+    aliases = wb.ledger.aliases(
+        eval_values, nogan_final=is_phase_switch(step, run.cfg.schedule), final=step == run.cfg.total_steps
+    )
     wb.ledger.record(weights, step, phase, aliases, eval_values)
     wb.log_model(weights, step, phase, aliases, eval_values)
 
@@ -397,13 +422,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = train_loop(run)
         run.recorder.dump(
-            run.run_dir, run.accelerator.process_index, run.state.step,
-            run.accelerator.unwrap_model(run.gan.G), run.gan.D_module,
+            run.run_dir,
+            run.accelerator.process_index,
+            run.state.step,
+            run.accelerator.unwrap_model(run.gan.G),
+            run.gan.D_module,
         )
     except (TrainingError, BadShardError) as exc:
         # The last good checkpoint stays as it is: nothing is saved on this exit.
         print(f"error: {exc}", file=sys.stderr)
-        run.logger.alert(f"{run.cfg.run.name} stopped", f"{exc} (the last good checkpoint is kept; resume with --resume)")
+        run.logger.alert(
+            f"{run.cfg.run.name} stopped", f"{exc} (the last good checkpoint is kept; resume with --resume)"
+        )
         status = 1
     finally:
         run.stop.restore()

@@ -132,7 +132,9 @@ class VGGFeatureLoss(nn.Module):
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode = {input_mode!r} is not one of: {', '.join(INPUT_MODES)}")
         if len(layer_weights) != len(VGG_SLICES):
-            raise ValueError(f"layer_weights needs {len(VGG_SLICES)} values (pool3, pool4, pool5), got {layer_weights!r}")
+            raise ValueError(
+                f"layer_weights needs {len(VGG_SLICES)} values (pool3, pool4, pool5), got {layer_weights!r}"
+            )
         self.layer_weights = tuple(float(w) for w in layer_weights)
         self.input_mode = input_mode
         features = load_vgg19_bn_features(weights)
@@ -170,7 +172,10 @@ class VGGFeatureLoss(nn.Module):
         return out
 
     def forward(self, lightness: torch.Tensor, fake_ab: torch.Tensor, real_ab: torch.Tensor) -> torch.Tensor:
-        if fake_ab.shape != real_ab.shape or lightness.shape[:1] + lightness.shape[2:] != fake_ab.shape[:1] + fake_ab.shape[2:]:
+        if (
+            fake_ab.shape != real_ab.shape
+            or lightness.shape[:1] + lightness.shape[2:] != fake_ab.shape[:1] + fake_ab.shape[2:]
+        ):
             raise ValueError(
                 "feature loss needs L B×1×H×W and fake/real ab B×2×H×W, got "
                 f"{tuple(lightness.shape)}, {tuple(fake_ab.shape)}, {tuple(real_ab.shape)}"

@@ -17,8 +17,6 @@ def ab_l1(fake_ab: torch.Tensor, real_ab: torch.Tensor) -> torch.Tensor:
     unweighted; the caller applies `cfg.loss.l1_weight` (100 in the seed).
     """
     if fake_ab.shape != real_ab.shape:
-        raise ValueError(
-            f"ab_l1 needs tensors of one shape, got {tuple(fake_ab.shape)} and {tuple(real_ab.shape)}"
-        )
+        raise ValueError(f"ab_l1 needs tensors of one shape, got {tuple(fake_ab.shape)} and {tuple(real_ab.shape)}")
     # float32 so a bf16 autocast forward does not round the mean of millions of small differences.
     return F.l1_loss(fake_ab.float(), real_ab.float())

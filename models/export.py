@@ -54,7 +54,7 @@ def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             changed = False
             for prefix in _WRAPPER_PREFIXES:
                 if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
+                    key, changed = key[len(prefix) :], True
         out[key] = value
     return out
 

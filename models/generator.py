@@ -125,9 +125,7 @@ class Generator(nn.Module):
             or shape[3] % SIZE_MULTIPLE
         ):
             got = "×".join(str(s) for s in shape)
-            raise ValueError(
-                f"generator input must be B×1×H×W with H and W multiples of {SIZE_MULTIPLE}, got {got}"
-            )
+            raise ValueError(f"generator input must be B×1×H×W with H and W multiples of {SIZE_MULTIPLE}, got {got}")
 
     def forward(self, lightness: torch.Tensor) -> torch.Tensor:
         """L_net B×1×H×W in [-1, 1] → ab_net B×2×H×W in [-1, 1]; shapes for a 256² input in comments."""

@@ -34,8 +34,11 @@ def list_samples(tar_path) -> list[tuple[str, str, int, int]]:
     """(tar path, key, data offset, size) of each `.jpg` member, in tar order."""
     try:
         with tarfile.open(tar_path) as tar:
-            return [(str(tar_path), m.name.rsplit(".", 1)[0], m.offset_data, m.size)
-                    for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")]
+            return [
+                (str(tar_path), m.name.rsplit(".", 1)[0], m.offset_data, m.size)
+                for m in tar.getmembers()
+                if m.isfile() and m.name.endswith(".jpg")
+            ]
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise BadShardError(f"{tar_path}: cannot be read as a tar ({exc})") from None
 
@@ -81,16 +84,28 @@ def _collate(items):
 class BaselineLoader:
     """Iterable of (L B×1×S×S, ab B×2×S×S) float32 network-Lab batches on `device`, the seed's way."""
 
-    def __init__(self, data_cfg: DataConfig, rank: int, world_size: int, device: torch.device, *,
-                 split: str = "train", endless: bool = True, seed: int = 0, return_keys: bool = False) -> None:
+    def __init__(
+        self,
+        data_cfg: DataConfig,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        *,
+        split: str = "train",
+        endless: bool = True,
+        seed: int = 0,
+        return_keys: bool = False,
+    ) -> None:
         self.cfg, self.rank, self.world_size = data_cfg, rank, world_size
         self.device = torch.device(device)
         self.endless, self.seed, self.return_keys = endless, seed, return_keys
         self.batch_size = per_rank_batch(data_cfg, world_size)
-        samples = [s for shard in split_shards(data_cfg.shards, split, need_index=False)
-                   for s in list_samples(shard.path)]
-        self.dataset = SeedDataset(samples, data_cfg.size, flip=endless and data_cfg.flip,
-                                   on_bad_sample=data_cfg.on_bad_sample)
+        samples = [
+            s for shard in split_shards(data_cfg.shards, split, need_index=False) for s in list_samples(shard.path)
+        ]
+        self.dataset = SeedDataset(
+            samples, data_cfg.size, flip=endless and data_cfg.flip, on_bad_sample=data_cfg.on_bad_sample
+        )
         self.samples_per_epoch = len(rank_slice(len(samples), rank, world_size))
         self.skipped = 0
         self.epoch, self.batch_in_epoch = 0, 0
@@ -107,10 +122,15 @@ class BaselineLoader:
         epochs = count(self.epoch) if self.endless else [0]
         for epoch in epochs:
             start = self.batch_in_epoch * self.batch_size if self.endless else 0
-            loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self._order(epoch)[start:],
-                                num_workers=self.cfg.num_threads, pin_memory=self.device.type == "cuda",
-                                collate_fn=_collate,
-                                multiprocessing_context=WORKER_START)
+            loader = DataLoader(
+                self.dataset,
+                batch_size=self.batch_size,
+                sampler=self._order(epoch)[start:],
+                num_workers=self.cfg.num_threads,
+                pin_memory=self.device.type == "cuda",
+                collate_fn=_collate,
+                multiprocessing_context=WORKER_START,
+            )
             self.epoch = epoch
             for lightness, ab, keys, skipped in loader:
                 self.skipped += skipped
@@ -122,8 +142,14 @@ class BaselineLoader:
             self.batch_in_epoch = 0
 
     def state_dict(self) -> dict:
-        return {"backend": "baseline", "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "skipped": self.skipped, "world_size": self.world_size, "rank": self.rank}
+        return {
+            "backend": "baseline",
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "skipped": self.skipped,
+            "world_size": self.world_size,
+            "rank": self.rank,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("backend") != "baseline":

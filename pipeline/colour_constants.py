@@ -17,9 +17,11 @@ D65_WHITE = (0.95047, 1.0, 1.08883)
 def _inverse_3x3(m):
     """Inverse of a 3×3 matrix given as rows, by cofactors (float64, no numpy or torch needed)."""
     (a, b, c), (d, e, f), (g, h, i) = m
-    cof = ((e * i - f * h, c * h - b * i, b * f - c * e),
-           (f * g - d * i, a * i - c * g, c * d - a * f),
-           (d * h - e * g, b * g - a * h, a * e - b * d))
+    cof = (
+        (e * i - f * h, c * h - b * i, b * f - c * e),
+        (f * g - d * i, a * i - c * g, c * d - a * f),
+        (d * h - e * g, b * g - a * h, a * e - b * d),
+    )
     det = a * cof[0][0] + b * cof[1][0] + c * cof[2][0]
     return tuple(tuple(x / det for x in row) for row in cof)
 

@@ -87,10 +87,12 @@ class DaliCpuRunner:
             # The reader pads a rank's last batch with repeats of its last sample: drop them.
             count = min(count, self.samples_per_pass - self.delivered)
             self.delivered += count
-        return [{
-            name: [torch.from_numpy(np.asarray(out[i])) for i in range(count)]
-            for name, out in zip(self.names, outputs, strict=False)
-        }]
+        return [
+            {
+                name: [torch.from_numpy(np.asarray(out[i])) for i in range(count)]
+                for name, out in zip(self.names, outputs, strict=False)
+            }
+        ]
 
     def checkpoints(self) -> list:
         return [self.pipe.checkpoint()]

@@ -60,8 +60,11 @@ class DaliLoader:
         self.gpu = self.device.type == "cuda"
         # The GPU the pipeline runs on, and where its batches land. A bare "cuda" means the current
         # device (what torch would use for it, and what accelerate sets to the local rank), not GPU 0.
-        self.device_id = None if not self.gpu else (
-            self.device.index if self.device.index is not None else torch.cuda.current_device())
+        self.device_id = (
+            None
+            if not self.gpu
+            else (self.device.index if self.device.index is not None else torch.cuda.current_device())
+        )
         if self.gpu:
             self.device = torch.device("cuda", self.device_id)
         self.split, self.endless, self.seed = split, endless, seed
@@ -151,7 +154,9 @@ class DaliLoader:
             checkpoint=self._checkpoint,
         )
         cpu_flips = not self.gpu and self.endless and self.cfg.flip
-        names = ["lab" if self.gpu else "rgb"] + (["mirror"] if cpu_flips else []) + (["key"] if self.return_keys else [])
+        names = (
+            ["lab" if self.gpu else "rgb"] + (["mirror"] if cpu_flips else []) + (["key"] if self.return_keys else [])
+        )
         try:
             if not self.gpu:
                 return DaliCpuRunner(pipe, names, self.endless, self.samples_per_epoch, self._delivered_at_checkpoint)
@@ -159,8 +164,9 @@ class DaliLoader:
                 # No reader_name: the iterator runs on across epochs (the reader wraps around), every
                 # batch full.
                 return DALIGenericIterator(pipe, names, size=-1)
-            return DALIGenericIterator(pipe, names, reader_name=READER_NAME,
-                                       last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+            return DALIGenericIterator(
+                pipe, names, reader_name=READER_NAME, last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True
+            )
         except RuntimeError as exc:
             self._raise_or_skip(exc)
             return self._build()
@@ -190,7 +196,9 @@ class DaliLoader:
             ) from None
         for name, positions in bad.items():
             if not positions or set(positions) <= self._excluded.get(name, set()):
-                raise BadShardError(f"{shard.path}: sample {key} could not be decoded and could not be skipped") from None
+                raise BadShardError(
+                    f"{shard.path}: sample {key} could not be decoded and could not be skipped"
+                ) from None
             self._exclude(name, positions)
         # The failed pipeline is unusable: rebuild from the last consumed position.
         self._iterator = None

@@ -112,8 +112,13 @@ def colorization_pipeline(
     random_crop = train and crop == "random_resized"
     if random_crop:
         images = fn.decoders.image_random_crop(
-            jpegs, device=decoder, output_type=types.RGB, random_area=list(crop_scale),
-            random_aspect_ratio=list(crop_ratio), num_attempts=10, **hw,
+            jpegs,
+            device=decoder,
+            output_type=types.RGB,
+            random_area=list(crop_scale),
+            random_aspect_ratio=list(crop_ratio),
+            num_attempts=10,
+            **hw,
         )
     else:
         images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **hw)
@@ -124,8 +129,9 @@ def colorization_pipeline(
         else:  # deterministic evaluation view of a random_resized model: the centre square, to S×S
             roi_start, roi_end = centre_square_roi(jpegs)
             images = fn.resize(images, size=[size, size], roi_start=roi_start, roi_end=roi_end)
-        hwc = fn.crop_mirror_normalize(images, mirror=mirror, mean=[0.0], std=[255.0], dtype=types.FLOAT,
-                                       output_layout="HWC")
+        hwc = fn.crop_mirror_normalize(
+            images, mirror=mirror, mean=[0.0], std=[255.0], dtype=types.FLOAT, output_layout="HWC"
+        )
         outputs = [fn.transpose(_lab_on_device(hwc), perm=[2, 0, 1], output_layout="CHW")]
     else:
         # The loader flips after resizing (a 256² copy instead of one of the whole decoded crop), with

@@ -24,7 +24,19 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from configs.atomic import atomic_path
 
 IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm",
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".png",
+    ".gif",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pnm",
 )
 """File endings (lower case) read as images, by `colorize` and by the shard builder's scan."""
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}

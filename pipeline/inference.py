@@ -122,7 +122,7 @@ class Colorizer:
             groups.setdefault(self.shape_for(rgb), []).append(index)
         for shape, indices in groups.items():
             for start in range(0, len(indices), batch_size):
-                chunk = indices[start:start + batch_size]
+                chunk = indices[start : start + batch_size]
                 for index, result in zip(chunk, self._run(shape, [images[i] for i in chunk], with_grey), strict=False):
                     results[index] = result
         return results  # type: ignore[return-value]

@@ -58,13 +58,17 @@ _LAB, _LAB_OFFSET = lab_matrix()
 def _f(t: torch.Tensor) -> torch.Tensor:
     """CIELAB's f(t): cube root above ε, the linear segment below."""
     # exp(log(t)/3) rather than pow: both are vectorised by inductor, pow(x, 1/3) is not.
-    return torch.where(t > EPSILON, torch.exp(torch.log(t.clamp(min=EPSILON)) * (1.0 / 3.0)), t * KAPPA_SLOPE + F_OFFSET)
+    return torch.where(
+        t > EPSILON, torch.exp(torch.log(t.clamp(min=EPSILON)) * (1.0 / 3.0)), t * KAPPA_SLOPE + F_OFFSET
+    )
 
 
 def uint8_planar_to_network(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """B×3×H×W uint8 sRGB → (L_net B×1×H×W in [-1, 1], ab_net B×2×H×W ≈ [-1, 1]), float32."""
     v = rgb.float() * (1.0 / 255.0)
-    lin = torch.where(v > SRGB_LINEAR_THRESHOLD, torch.exp(torch.log((v + 0.055) * (1.0 / 1.055)) * 2.4), v * (1.0 / 12.92))
+    lin = torch.where(
+        v > SRGB_LINEAR_THRESHOLD, torch.exp(torch.log((v + 0.055) * (1.0 / 1.055)) * 2.4), v * (1.0 / 12.92)
+    )
     r, g, b = lin[:, 0], lin[:, 1], lin[:, 2]
     fx, fy, fz = (_f(m[0] * r + m[1] * g + m[2] * b) for m in _XYZ)
     lab = [m[0] * fx + m[1] * fy + m[2] * fz + o for m, o in zip(_LAB, _LAB_OFFSET, strict=False)]
@@ -141,8 +145,10 @@ def uint8_planar_to_network_fast(rgb: torch.Tensor) -> tuple[torch.Tensor, torch
     lin = _srgb_to_linear_polynomial(rgb.float() * (1.0 / 255.0))
     rgb_linear = (lin[:, 0], lin[:, 1], lin[:, 2])
     # Below ε the linear segment applies; the cube root's value there is discarded, and finite.
-    f = tuple(torch.where(t > EPSILON, _cube_root_halley(t), t * KAPPA_SLOPE + F_OFFSET)
-              for t in (_affine(row, rgb_linear) for row in _XYZ))
+    f = tuple(
+        torch.where(t > EPSILON, _cube_root_halley(t), t * KAPPA_SLOPE + F_OFFSET)
+        for t in (_affine(row, rgb_linear) for row in _XYZ)
+    )
     lab = [_affine(row, f, offset) for row, offset in zip(_LAB, _LAB_OFFSET, strict=False)]
     return lab[0].unsqueeze(1), torch.stack(lab[1:], dim=1)
 

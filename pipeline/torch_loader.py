@@ -94,11 +94,14 @@ def apply_view(image: torch.Tensor, view: View, cfg: DataConfig, train: bool) ->
     return F.horizontal_flip(out) if view.flip else out
 
 
-def finish_batch(images: Sequence[torch.Tensor], views: Sequence[View], cfg: DataConfig,
-                 train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def finish_batch(
+    images: Sequence[torch.Tensor], views: Sequence[View], cfg: DataConfig, train: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """B decoded 3×H×W uint8 sRGB images (sizes differ; CPU or CUDA) and their views →
     (L_net B×1×S×S in [-1, 1], ab_net B×2×S×S ≈ [-1, 1]) float32 on the images' device."""
-    return uint8_planar_to_network(torch.stack([apply_view(im, v, cfg, train) for im, v in zip(images, views, strict=False)]))
+    return uint8_planar_to_network(
+        torch.stack([apply_view(im, v, cfg, train) for im, v in zip(images, views, strict=False)])
+    )
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
@@ -121,7 +124,10 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOF0…SOF15 (not DHT, JPG, DAC)
             if pos + 9 > end:
                 break
-            height, width = int.from_bytes(data[pos + 5 : pos + 7], "big"), int.from_bytes(data[pos + 7 : pos + 9], "big")
+            height, width = (
+                int.from_bytes(data[pos + 5 : pos + 7], "big"),
+                int.from_bytes(data[pos + 7 : pos + 9], "big"),
+            )
             if height == 0 or width == 0:
                 raise ValueError("JPEG frame header gives a zero size")
             return height, width
@@ -198,8 +204,9 @@ class _Readers(IterableDataset):
                 images.append(data)
                 views.append(sample_view(self.cfg, self.train, height, width))
             else:
-                images.append(apply_view(image, sample_view(self.cfg, self.train, *image.shape[-2:]), self.cfg,
-                                         self.train))
+                images.append(
+                    apply_view(image, sample_view(self.cfg, self.train, *image.shape[-2:]), self.cfg, self.train)
+                )
             keys.append(f"{sample['__url__'].rsplit('/', 1)[-1]}/{sample['__key__']}")
             if len(images) == self.batch_size:
                 yield self._batch(images, views, keys, self._errors - reported)
@@ -259,8 +266,18 @@ class TorchLoader:
     """Iterable of (L B×1×S×S, ab B×2×S×S) float32 network-Lab batches on `device`, from torch
     (decoded in the workers, or on the GPU: `data.decode_device`, module docstring)."""
 
-    def __init__(self, data_cfg: DataConfig, rank: int, world_size: int, device: torch.device, *,
-                 split: str = "train", endless: bool = True, seed: int = 0, return_keys: bool = False) -> None:
+    def __init__(
+        self,
+        data_cfg: DataConfig,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        *,
+        split: str = "train",
+        endless: bool = True,
+        seed: int = 0,
+        return_keys: bool = False,
+    ) -> None:
         self.cfg, self.rank, self.world_size = data_cfg, rank, world_size
         self.device = torch.device(device)
         self.split, self.endless, self.seed, self.return_keys = split, endless, seed, return_keys
@@ -285,13 +302,27 @@ class TorchLoader:
         return sum(len(range(self.rank * workers + w, total, readers)) for w in range(workers))
 
     def __iter__(self):
-        dataset = _Readers(self.cfg, [str(s.path) for s in self.shards], self.rank, self.world_size,
-                           self.batch_size, train=self.endless, endless=self.endless, seed=self.seed,
-                           start_batch=self._start_batch, encoded=self.decode_on is not None)
-        loader = DataLoader(dataset, batch_size=None, num_workers=self.cfg.num_threads,
-                            pin_memory=self.device.type == "cuda", prefetch_factor=self.cfg.prefetch,
-                            persistent_workers=False,
-                            multiprocessing_context=WORKER_START)
+        dataset = _Readers(
+            self.cfg,
+            [str(s.path) for s in self.shards],
+            self.rank,
+            self.world_size,
+            self.batch_size,
+            train=self.endless,
+            endless=self.endless,
+            seed=self.seed,
+            start_batch=self._start_batch,
+            encoded=self.decode_on is not None,
+        )
+        loader = DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.cfg.num_threads,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=self.cfg.prefetch,
+            persistent_workers=False,
+            multiprocessing_context=WORKER_START,
+        )
         self.batches = self._start_batch
         self._start_batch = 0 if not self.endless else self._start_batch
         for first, second, keys, skipped in loader:
@@ -336,8 +367,13 @@ class TorchLoader:
         return finish_batch(images, views, self.cfg, self.endless), keys
 
     def state_dict(self) -> dict:
-        return {"backend": "torch", "batches": self.batches if self.endless else 0, "skipped": self.skipped,
-                "world_size": self.world_size, "rank": self.rank}
+        return {
+            "backend": "torch",
+            "batches": self.batches if self.endless else 0,
+            "skipped": self.skipped,
+            "world_size": self.world_size,
+            "rank": self.rank,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("backend") != "torch":

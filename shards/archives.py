@@ -152,8 +152,9 @@ class ArchiveListing(NamedTuple):
     problems: list[dict]
 
 
-def _list_tar(fd: int, start: int, size: int, available: int, prefix: str, display: str,
-              listing: ArchiveListing, nested: bool) -> None:
+def _list_tar(
+    fd: int, start: int, size: int, available: int, prefix: str, display: str, listing: ArchiveListing, nested: bool
+) -> None:
     """Add the members of the tar in bytes [start, start + size) of `fd` (of which `available` exist).
 
     `prefix`: folder their paths go in; `display`: how the manifest names this tar; `nested`: expand
@@ -176,13 +177,27 @@ def _list_tar(fd: int, start: int, size: int, available: int, prefix: str, displ
                 continue
             present = max(0, min(info.size, available - info.offset_data))
             if nested and path.lower().endswith(".tar"):
-                _list_tar(fd, start + info.offset_data, info.size, present, f"{prefix}{path[:-4]}/",
-                          f"{display}{info.name}/", listing, nested=False)
+                _list_tar(
+                    fd,
+                    start + info.offset_data,
+                    info.size,
+                    present,
+                    f"{prefix}{path[:-4]}/",
+                    f"{display}{info.name}/",
+                    listing,
+                    nested=False,
+                )
             elif present < info.size:  # cut off: what follows in the file belongs to something else
-                listing.problems.append({"path": f"{display}{info.name}",
-                                         "reason": f"truncated: {present} of {info.size} bytes in the archive"})
+                listing.problems.append(
+                    {
+                        "path": f"{display}{info.name}",
+                        "reason": f"truncated: {present} of {info.size} bytes in the archive",
+                    }
+                )
             else:
-                listing.members[f"{prefix}{path}"] = Member(f"{display}{info.name}", start + info.offset_data, info.size)
+                listing.members[f"{prefix}{path}"] = Member(
+                    f"{display}{info.name}", start + info.offset_data, info.size
+                )
         complete = tar.offset + 2 * tarfile.BLOCKSIZE <= available  # room for the end-of-archive blocks
     except tarfile.ReadError as error:
         if last is None and available == size:
@@ -191,10 +206,12 @@ def _list_tar(fd: int, start: int, size: int, available: int, prefix: str, displ
         complete = False
     if not complete or available < size:
         where = f"after member {last!r}" if last is not None else "before its first member"
-        listing.problems.append({
-            "path": display.rstrip("/") or ".",
-            "reason": f"truncated tar: ends {where} ({available} bytes); members after that are lost",
-        })
+        listing.problems.append(
+            {
+                "path": display.rstrip("/") or ".",
+                "reason": f"truncated tar: ends {where} ({available} bytes); members after that are lost",
+            }
+        )
 
 
 def _open_readable(path: Path) -> int:
@@ -213,8 +230,10 @@ def list_tar(path: Path) -> ArchiveListing:
         head = os.pread(fd, 6, 0)
         for magic, kind in _COMPRESSED_MAGIC.items():
             if head.startswith(magic):
-                raise BuildError(f"source {str(path)!r} is a {kind}-compressed tar: images cannot be read in "
-                                  f"place; decompress it once (e.g. `{kind} -d`) or unpack it into a folder")
+                raise BuildError(
+                    f"source {str(path)!r} is a {kind}-compressed tar: images cannot be read in "
+                    f"place; decompress it once (e.g. `{kind} -d`) or unpack it into a folder"
+                )
         size = os.fstat(fd).st_size
         try:
             tarfile.open(fileobj=_Window(fd, 0, size), mode="r:")
@@ -246,6 +265,7 @@ def list_zip(path: Path) -> ArchiveListing:
         if info.flag_bits & 0x1:
             listing.problems.append({"path": info.filename, "reason": "encrypted zip member"})
             continue
-        listing.members[name] = Member(info.filename, info.header_offset, info.compress_size, True,
-                                       info.compress_type, info.file_size, info.CRC)
+        listing.members[name] = Member(
+            info.filename, info.header_offset, info.compress_size, True, info.compress_type, info.file_size, info.CRC
+        )
     return listing

@@ -116,8 +116,13 @@ def _write_shard(source: Source, out: Path, shard: ShardPlan, results: Iterator[
 
 
 def build_shards(
-    src, out, options: BuildOptions | None = None, progress: bool = True, *,
-    inside: str | None = None, part: tuple[int, int] | None = None,
+    src,
+    out,
+    options: BuildOptions | None = None,
+    progress: bool = True,
+    *,
+    inside: str | None = None,
+    part: tuple[int, int] | None = None,
 ) -> dict:
     """Build (or finish building) the shards of `src` in `out`; return the manifest.
 

@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     build.add_argument(
-        "src", type=Path,
+        "src",
+        type=Path,
         help="source image folder, or a .tar / .zip of one read in place (class subfolders, or inner per-class "
         ".tar files as in ILSVRC2012_img_train.tar, become `cls`)",
     )
@@ -45,14 +46,26 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--short-side", type=int, default=None, help="downsize images whose shorter side is larger")
     build.add_argument("--quality", type=int, default=DEFAULT_QUALITY, help="JPEG quality of re-encoded images")
     build.add_argument("--keep-colourless", action="store_true", help="keep greyscale/colourless images")
-    build.add_argument("--split", choices=("train", "val"), default=None,
-                       help="put every image into this split (e.g. ILSVRC2012_img_val.tar → val shards) "
-                       "instead of choosing by --val-fraction")
-    build.add_argument("--inside", default=None, metavar="FOLDER",
-                       help="build from this folder of SRC (Kaggle's zip: ILSVRC/Data/CLS-LOC/train)")
-    build.add_argument("--part", default=None, metavar="K/N",
-                       help="build only the K-th of N disjoint parts of the plan (N machines, one OUT); "
-                       "the last part to finish writes manifest.json")
+    build.add_argument(
+        "--split",
+        choices=("train", "val"),
+        default=None,
+        help="put every image into this split (e.g. ILSVRC2012_img_val.tar → val shards) "
+        "instead of choosing by --val-fraction",
+    )
+    build.add_argument(
+        "--inside",
+        default=None,
+        metavar="FOLDER",
+        help="build from this folder of SRC (Kaggle's zip: ILSVRC/Data/CLS-LOC/train)",
+    )
+    build.add_argument(
+        "--part",
+        default=None,
+        metavar="K/N",
+        help="build only the K-th of N disjoint parts of the plan (N machines, one OUT); "
+        "the last part to finish writes manifest.json",
+    )
     build.add_argument("--quiet", action="store_true", help="no progress bar")
 
     merge = commands.add_parser("merge", help="check the parts of a --part K/N build and write manifest.json")
@@ -117,8 +130,10 @@ def _build(args) -> int:
         )
     else:
         merged = f"all {part[1]} parts merged; " if part else ""
-        print(f"{merged}{_summary(manifest, options.keep_colourless)}; {seconds:.1f} s in this run → "
-              f"{args.out / 'manifest.json'}")
+        print(
+            f"{merged}{_summary(manifest, options.keep_colourless)}; {seconds:.1f} s in this run → "
+            f"{args.out / 'manifest.json'}"
+        )
     _print_skipped(manifest)
     return 0
 

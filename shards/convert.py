@@ -53,9 +53,7 @@ class Inspection:
     converted: bool = False
 
 
-def inspect_read(
-    read: Callable[[], bytes], short_side: int | None, quality: int, keep_colourless: bool
-) -> Inspection:
+def inspect_read(read: Callable[[], bytes], short_side: int | None, quality: int, keep_colourless: bool) -> Inspection:
     """Inspect the bytes `read()` returns (a file, an archive member); never raises for a bad file."""
     try:
         data = read()

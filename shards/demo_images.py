@@ -142,8 +142,9 @@ def write_photo_crops(
 
 def write_demo_images(directory, count: int = 400, seed: int = 0, workers: int = 1) -> list[Path]:
     """The demo training photos (see module doc) in `directory`; returns the written paths."""
-    return write_photo_crops(directory, count, seed=seed, quality=90, long_side=(300, 500), jitter=0.05,
-                             workers=workers)
+    return write_photo_crops(
+        directory, count, seed=seed, quality=90, long_side=(300, 500), jitter=0.05, workers=workers
+    )
 
 
 def write_heldout_photos(directory) -> list[Path]:

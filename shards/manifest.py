@@ -28,7 +28,12 @@ SHARD_FIELDS = ("name", "split", "samples", "bytes", "sha256")
 
 
 def assemble_manifest(
-    source, options: dict, plan_sha256: str, classes, image_count: int, records: list[dict],
+    source,
+    options: dict,
+    plan_sha256: str,
+    classes,
+    image_count: int,
+    records: list[dict],
     listing_skipped=(),
 ) -> dict:
     """The manifest of a finished build from the per-shard progress records (in plan order) and what

@@ -31,7 +31,7 @@ _PART_FILE = re.compile(r"^part-(\d+)-of-(\d+)\.json$")
 
 
 def parse_part(text: str) -> tuple[int, int]:
-    """"K/N" → (K, N) with 1 ≤ K ≤ N; `BuildError` otherwise."""
+    """ "K/N" → (K, N) with 1 ≤ K ≤ N; `BuildError` otherwise."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not match or not 1 <= int(match[1]) <= int(match[2]):
         raise BuildError(f"--part must be K/N with 1 <= K <= N (e.g. 2/8), got {text!r}")
@@ -57,26 +57,30 @@ def _found_parts(out: Path) -> dict[tuple[int, int], Path]:
     return found
 
 
-def finish_part(out: Path, part: tuple[int, int], summary: tuple, listing_skipped, plan: list[ShardPlan],
-                records: list[dict]) -> dict:
+def finish_part(
+    out: Path, part: tuple[int, int], summary: tuple, listing_skipped, plan: list[ShardPlan], records: list[dict]
+) -> dict:
     """Record a finished part; merge when every part is there. Returns the merged manifest then, else
     this part's own summary (manifest fields over its shards, plus `part`, `parts` and `missing`)."""
     source, options, digest, classes, image_count = summary
     k, n = part
-    write_record(part_file(out, part), {
-        "format": PART_FORMAT,
-        "version": PART_VERSION,
-        "part": k,
-        "parts": n,
-        "source": source,
-        "options": options,
-        "plan_sha256": digest,
-        "classes": list(classes) if classes is not None else None,
-        "images": image_count,
-        "plan": [shard.name for shard in plan],
-        "listing_skipped": list(listing_skipped),
-        "records": records,
-    })
+    write_record(
+        part_file(out, part),
+        {
+            "format": PART_FORMAT,
+            "version": PART_VERSION,
+            "part": k,
+            "parts": n,
+            "source": source,
+            "options": options,
+            "plan_sha256": digest,
+            "classes": list(classes) if classes is not None else None,
+            "images": image_count,
+            "plan": [shard.name for shard in plan],
+            "listing_skipped": list(listing_skipped),
+            "records": records,
+        },
+    )
     found = _found_parts(out)
     missing = [i for i in range(1, n + 1) if (i, n) not in found]
     if not missing:
@@ -95,13 +99,17 @@ def merge_parts(out) -> dict:
     out = Path(out)
     found = _found_parts(out)
     if not found:
-        raise BuildError(f"{out}: no part manifests in {PARTS_DIR}/ (build the parts first: "
-                          f"`colorize-shards build SRC {out} --part K/N` for K = 1 … N)")
+        raise BuildError(
+            f"{out}: no part manifests in {PARTS_DIR}/ (build the parts first: "
+            f"`colorize-shards build SRC {out} --part K/N` for K = 1 … N)"
+        )
     counts = sorted({n for _, n in found})
     if len(counts) > 1:
         names = ", ".join(path.name for path in found.values())
-        raise BuildError(f"{out / PARTS_DIR}: parts of splits into {' and '.join(map(str, counts))} ({names}); "
-                          f"all parts of one build must use the same N")
+        raise BuildError(
+            f"{out / PARTS_DIR}: parts of splits into {' and '.join(map(str, counts))} ({names}); "
+            f"all parts of one build must use the same N"
+        )
     n = counts[0]
     parts = {k: (path, read_json(path)) for (k, _), path in sorted(found.items())}
     reference = read_plan_record(out) or next(iter(parts.values()))[1]
@@ -113,19 +121,25 @@ def merge_parts(out) -> dict:
         if not isinstance(part, dict) or part.get("format") != PART_FORMAT or part.get("version") != PART_VERSION:
             raise BuildError(f"{out / name}: unreadable part manifest; rerun part {k}/{n}")
         if part["options"] != reference.get("options"):
-            raise BuildError(f"{out / name}: part {k} of {n} was built with other options "
-                              f"({differences(reference.get('options') or {}, part['options'])}); rebuild it "
-                              f"with the options of the other parts")
+            raise BuildError(
+                f"{out / name}: part {k} of {n} was built with other options "
+                f"({differences(reference.get('options') or {}, part['options'])}); rebuild it "
+                f"with the options of the other parts"
+            )
         if part["plan_sha256"] != reference.get("plan_sha256") or part["plan"] != (first_plan or part["plan"]):
-            raise BuildError(f"{out / name}: part {k} of {n} was built from a different source listing "
-                              f"(files added, removed or renamed); rebuild it from the same source")
+            raise BuildError(
+                f"{out / name}: part {k} of {n} was built from a different source listing "
+                f"(files added, removed or renamed); rebuild it from the same source"
+            )
         first_plan = part["plan"]
     missing = [k for k in range(1, n + 1) if k not in parts]
     if missing:
         more = f" (and {', '.join(map(str, missing[1:]))})" if missing[1:] else ""
-        raise BuildError(f"{out}: part {missing[0]} of {n}{more} is missing: no {PARTS_DIR}/part-{missing[0]}-of-{n}"
-                          f".json, that part has not finished; run `colorize-shards build SRC {out} "
-                          f"--part {missing[0]}/{n}`")
+        raise BuildError(
+            f"{out}: part {missing[0]} of {n}{more} is missing: no {PARTS_DIR}/part-{missing[0]}-of-{n}"
+            f".json, that part has not finished; run `colorize-shards build SRC {out} "
+            f"--part {missing[0]}/{n}`"
+        )
 
     records: dict[str, dict] = {}
     for k, (path, part) in parts.items():
@@ -137,13 +151,20 @@ def merge_parts(out) -> dict:
             if record["samples"] and (
                 not tar.is_file() or tar.stat().st_size != record["bytes"] or not index_path(tar).is_file()
             ):
-                raise BuildError(f"{tar}: shard of part {k} of {n} is missing or changed since that part "
-                                  f"finished; rerun `colorize-shards build SRC {out} --part {k}/{n}`")
+                raise BuildError(
+                    f"{tar}: shard of part {k} of {n} is missing or changed since that part "
+                    f"finished; rerun `colorize-shards build SRC {out} --part {k}/{n}`"
+                )
             records[record["name"]] = record
     part = parts[1][1]
     manifest = assemble_manifest(
-        part["source"], part["options"], part["plan_sha256"], part["classes"], part["images"],
-        [records[name] for name in part["plan"]], part["listing_skipped"],
+        part["source"],
+        part["options"],
+        part["plan_sha256"],
+        part["classes"],
+        part["images"],
+        [records[name] for name in part["plan"]],
+        part["listing_skipped"],
     )
     write_record(out / MANIFEST_FILE, manifest)
     return manifest

@@ -35,7 +35,7 @@ class ShardPlan:
 
 
 def split_of(key: str, val_fraction: float) -> str:
-    """"val" or "train" for the sample `key`: a uniform hash in [0, 1) compared with `val_fraction`."""
+    """ "val" or "train" for the sample `key`: a uniform hash in [0, 1) compared with `val_fraction`."""
     position = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
     return "val" if position < val_fraction else "train"
 
@@ -50,7 +50,11 @@ def plan_shards(listing: SourceListing, options: BuildOptions) -> list[ShardPlan
     shards: list[ShardPlan] = []
     for split in SPLITS:
         members = sorted(
-            (image for image in listing.images if (options.split or split_of(image.key, options.val_fraction)) == split),
+            (
+                image
+                for image in listing.images
+                if (options.split or split_of(image.key, options.val_fraction)) == split
+            ),
             key=lambda image: image.key,
         )
         random.Random(f"{options.seed}/{split}").shuffle(members)

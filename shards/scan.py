@@ -57,7 +57,6 @@ def scan_source(src: str | os.PathLike | Source, inside: str | None = None) -> S
     classes = tuple(sorted({p.split("/", 1)[0] for p in paths})) if all_in_subfolders else None
     class_index = {name: i for i, name in enumerate(classes or ())}
     images = tuple(
-        SourceImage(path=p, key=sample_key(p), cls=class_index[p.split("/", 1)[0]] if classes else None)
-        for p in paths
+        SourceImage(path=p, key=sample_key(p), cls=class_index[p.split("/", 1)[0]] if classes else None) for p in paths
     )
     return SourceListing(Path(source.location), images, classes, source, tuple(source.problems))

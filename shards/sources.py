@@ -64,11 +64,12 @@ def _walk_folder(root: Path) -> dict[str, str]:
 def _inside(files: dict, inside: str, location: str) -> dict:
     """The files under folder `inside` of the source, with paths relative to it."""
     prefix = inside.strip("/") + "/"
-    picked = {path[len(prefix):]: locator for path, locator in files.items() if path.startswith(prefix)}
+    picked = {path[len(prefix) :]: locator for path, locator in files.items() if path.startswith(prefix)}
     if not picked:
         tops = sorted({path.split("/", 1)[0] for path in files if "/" in path})[:8]
-        raise BuildError(f"source {location!r} has nothing under {inside!r} (its top-level folders: "
-                          f"{', '.join(tops) or 'none'})")
+        raise BuildError(
+            f"source {location!r} has nothing under {inside!r} (its top-level folders: {', '.join(tops) or 'none'})"
+        )
     return picked
 
 

@@ -28,7 +28,11 @@ def count_samples(tar_path: Path, needs_cls: bool) -> tuple[int, list[str]]:
             key, _, extension = member.name.partition(".")
             members.setdefault(key, set()).add(extension)
     wanted = {"jpg", "cls"} if needs_cls else {"jpg"}
-    problems = [f"sample {key!r} has {sorted(exts)}, expected {sorted(wanted)}" for key, exts in members.items() if exts != wanted]
+    problems = [
+        f"sample {key!r} has {sorted(exts)}, expected {sorted(wanted)}"
+        for key, exts in members.items()
+        if exts != wanted
+    ]
     return len(members), problems
 
 

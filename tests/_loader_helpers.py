@@ -78,10 +78,19 @@ def write_test_shards(
                     sink.write({"__key__": key, "jpg": data, "cls": str(n % 10)})
                     n += 1
             index_shard(out / name)
-            entries.append({"name": name, "split": split, "samples": count, "bytes": (out / name).stat().st_size,
-                            "sha256": ""})
-    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "source": "tests", "options": {}, "splits": {"train": sum(train), "val": sum(val)},
-                "shards": entries, "skipped": [], "colourless": []}
+            entries.append(
+                {"name": name, "split": split, "samples": count, "bytes": (out / name).stat().st_size, "sha256": ""}
+            )
+    manifest = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "source": "tests",
+        "options": {},
+        "splits": {"train": sum(train), "val": sum(val)},
+        "shards": entries,
+        "skipped": [],
+        "colourless": [],
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
 

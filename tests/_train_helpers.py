@@ -33,13 +33,26 @@ def tiny_config(path: Path, shards: Path, out_dir: Path, **sections) -> Path:
     """Write a debug-sized run config (features 8, batch 2, 256², cheap logging) with `sections` merged in."""
     tree = {
         "run": {"name": "tiny", "out_dir": str(out_dir), "seed": 0, "device": "cpu"},
-        "data": {"shards": str(shards), "backend": "dali", "size": 256, "batch_size": 2, "num_threads": 1,
-                 "shuffle_buffer": 8, "crop": "random_resized"},
+        "data": {
+            "shards": str(shards),
+            "backend": "dali",
+            "size": 256,
+            "batch_size": 2,
+            "num_threads": 1,
+            "shuffle_buffer": 8,
+            "crop": "random_resized",
+        },
         "model": {"features": 8, "disc_features": 8},
         "loss": {"vgg_weights": "none", "feature_weight_nogan": 0.0},
         "schedule": {"nogan_steps": 2, "gan_steps": 2},
-        "logging": {"wandb": "disabled", "every_steps": 1, "sample_every_steps": 1000, "eval_every_steps": 1000,
-                    "eval_batches": 1, "sample_count": 2},
+        "logging": {
+            "wandb": "disabled",
+            "every_steps": 1,
+            "sample_every_steps": 1000,
+            "eval_every_steps": 1000,
+            "eval_batches": 1,
+            "sample_count": 2,
+        },
         "checkpoint": {"every_steps": 1000, "keep_last": 2},
     }
     for section, values in sections.items():
@@ -59,8 +72,12 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 def run_train(args: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python launch/train.py ARGS` in a child process (one rank)."""
     return subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), *args], cwd=REPO, env=env or subprocess_env(),
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, str(TRAIN_SCRIPT), *args],
+        cwd=REPO,
+        env=env or subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -78,8 +95,13 @@ def wandb_records(path: Path) -> list[dict]:
     """Every record of a W&B run's transaction log (`run-<id>.wandb`, or the run folder holding it), read
     by W&B's own reader: `wandb leet inspect --json` (wandb ≥ 0.30; one JSON object per record, each
     with "type" and a field of that name)."""
-    result = subprocess.run([str(VENV_BIN / "wandb"), "leet", "inspect", "--json", str(path)],
-                            capture_output=True, text=True, timeout=120, env=subprocess_env())
+    result = subprocess.run(
+        [str(VENV_BIN / "wandb"), "leet", "inspect", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 

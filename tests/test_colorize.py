@@ -49,8 +49,13 @@ def inputs(tmp_path_factory, colour_photos):
     exif[0x0112] = 6  # "rotate 90° clockwise to display": stored 451 wide, shown 451 tall
     Image.fromarray(chelsea).save(folder / "phone.jpg", exif=exif, quality=92)
     return folder, {
-        "landscape": (300, 451), "portrait": (600, 400), "tiny": (7, 5), "grey": (427, 640),
-        "cutout": (300, 200), "grey16": (64, 96), "phone": (451, 300),
+        "landscape": (300, 451),
+        "portrait": (600, 400),
+        "tiny": (7, 5),
+        "grey": (427, 640),
+        "cutout": (300, 200),
+        "grey16": (64, 96),
+        "phone": (451, 300),
     }
 
 
@@ -114,7 +119,9 @@ def test_bad_input_is_skipped_by_name_and_exit_is_1(inputs, weights, tmp_path, c
     bad = tmp_path / "notes.jpg"
     bad.write_text("this is not a picture")
     out = tmp_path / "out"
-    code = colorize.main([str(bad), str(folder / "tiny.png"), str(tmp_path / "nope.png"), "--weights", str(weights), "--out", str(out)])
+    code = colorize.main(
+        [str(bad), str(folder / "tiny.png"), str(tmp_path / "nope.png"), "--weights", str(weights), "--out", str(out)]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert f"skipped {bad}: cannot identify image file" in err
@@ -126,8 +133,21 @@ def test_bad_input_is_skipped_by_name_and_exit_is_1(inputs, weights, tmp_path, c
 def test_two_runs_give_identical_bytes(inputs, weights, tmp_path):
     folder, _ = inputs
     for run in ("a", "b"):
-        assert colorize.main([str(folder / "landscape.jpg"), str(folder / "portrait.png"), "--weights", str(weights),
-                              "--out", str(tmp_path / run), "--batch-size", "2"]) == 0
+        assert (
+            colorize.main(
+                [
+                    str(folder / "landscape.jpg"),
+                    str(folder / "portrait.png"),
+                    "--weights",
+                    str(weights),
+                    "--out",
+                    str(tmp_path / run),
+                    "--batch-size",
+                    "2",
+                ]
+            )
+            == 0
+        )
     for name in ("landscape.png", "portrait.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
@@ -146,8 +166,19 @@ def test_console_script_writes_jpeg_and_side_by_side(inputs, weights, tmp_path):
     folder, shapes = inputs
     target = tmp_path / "result.jpg"
     proc = subprocess.run(
-        [console_script("colorize"), str(folder / "portrait.png"), "--weights", str(weights), "--out", str(target), "--side-by-side"],
-        capture_output=True, text=True, timeout=120, env=subprocess_env(),
+        [
+            console_script("colorize"),
+            str(folder / "portrait.png"),
+            "--weights",
+            str(weights),
+            "--out",
+            str(target),
+            "--side-by-side",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(),
     )
     assert proc.returncode == 0, proc.stderr
     with Image.open(target) as im:
@@ -174,7 +205,9 @@ def test_export_round_trip_and_sidecar(tmp_path):
     torch.manual_seed(1)
     generator = Generator(features=8)
     generator.train()(torch.randn(2, 1, 256, 256))  # move the BatchNorm running stats off their init
-    path = save_generator(tmp_path / "g.safetensors", generator, {"generator": "seed_unet", "features": 8}, {"step": 7, "phase": "gan"})
+    path = save_generator(
+        tmp_path / "g.safetensors", generator, {"generator": "seed_unet", "features": 8}, {"step": 7, "phase": "gan"}
+    )
     meta = json.loads(sidecar_path(path).read_text())
     assert meta["format"] == "colorization-generator/1"
     assert meta["model"] == {"generator": "seed_unet", "features": 8}

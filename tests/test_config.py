@@ -78,8 +78,17 @@ def test_out_of_range_values_are_named(override, key):
 
 def test_overrides_apply_with_yaml_typing(tmp_path):
     path = write(tmp_path, "data:\n  batch_size: 8\n")
-    cfg = load_config(path, ["data.batch_size=64", "loss.vgg_input=lab", "optim.nogan.betas=[0.8, 0.99]",
-                             "logging.entity=null", "model.compile=true", "optim.nogan.lr=3e-4"])
+    cfg = load_config(
+        path,
+        [
+            "data.batch_size=64",
+            "loss.vgg_input=lab",
+            "optim.nogan.betas=[0.8, 0.99]",
+            "logging.entity=null",
+            "model.compile=true",
+            "optim.nogan.lr=3e-4",
+        ],
+    )
     assert cfg.data.batch_size == 64 and cfg.loss.vgg_input == "lab"
     assert cfg.optim.nogan.betas == (0.8, 0.99) and cfg.logging.entity is None
     assert cfg.model.compile is True and cfg.optim.nogan.lr == pytest.approx(3e-4)

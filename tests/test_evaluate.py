@@ -36,8 +36,15 @@ def test_psnr_and_ssim_match_skimage(colour_photos):
     ssim = ssim_rgb(noisy, truth, reduction="none")
     for i in range(len(truth)):
         expected_psnr = peak_signal_noise_ratio(_hwc(truth[i]), _hwc(noisy[i]), data_range=1)
-        expected_ssim = structural_similarity(_hwc(noisy[i]), _hwc(truth[i]), gaussian_weights=True, sigma=1.5,
-                                              use_sample_covariance=False, data_range=1, channel_axis=2)
+        expected_ssim = structural_similarity(
+            _hwc(noisy[i]),
+            _hwc(truth[i]),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1,
+            channel_axis=2,
+        )
         assert psnr[i].item() == pytest.approx(expected_psnr, abs=1e-3)
         assert ssim[i].item() == pytest.approx(expected_ssim, abs=1e-4)
     assert psnr_rgb(noisy, truth).item() == pytest.approx(psnr.mean().item())
@@ -101,7 +108,11 @@ def test_truth_double_scores_perfectly_and_grey_baseline_is_colourless(colour_ph
     result = evaluate.evaluate_batches(oracle, batches)
     m = result["metrics"]
     assert result["images"] == len(rgb)
-    assert m["ab_l1"]["model"] == 0.0 and math.isinf(m["psnr"]["model"]) and m["ssim"]["model"] == pytest.approx(1.0, abs=1e-5)
+    assert (
+        m["ab_l1"]["model"] == 0.0
+        and math.isinf(m["psnr"]["model"])
+        and m["ssim"]["model"] == pytest.approx(1.0, abs=1e-5)
+    )
     assert m["colourfulness"]["model"] == pytest.approx(m["colourfulness"]["truth"])
     # ab = 0 gives R ≈ G ≈ B; skimage's rounded matrix leaves channel differences of ~1e-5, so the
     # colourfulness is a few thousandths on the 0–255 scale, not exactly 0.
@@ -121,8 +132,24 @@ def shards(tmp_path_factory, colour_photos):
 def test_colorize_eval_cli_table_matches_json(shards, capsys):
     weights = make_weights(shards / "g.safetensors")
     out = shards / "eval.json"
-    code = evaluate.main(["--weights", str(weights), "--shards", str(shards / "shards"), "--json", str(out),
-                          "--batch-size", "4", "--limit", "5", "--device", "cpu", "--workers", "1"])
+    code = evaluate.main(
+        [
+            "--weights",
+            str(weights),
+            "--shards",
+            str(shards / "shards"),
+            "--json",
+            str(out),
+            "--batch-size",
+            "4",
+            "--limit",
+            "5",
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+        ]
+    )
     table = capsys.readouterr().out
     assert code == 0
     result = json.loads(out.read_text())
@@ -145,7 +172,10 @@ def test_colorize_eval_errors_are_one_line(shards, tmp_path, capsys):
     assert "no shards for split 'test'" in capsys.readouterr().err
     junk = tmp_path / "inception.pth"
     junk.write_text("not weights")
-    assert evaluate.main(["--weights", str(weights), "--shards", str(shards / "shards"), "--fid-inception", str(junk)]) == 2
+    assert (
+        evaluate.main(["--weights", str(weights), "--shards", str(shards / "shards"), "--fid-inception", str(junk)])
+        == 2
+    )
     assert capsys.readouterr().err.startswith(f"error: {junk}: not a PyTorch state_dict")
 
 
@@ -155,14 +185,35 @@ def test_fid_with_local_inception_weights(shards, tmp_path):
     from launch.eval.fid import InceptionFeatures
 
     torch.manual_seed(0)
-    torch.save(inception_v3(weights=None, aux_logits=False, init_weights=False).state_dict(), tmp_path / "inception.pth")
+    torch.save(
+        inception_v3(weights=None, aux_logits=False, init_weights=False).state_dict(), tmp_path / "inception.pth"
+    )
     features = InceptionFeatures(tmp_path / "inception.pth")
     rgb = torch.rand(3, 3, 64, 80)
     assert features(rgb).shape == (3, 2048)
     weights = make_weights(tmp_path / "g.safetensors")
     out = tmp_path / "fid.json"
-    assert evaluate.main(["--weights", str(weights), "--shards", str(shards / "shards"), "--json", str(out), "--limit", "3",
-                          "--batch-size", "3", "--workers", "1", "--fid-inception", str(tmp_path / "inception.pth")]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--weights",
+                str(weights),
+                "--shards",
+                str(shards / "shards"),
+                "--json",
+                str(out),
+                "--limit",
+                "3",
+                "--batch-size",
+                "3",
+                "--workers",
+                "1",
+                "--fid-inception",
+                str(tmp_path / "inception.pth"),
+            ]
+        )
+        == 0
+    )
     fid = json.loads(out.read_text())["metrics"]["fid"]
     assert fid["model"] > 0 and fid["grey"] > 0 and all(math.isfinite(v) for v in fid.values())
     torch.save({"fc.weight": torch.zeros(2)}, tmp_path / "wrong.pth")

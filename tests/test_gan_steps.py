@@ -18,8 +18,17 @@ def gan():
     from launch.train import build_accelerator
     from launch.training.gan import build_gan
 
-    cfg = load_config(None, ["run.device=cpu", "model.features=8", "model.disc_features=8", "data.batch_size=2",
-                             "loss.feature_weight_nogan=0", "optim.grad_clip=1.0"])
+    cfg = load_config(
+        None,
+        [
+            "run.device=cpu",
+            "model.features=8",
+            "model.disc_features=8",
+            "data.batch_size=2",
+            "loss.feature_weight_nogan=0",
+            "optim.grad_clip=1.0",
+        ],
+    )
     return build_gan(cfg, build_accelerator(cfg, "disabled"))
 
 
@@ -31,7 +40,9 @@ def batch():
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-    return {name: (p.detach().clone(), None if p.grad is None else p.grad.clone()) for name, p in module.named_parameters()}
+    return {
+        name: (p.detach().clone(), None if p.grad is None else p.grad.clone()) for name, p in module.named_parameters()
+    }
 
 
 def same(before: dict, module: torch.nn.Module) -> bool:
@@ -97,8 +108,16 @@ def test_nogan_step_leaves_d_and_its_optimiser_untouched(gan, batch, monkeypatch
 
 
 def test_learning_rates_follow_the_phase(gan):
-    gan.cfg = load_config(None, ["schedule.nogan_steps=2", "schedule.gan_steps=2", "optim.nogan.lr=1e-3",
-                                 "optim.generator.lr=2e-3", "optim.discriminator.lr=3e-3"])
+    gan.cfg = load_config(
+        None,
+        [
+            "schedule.nogan_steps=2",
+            "schedule.gan_steps=2",
+            "optim.nogan.lr=1e-3",
+            "optim.generator.lr=2e-3",
+            "optim.discriminator.lr=3e-3",
+        ],
+    )
     assert gan.set_learning_rates(1) == {"train/lr_g": 1e-3}
     assert gan.opt_nogan.param_groups[0]["lr"] == 1e-3
     assert gan.set_learning_rates(2) == {"train/lr_g": 2e-3, "train/lr_d": 3e-3}

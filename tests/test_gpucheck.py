@@ -39,8 +39,11 @@ def pack_tree(tree: Path, kit_dir: Path) -> dict:
 
 
 def files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-            and p.name != ".kit-sha256"}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".kit-sha256"
+    }
 
 
 def test_kit_chunks_verify_and_unpack_to_the_same_files(tmp_path):
@@ -95,14 +98,37 @@ def test_device_calls_carry_one_chunk_each_and_the_last_runs_the_check():
 
 def test_check_dry_run_lists_cuda_steps_as_skipped(tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "launch.gpucheck.check", "--out", str(out), "--dry-run",
-                           "--kit", str(tmp_path / "no-kit"), "--images", "16"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.gpucheck.check",
+            "--out",
+            str(out),
+            "--dry-run",
+            "--kit",
+            str(tmp_path / "no-kit"),
+            "--images",
+            "16",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads((out / "gpucheck.json").read_text())
     status = {step["name"]: step["status"] for step in results["steps"]}
-    assert status == {"facts": "ok", "kit": "ok", "shards": "ok", "pytest-gpu": "skipped", "bench-loader": "skipped",
-                      "bench-step": "skipped", "train": "skipped", "bench-step-compile": "skipped"}
+    assert status == {
+        "facts": "ok",
+        "kit": "ok",
+        "shards": "ok",
+        "pytest-gpu": "skipped",
+        "bench-loader": "skipped",
+        "bench-step": "skipped",
+        "train": "skipped",
+        "bench-step-compile": "skipped",
+    }
     kit_step = next(step for step in results["steps"] if step["name"] == "kit")
     assert kit_step["figures"]["kit"].startswith("no kit")
     assert results["dry_run"] is True and "skipped" in done.stdout and (out / "gpucheck.log").is_file()
@@ -120,8 +146,9 @@ def test_a_reassembled_kit_imports_dali_from_the_unpacked_tree(tmp_path):
     staged.mkdir()
     (staged / "__init__.py").write_text(kit.NAMESPACE_INIT)
     sources = [(staged / "__init__.py", "nvidia/__init__.py")]
-    sources += [(nvidia / name, f"nvidia/{name}") for name in ("dali", "nvimgcodec", "libnvcomp")
-                if (nvidia / name).is_dir()]
+    sources += [
+        (nvidia / name, f"nvidia/{name}") for name in ("dali", "nvimgcodec", "libnvcomp") if (nvidia / name).is_dir()
+    ]
     nvjpeg = nvidia / "cu13" / "lib" / "libnvjpeg.so.13"
     if nvjpeg.is_file():
         sources.append((nvjpeg, "nvidia/cu13/lib/libnvjpeg.so.13"))
@@ -148,7 +175,12 @@ def test_a_reassembled_kit_imports_dali_from_the_unpacked_tree(tmp_path):
         assert np.array(out.as_tensor()).tolist() == [[1.0] * 3] * 2
         print("ok", nvidia.dali.__version__, nvidia.dali.__file__)
     """)
-    done = subprocess.run([sys.executable, "-c", script, str(tree)], capture_output=True, text=True, timeout=120,
-                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tree)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok ") and str(tree) in done.stdout

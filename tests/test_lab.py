@@ -104,6 +104,7 @@ def test_lab_to_rgb_inverts_no_matrix_and_makes_no_constant_tensors_per_call(mon
     def forbidden(name):
         def fail(*args, **kwargs):
             raise AssertionError(f"{name} called at run time")
+
         return fail
 
     monkeypatch.setattr(torch.linalg, "inv", forbidden("torch.linalg.inv"))

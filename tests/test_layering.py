@@ -70,7 +70,7 @@ def test_no_import_cycles_between_modules():
         state[node] = 1
         for target in sorted(graph.get(node, ())):
             if state.get(target) == 1:
-                cycles.append(" → ".join(trail[trail.index(target):] + [target]))
+                cycles.append(" → ".join(trail[trail.index(target) :] + [target]))
             elif target not in state:
                 visit(target, [*trail, target])
         state[node] = 2

@@ -99,7 +99,9 @@ def test_three_backends_produce_the_same_lab_from_the_same_pixels(tmp_path, colo
 # -------------------------------------------------------------------------------------- shard listing
 def test_shard_paths_follow_the_manifest_and_name_what_is_missing(shards, tmp_path):
     root, manifest = shards
-    assert [s.name for s in split_shards(root, "train", need_index=False)] == [e["name"] for e in manifest["shards"][:3]]
+    assert [s.name for s in split_shards(root, "train", need_index=False)] == [
+        e["name"] for e in manifest["shards"][:3]
+    ]
     with pytest.raises(ShardsDirError, match="no_such_dir"):
         split_shards(tmp_path / "no_such_dir", "train")
     (tmp_path / "m").mkdir()
@@ -141,8 +143,15 @@ def test_fewer_shards_than_ranks_still_feeds_every_rank(shards, backend):
 @pytest.mark.parametrize("backend", ("dali", "torch"))
 def test_one_pass_ends_keeps_the_partial_batch_and_repeats_identically(shards, backend):
     root, manifest = shards
-    loader = make_loader(cfg_for(root, backend=backend, batch_size=8, num_threads=1), 0, 1, CPU, split="val",
-                         endless=False, return_keys=True)
+    loader = make_loader(
+        cfg_for(root, backend=backend, batch_size=8, num_threads=1),
+        0,
+        1,
+        CPU,
+        split="val",
+        endless=False,
+        return_keys=True,
+    )
     sizes = [b[0].shape[0] for b in loader]
     assert sizes == [8, 4]  # 12 samples: one full batch, then the partial one, nothing dropped
     first = [b[0] for b in loader]
@@ -155,8 +164,9 @@ def test_one_pass_ends_keeps_the_partial_batch_and_repeats_identically(shards, b
 def test_one_pass_dali_loader_is_reused_across_passes_without_rebuilding(shards, device, monkeypatch):
     """Evaluation keeps one loader: every iter() is a full, identical pass on the same pipeline."""
     root, manifest = shards
-    loader = DaliLoader(cfg_for(root, num_threads=1), 0, 1, torch.device(device), split="val", endless=False,
-                        return_keys=True)
+    loader = DaliLoader(
+        cfg_for(root, num_threads=1), 0, 1, torch.device(device), split="val", endless=False, return_keys=True
+    )
     builds = []
     build = loader._build
     monkeypatch.setattr(loader, "_build", lambda: builds.append(1) or build())
@@ -173,8 +183,15 @@ def test_a_pass_left_half_way_does_not_shift_the_next_one(shards, backend):
     """Evaluation reads the first N batches of one reused val loader: every iter() starts again at
     the first sample, whatever the previous consumer left unread."""
     root, _ = shards
-    loader = make_loader(cfg_for(root, backend=backend, batch_size=4, num_threads=1), 0, 1, CPU, split="val",
-                         endless=False, return_keys=True)
+    loader = make_loader(
+        cfg_for(root, backend=backend, batch_size=4, num_threads=1),
+        0,
+        1,
+        CPU,
+        split="val",
+        endless=False,
+        return_keys=True,
+    )
     whole = keys_of(loader)
     assert len(whole) == 12
     for _ in range(2):
@@ -185,8 +202,9 @@ def test_a_pass_left_half_way_does_not_shift_the_next_one(shards, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_endless_loader_runs_past_the_end_of_the_epoch_with_full_batches(shards, backend):
     root, _ = shards  # train: 48 samples = 6 batches per epoch
-    loader = make_loader(cfg_for(root, backend=backend, num_threads=1), 0, 1, CPU, split="train", endless=True,
-                         return_keys=True)
+    loader = make_loader(
+        cfg_for(root, backend=backend, num_threads=1), 0, 1, CPU, split="train", endless=True, return_keys=True
+    )
     batches = 0
     for lightness, ab, _keys in loader:
         assert lightness.shape == (8, 1, 256, 256) and ab.shape == (8, 2, 256, 256)
@@ -223,8 +241,9 @@ def test_dali_cpu_path_flips_some_images_and_leaves_the_rest(shards):
     # equal the deterministic view of its sample, or that view mirrored, and both must occur.
     root, _ = shards
     views = {}
-    for L, ab, keys in make_loader(cfg_for(root, crop="resize", flip=False), 0, 1, CPU, split="train",
-                                   endless=False, return_keys=True):
+    for L, ab, keys in make_loader(
+        cfg_for(root, crop="resize", flip=False), 0, 1, CPU, split="train", endless=False, return_keys=True
+    ):
         views.update({k: torch.cat([L[i], ab[i]]) for i, k in enumerate(keys)})
     loader = make_loader(cfg_for(root, crop="resize", flip=True), 0, 1, CPU, return_keys=True)
     flipped = kept = 0
@@ -251,8 +270,11 @@ def test_dali_cpu_path_runs_decoder_threads_below_the_loader_thread(shards):
     batches = iter(make_loader(cfg_for(shards[0]), 0, 1, CPU))
     next(batches)  # the pipeline, and its threads, live while `batches` does
     own = os.getpriority(os.PRIO_PROCESS, 0)
-    dali = {int(t.name): os.getpriority(os.PRIO_PROCESS, int(t.name)) for t in Path("/proc/self/task").iterdir()
-            if (t / "comm").read_text().startswith(DALI_THREAD_PREFIX)}
+    dali = {
+        int(t.name): os.getpriority(os.PRIO_PROCESS, int(t.name))
+        for t in Path("/proc/self/task").iterdir()
+        if (t / "comm").read_text().startswith(DALI_THREAD_PREFIX)
+    }
     assert dali and set(dali.values()) == {min(19, own + NICE_INCREMENT)}
     assert torch.get_num_threads() == torch_threads  # the one-thread scope of the resize and Lab is undone
 
@@ -289,8 +311,15 @@ def test_training_loader_on_gpu_crops_and_flips(shards, backend):
     assert twice and any(not torch.allclose(a, b, atol=1e-3) for a, b, *_ in twice)
 
     views = {}
-    for L, ab, keys in make_loader(cfg_for(root, backend=backend, crop="resize", flip=False), 0, 1, device,
-                                   split="train", endless=False, return_keys=True):
+    for L, ab, keys in make_loader(
+        cfg_for(root, backend=backend, crop="resize", flip=False),
+        0,
+        1,
+        device,
+        split="train",
+        endless=False,
+        return_keys=True,
+    ):
         views.update({k: torch.cat([L[i], ab[i]]) for i, k in enumerate(keys)})
     flipped = kept = 0
     train = make_loader(cfg_for(root, backend=backend, crop="resize", flip=True), 0, 1, device, return_keys=True)
@@ -329,12 +358,23 @@ def test_torch_gpu_decode_matches_the_cpu_worker_mode(shards, endless):
     root, _ = shards
     device = torch.device("cuda", 0)
     split = "train" if endless else "val"
-    gpu = make_loader(cfg_for(root, backend="torch"), 0, 1, device, split=split, endless=endless, seed=2,
-                      return_keys=True)
-    cpu = make_loader(cfg_for(root, backend="torch", decode_device="cpu"), 0, 1, device, split=split,
-                      endless=endless, seed=2, return_keys=True)
+    gpu = make_loader(
+        cfg_for(root, backend="torch"), 0, 1, device, split=split, endless=endless, seed=2, return_keys=True
+    )
+    cpu = make_loader(
+        cfg_for(root, backend="torch", decode_device="cpu"),
+        0,
+        1,
+        device,
+        split=split,
+        endless=endless,
+        seed=2,
+        return_keys=True,
+    )
     assert gpu.decode_on == device and cpu.decode_on is None
-    for (gl, gab, gk), (cl, cab, ck) in zip([b for b, _ in zip(gpu, range(3), strict=False)], [b for b, _ in zip(cpu, range(3), strict=False)], strict=False):
+    for (gl, gab, gk), (cl, cab, ck) in zip(
+        [b for b, _ in zip(gpu, range(3), strict=False)], [b for b, _ in zip(cpu, range(3), strict=False)], strict=False
+    ):
         assert gk == ck and gl.device == device and cl.device == device
         assert (gl - cl).abs().mean() < 4e-3 and (gab - cab).abs().mean() < 4e-3
 
@@ -367,8 +407,10 @@ def test_torch_views_equal_the_torchvision_transforms_they_replace(colour_photos
 
     from pipeline.torch_loader import apply_view, sample_view
 
-    images = [torch.from_numpy(np.ascontiguousarray(colour_photos[n])).permute(2, 0, 1).contiguous()
-              for n in ("astronaut", "chelsea", "coffee", "rocket")]
+    images = [
+        torch.from_numpy(np.ascontiguousarray(colour_photos[n])).permute(2, 0, 1).contiguous()
+        for n in ("astronaut", "chelsea", "coffee", "rocket")
+    ]
     for crop, train in (("random_resized", True), ("resize", True), ("random_resized", False), ("resize", False)):
         cfg = DataConfig(crop=crop, size=256)
         if train and crop == "random_resized":
@@ -419,7 +461,11 @@ def test_torch_gpu_mode_flow_equals_cpu_mode_on_cpu(shards, endless, crop):
     cpu_mode = make_loader(cfg, 0, 1, CPU, split=split, endless=endless, seed=5, return_keys=True)
     flow = _gpu_mode_on(make_loader(cfg, 0, 1, CPU, split=split, endless=endless, seed=5, return_keys=True), CPU)
     assert cpu_mode.decode_on is None
-    for (el, eab, ek), (gl, gab, gk) in zip([b for b, _ in zip(cpu_mode, range(3), strict=False)], [b for b, _ in zip(flow, range(3), strict=False)], strict=False):
+    for (el, eab, ek), (gl, gab, gk) in zip(
+        [b for b, _ in zip(cpu_mode, range(3), strict=False)],
+        [b for b, _ in zip(flow, range(3), strict=False)],
+        strict=False,
+    ):
         assert ek == gk
         assert torch.equal(el, gl) and torch.equal(eab, gab)
 
@@ -435,7 +481,9 @@ def test_torch_gpu_mode_flow_resumes_exactly(shards):
     expected = [next(it) for _ in range(3)]
     restored = _gpu_mode_on(make_loader(cfg, 0, 1, CPU, seed=3, return_keys=True), CPU)
     restored.load_state_dict(state)
-    for (el, eab, ek), (gl, gab, gk) in zip(expected, [b for b, _ in zip(restored, range(3), strict=False)], strict=False):
+    for (el, eab, ek), (gl, gab, gk) in zip(
+        expected, [b for b, _ in zip(restored, range(3), strict=False)], strict=False
+    ):
         assert ek == gk and torch.equal(el, gl) and torch.equal(eab, gab)
 
 
@@ -444,8 +492,13 @@ def test_decode_device_cpu_keeps_the_worker_mode_on_cuda(shards):
     root = shards[0]
     from pipeline.torch_loader import TorchLoader
 
-    assert TorchLoader(cfg_for(root, backend="torch"), 0, 1, torch.device("cuda", 0)).decode_on == torch.device("cuda", 0)
-    assert TorchLoader(cfg_for(root, backend="torch", decode_device="cpu"), 0, 1, torch.device("cuda", 0)).decode_on is None
+    assert TorchLoader(cfg_for(root, backend="torch"), 0, 1, torch.device("cuda", 0)).decode_on == torch.device(
+        "cuda", 0
+    )
+    assert (
+        TorchLoader(cfg_for(root, backend="torch", decode_device="cpu"), 0, 1, torch.device("cuda", 0)).decode_on
+        is None
+    )
     assert TorchLoader(cfg_for(root, backend="torch"), 0, 1, CPU).decode_on is None
 
 
@@ -470,8 +523,9 @@ def test_undecodable_sample_stops_with_the_shard_named(bad_shards, backend):
 def test_torch_gpu_mode_flow_names_or_skips_bad_samples(bad_shards):
     """Not-a-JPEG bytes fail at the worker's header read; the truncated JPEG at the batched decode."""
     root, manifest, bad = bad_shards
-    loader = _gpu_mode_on(make_loader(cfg_for(root, backend="torch", num_threads=1), 0, 1, CPU, split="train",
-                                      endless=False), CPU)
+    loader = _gpu_mode_on(
+        make_loader(cfg_for(root, backend="torch", num_threads=1), 0, 1, CPU, split="train", endless=False), CPU
+    )
     with pytest.raises(BadShardError, match=r"train-000000\.tar.*img-00005"):
         list(loader)
     cfg = cfg_for(root, backend="torch", on_bad_sample="skip", num_threads=1)
@@ -549,8 +603,12 @@ def test_gpu_eval_centre_crop_takes_the_cpu_paths_window(colour_photos):
     from pipeline.cpu_finish import resize_to_square
     from pipeline.dali_pipeline import centre_square_roi
 
-    crops = [colour_photos["astronaut"][:375, :500], colour_photos["chelsea"][:300, :451],
-             colour_photos["coffee"][:399, :300], colour_photos["rocket"][:427, :256]]
+    crops = [
+        colour_photos["astronaut"][:375, :500],
+        colour_photos["chelsea"][:300, :451],
+        colour_photos["coffee"][:399, :300],
+        colour_photos["rocket"][:427, :256],
+    ]
     encoded = [np.frombuffer(jpeg_bytes(np.ascontiguousarray(c), quality=95), dtype=np.uint8) for c in crops]
 
     @pipeline_def
@@ -559,8 +617,9 @@ def test_gpu_eval_centre_crop_takes_the_cpu_paths_window(colour_photos):
         images = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
         start, end = centre_square_roi(jpegs)
         new = fn.resize(images, size=[256, 256], roi_start=start, roi_end=end)
-        old = fn.crop_mirror_normalize(fn.resize(images, resize_shorter=256), crop=[256, 256], dtype=types.UINT8,
-                                       output_layout="HWC")
+        old = fn.crop_mirror_normalize(
+            fn.resize(images, resize_shorter=256), crop=[256, 256], dtype=types.UINT8, output_layout="HWC"
+        )
         return images, new, old, start
 
     pipe = views(batch_size=len(crops), num_threads=1, device_id=None)
@@ -587,9 +646,23 @@ def test_gpu_pipeline_graph_is_valid_without_a_gpu(shards, train, crop):
 
     found = split_shards(shards[0], "train")
     pipe = colorization_pipeline(
-        tar_paths=[s.path for s in found], index_paths=[s.index_path for s in found], size=256, crop=crop,
-        crop_scale=(0.35, 1.0), crop_ratio=(0.75, 1.33), flip=True, train=train, shard_id=0, num_shards=1,
-        shuffle_buffer=16, gpu=True, with_keys=False, batch_size=4, num_threads=1, device_id=None)
+        tar_paths=[s.path for s in found],
+        index_paths=[s.index_path for s in found],
+        size=256,
+        crop=crop,
+        crop_scale=(0.35, 1.0),
+        crop_ratio=(0.75, 1.33),
+        flip=True,
+        train=train,
+        shard_id=0,
+        num_shards=1,
+        shuffle_buffer=16,
+        gpu=True,
+        with_keys=False,
+        batch_size=4,
+        num_threads=1,
+        device_id=None,
+    )
     graph = pipe.serialize()
     assert b"jpeg_fancy_upsampling" in graph and (train or crop == "resize" or b"roi_start" in graph)
 
@@ -614,16 +687,37 @@ def test_bench_loader_reports_every_backend_against_the_baseline_and_the_ceiling
     from launch.bench import main as bench
 
     out = tmp_path / "loader.json"
-    code = bench(["loader", "--shards", str(shards[0]), "--backends", "baseline,torch-cpu,dali", "--batch-size", "8",
-                  "--seconds", "1", "--rounds", "2", "--warmup", "1", "--threads", "2", "--device", "cpu",
-                  "--json", str(out)])
+    code = bench(
+        [
+            "loader",
+            "--shards",
+            str(shards[0]),
+            "--backends",
+            "baseline,torch-cpu,dali",
+            "--batch-size",
+            "8",
+            "--seconds",
+            "1",
+            "--rounds",
+            "2",
+            "--warmup",
+            "1",
+            "--threads",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     baseline, dali = report["backends"]["baseline"], report["backends"]["dali"]
     assert baseline["ratio_vs_baseline"] == 1.0 and baseline["images_per_s"] > 0 and dali["images_per_s"] > 0
     assert dali["ratio_vs_baseline"] == pytest.approx(dali["images_per_s"] / baseline["images_per_s"], rel=0.01)
     assert dali["fraction_of_decode_ceiling"] == pytest.approx(
-        dali["images_per_s"] / report["decode_ceiling_images_per_s"], rel=0.01)
+        dali["images_per_s"] / report["decode_ceiling_images_per_s"], rel=0.01
+    )
     assert report["settings"]["rounds"] == 2
     assert report["backends"]["torch-cpu"]["images_per_s"] > 0 and "CPU" in report["decode_ceiling"]
     printed = capsys.readouterr().out
@@ -654,8 +748,30 @@ def test_bench_loader_on_cuda_times_every_gpu_source_and_the_nvjpeg_ceiling(shar
     from launch.bench import main as bench
 
     out = tmp_path / "loader.json"
-    assert bench(["loader", "--shards", str(shards[0]), "--batch-size", "8", "--seconds", "1", "--rounds", "1",
-                  "--warmup", "1", "--threads", "2", "--device", "cuda", "--json", str(out)]) == 0
+    assert (
+        bench(
+            [
+                "loader",
+                "--shards",
+                str(shards[0]),
+                "--batch-size",
+                "8",
+                "--seconds",
+                "1",
+                "--rounds",
+                "1",
+                "--warmup",
+                "1",
+                "--threads",
+                "2",
+                "--device",
+                "cuda",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert list(report["backends"]) == ["dali", "torch", "torch-cpu"]
     assert all(r["images_per_s"] > 0 and r["ratio_vs_seed"] is None for r in report["backends"].values())

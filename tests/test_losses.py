@@ -271,7 +271,9 @@ def test_imagenet_weights_come_from_torchvision(monkeypatch, saved_features):
         raise OSError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(type(VGG19_BN_Weights.IMAGENET1K_V1), "get_state_dict", offline)
-    with pytest.raises(VGGWeightsError, match="cannot download VGG19-bn ImageNet weights .*local state_dict path") as error:
+    with pytest.raises(
+        VGGWeightsError, match="cannot download VGG19-bn ImageNet weights .*local state_dict path"
+    ) as error:
         VGGFeatureLoss(weights="imagenet")
     # The message names the file and where to put it so that no download is needed.
     file_name = VGG19_BN_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]

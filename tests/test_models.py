@@ -24,9 +24,9 @@ SEED_STATE_DICT = Path(__file__).parent / "data" / "generator_state_dict.tsv"
 SEED_GENERATOR_PARAMETERS = 57_472_642
 # pix2pix's 70×70 PatchGAN, counted by hand: conv1 3·64·16 + 64; conv2 64·128·16 + BN 2·128;
 # conv3 128·256·16 + BN 2·256; conv4 256·512·16 + BN 2·512; conv5 512·16 + 1.
-PATCHGAN_PARAMETERS = (3 * 64 * 16 + 64) + (64 * 128 * 16 + 256) + (128 * 256 * 16 + 512) + (
-    256 * 512 * 16 + 1024
-) + (512 * 16 + 1)
+PATCHGAN_PARAMETERS = (
+    (3 * 64 * 16 + 64) + (64 * 128 * 16 + 256) + (128 * 256 * 16 + 512) + (256 * 512 * 16 + 1024) + (512 * 16 + 1)
+)
 
 
 def parameter_count(module: nn.Module) -> int:
@@ -146,7 +146,9 @@ def _weights(module: nn.Module, kinds) -> torch.Tensor:
 
 
 def _biases(module: nn.Module, kinds) -> torch.Tensor:
-    return torch.cat([m.bias.detach().flatten() for m in module.modules() if isinstance(m, kinds) and m.bias is not None])
+    return torch.cat(
+        [m.bias.detach().flatten() for m in module.modules() if isinstance(m, kinds) and m.bias is not None]
+    )
 
 
 @pytest.mark.parametrize("network", ["generator", "discriminator"])

@@ -88,8 +88,11 @@ def test_archive_builds_the_shards_of_its_extracted_folder(kind, tree, folder_bu
     assert {k: v for k, v in manifest.items() if k not in differs} == {
         k: v for k, v in folder_manifest.items() if k not in differs
     }
-    archive_name = {"nested tar": "coffee.tar/broken.jpg", "plain tar": "./coffee/broken.jpg",
-                    "zip": f"{KAGGLE_TRAIN}/coffee/broken.jpg"}[kind]
+    archive_name = {
+        "nested tar": "coffee.tar/broken.jpg",
+        "plain tar": "./coffee/broken.jpg",
+        "zip": f"{KAGGLE_TRAIN}/coffee/broken.jpg",
+    }[kind]
     assert manifest["skipped"] == [{"path": archive_name, "reason": folder_manifest["skipped"][0]["reason"]}]
 
 
@@ -116,10 +119,15 @@ def test_damaged_archive_loses_only_what_is_damaged(tree, tmp_path):
 
     manifest = build_shards(archive, tmp_path / "out", BuildOptions(workers=2, **OPTIONS), progress=False)
 
-    intact = {f"{cls}/{name}" for cls, files in inner.items() for name in files
-              if name.endswith(".jpg") and name != "broken.jpg"
-              and not (cls == "hubble_deep_field" and ends[cls][name] > hubble_cut)
-              and not (cls == "rocket" and rocket_start + ends[cls][name] > outer_cut)}
+    intact = {
+        f"{cls}/{name}"
+        for cls, files in inner.items()
+        for name in files
+        if name.endswith(".jpg")
+        and name != "broken.jpg"
+        and not (cls == "hubble_deep_field" and ends[cls][name] > hubble_cut)
+        and not (cls == "rocket" and rocket_start + ends[cls][name] > outer_cut)
+    }
     assert len(intact) == 30 - 3 - 4  # hubble loses 3 of 5, rocket 4 of 5
     assert set(read_samples(tmp_path / "out", manifest)) == {sample_key(path) for path in intact}
     reasons = {item["path"]: item["reason"] for item in manifest["skipped"]}
@@ -148,18 +156,25 @@ def test_zip_member_with_a_bad_crc_is_skipped_and_the_rest_kept(tree, tmp_path):
     path.write_bytes(bytes(data))
 
     manifest = build_shards(path, tmp_path / "out", BuildOptions(workers=1, **OPTIONS), progress=False)
-    assert {"path": "chelsea/img_003.jpg", "reason": "bad zip member: CRC-32 mismatch (corrupt data)"} in manifest["skipped"]
+    assert {"path": "chelsea/img_003.jpg", "reason": "bad zip member: CRC-32 mismatch (corrupt data)"} in manifest[
+        "skipped"
+    ]
     assert manifest["totals"]["kept"] == 30 - 1 and manifest["totals"]["skipped"] == 2  # and coffee/broken.jpg
 
 
 def test_flat_val_tar_builds_val_shards_only(tmp_path, colour_photos):
     """ILSVRC2012_img_val.tar: 50,000 JPEGs side by side, no classes → `--split val`."""
-    images = {f"ILSVRC2012_val_{i:08d}.JPEG": jpeg_bytes(c)
-              for i, c in enumerate(crops(colour_photos["chelsea"], 12, seed=4, size=(64, 48)), start=1)}
+    images = {
+        f"ILSVRC2012_val_{i:08d}.JPEG": jpeg_bytes(c)
+        for i, c in enumerate(crops(colour_photos["chelsea"], 12, seed=4, size=(64, 48)), start=1)
+    }
     archive = write(tmp_path / "ILSVRC2012_img_val.tar", tar_bytes(images))
     out = tmp_path / "val-shards"
-    result = subprocess.run([*CLI, "build", str(archive), str(out), "--split", "val", "--shard-samples", "5",
-                             "--workers", "1", "--quiet"], capture_output=True, text=True)
+    result = subprocess.run(
+        [*CLI, "build", str(archive), str(out), "--split", "val", "--shard-samples", "5", "--workers", "1", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["splits"] == {"train": 0, "val": 12} and manifest["classes"] is None
@@ -181,7 +196,8 @@ def _cli_error(*argv: str) -> str:
 def test_missing_or_unreadable_archive_is_one_error_line(tree, tmp_path):
     out = str(tmp_path / "out")
     assert _cli_error("build", str(tmp_path / "ILSVRC2012_img_train.tar"), out) == (
-        f"error: source {str(tmp_path / 'ILSVRC2012_img_train.tar')!r} does not exist")
+        f"error: source {str(tmp_path / 'ILSVRC2012_img_train.tar')!r} does not exist"
+    )
     garbage = write(tmp_path / "garbage.tar", b"\x01" * 5000)
     assert "garbage.tar' is not a readable tar archive" in _cli_error("build", str(garbage), out)
     gz = write(tmp_path / "train.tar.gz", b"\x1f\x8b\x08" + b"\x00" * 600)

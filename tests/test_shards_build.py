@@ -67,10 +67,17 @@ def test_manifest_lists_every_shard_with_true_sizes_hashes_and_counts(class_sour
     out, manifest = built
     assert manifest == json.loads((out / "manifest.json").read_text())
     assert manifest["source"] == str(class_source.absolute())
-    assert manifest["options"] == {"shard_samples": 8, "val_fraction": 0.2, "seed": 3, "short_side": None,
-                                   "quality": 95, "keep_colourless": False}
-    assert manifest["classes"] == sorted(["astronaut", "chelsea", "coffee", "hubble_deep_field",
-                                          "immunohistochemistry", "rocket"])
+    assert manifest["options"] == {
+        "shard_samples": 8,
+        "val_fraction": 0.2,
+        "seed": 3,
+        "short_side": None,
+        "quality": 95,
+        "keep_colourless": False,
+    }
+    assert manifest["classes"] == sorted(
+        ["astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "rocket"]
+    )
     assert manifest["skipped"][0]["path"] == "coffee/broken.jpg" and len(manifest["skipped"]) == 1
     assert manifest["totals"]["images"] == 63 and manifest["totals"]["kept"] == 62
     assert manifest["totals"]["converted"] == 2
@@ -132,8 +139,9 @@ def test_output_is_identical_with_any_worker_count(class_source, built, tmp_path
     out, _ = built
     build_shards(class_source, tmp_path, BuildOptions(workers=2, **OPTIONS), progress=False)
     assert tree_digests(tmp_path) == tree_digests(out)
-    other_seed = build_shards(class_source, tmp_path / "s", BuildOptions(workers=1, **{**OPTIONS, "seed": 4}),
-                              progress=False)
+    other_seed = build_shards(
+        class_source, tmp_path / "s", BuildOptions(workers=1, **{**OPTIONS, "seed": 4}), progress=False
+    )
     assert other_seed["shards"][0]["sha256"] != json.loads((out / "manifest.json").read_text())["shards"][0]["sha256"]
 
 
@@ -215,8 +223,9 @@ def _cli_error(*argv: str) -> str:
 def test_out_built_with_other_options_is_refused_untouched(class_source, built):
     out, _ = built
     before = tree_digests(out)
-    line = _cli_error("build", str(class_source), str(out), "--shard-samples", "8", "--val-fraction", "0.2",
-                      "--seed", "4", "--quiet")
+    line = _cli_error(
+        "build", str(class_source), str(out), "--shard-samples", "8", "--val-fraction", "0.2", "--seed", "4", "--quiet"
+    )
     assert "other options" in line and "seed: 3 → 4" in line
     assert tree_digests(out) == before
 
@@ -249,17 +258,18 @@ def test_dali_reads_every_sample_through_the_written_indexes(class_source, built
     listing = {image.key: image.cls for image in scan_source(class_source).images}
     for split in ("train", "val"):
         entries = [e for e in manifest["shards"] if e["split"] == split]
-        expected = collections.Counter(
-            listing[key] for e in entries for key in read_samples(out, {"shards": [e]})
-        )
+        expected = collections.Counter(listing[key] for e in entries for key in read_samples(out, {"shards": [e]}))
 
         @pipeline_def(batch_size=8, num_threads=1, device_id=None)
         def reader(entries):
             jpg, cls = fn.readers.webdataset(
                 paths=[str(out / e["name"]) for e in entries],
                 index_paths=[str(out / (e["name"] + ".idx")) for e in entries],
-                ext=["jpg", "cls"], missing_component_behavior="error",
-                random_shuffle=False, pad_last_batch=True, name="Reader",
+                ext=["jpg", "cls"],
+                missing_component_behavior="error",
+                random_shuffle=False,
+                pad_last_batch=True,
+                name="Reader",
             )
             return fn.decoders.image(jpg, device="cpu", output_type=types.RGB), cls
 

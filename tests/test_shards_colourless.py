@@ -41,7 +41,9 @@ def test_true_greyscale_file_is_colourless(colour_photos):
     assert _status(jpeg_bytes(grey)) == COLOURLESS
 
 
-@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field"])
+@pytest.mark.parametrize(
+    "name", ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field"]
+)
 def test_colour_photos_and_their_sepia_versions_stay(colour_photos, name):
     rgb = colour_photos[name]
     assert _status(jpeg_bytes(rgb)) == KEPT
@@ -54,7 +56,9 @@ def test_dark_night_shot_with_a_few_coloured_lights_stays():
     rng = np.random.default_rng(0)
     night = rng.integers(0, 12, (375, 500, 1)).repeat(3, axis=2).astype(np.uint8)  # near-black grey sky
     yy, xx = np.mgrid[:375, :500]
-    for (y, x), colour in zip([(60, 80), (200, 300), (300, 420)], [(255, 180, 60), (255, 40, 40), (60, 200, 255)], strict=False):
+    for (y, x), colour in zip(
+        [(60, 80), (200, 300), (300, 420)], [(255, 180, 60), (255, 40, 40), (60, 200, 255)], strict=False
+    ):
         night[(yy - y) ** 2 + (xx - x) ** 2 < 8**2] = colour  # three street lights, 0.3 % of the frame
     assert _status(jpeg_bytes(night)) == KEPT
     lit = night.copy()

@@ -33,9 +33,19 @@ def test_heldout_photos_hold_a_colour_reference_and_true_black_and_white_picture
 
 def test_demo_images_cli_writes_the_set(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "shards.cli", "demo-images", str(tmp_path / "demo"), "--count", "9",
-         "--heldout", str(tmp_path / "heldout")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "shards.cli",
+            "demo-images",
+            str(tmp_path / "demo"),
+            "--count",
+            "9",
+            "--heldout",
+            str(tmp_path / "heldout"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "demo").rglob("*.jpg"))) == 9 and len(list((tmp_path / "heldout").iterdir())) == 4
@@ -44,7 +54,8 @@ def test_demo_images_cli_writes_the_set(tmp_path):
 def test_bench_shards_builds_generated_images_and_prints_a_rate():
     result = subprocess.run(
         [sys.executable, "-m", "launch.bench", "shards", "--images", "24", "--workers", "2"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert "24 images → 24 kept" in result.stdout and "images/s" in result.stdout

@@ -90,12 +90,26 @@ def test_every_kind_of_file_is_kept_converted_dropped_or_reported(mixed_build):
     assert skipped["empty.jpg"] == "empty file"
     assert skipped["notes.jpg"].startswith("undecodable: UnidentifiedImageError")
     assert manifest["colourless"] == ["grey16.png", "grey_as_rgb.jpg", "grey_mode_L.jpg"]
-    kept = {"rgb_baseline.jpg", "rgb_progressive.jpeg", "cmyk.jpg", "png_named.JPEG", "rgba.png", "palette.gif",
-            "rgb16.png", "rotated.jpg"}
+    kept = {
+        "rgb_baseline.jpg",
+        "rgb_progressive.jpeg",
+        "cmyk.jpg",
+        "png_named.JPEG",
+        "rgba.png",
+        "palette.gif",
+        "rgb16.png",
+        "rotated.jpg",
+    }
     assert set(samples) == {sample_key(name) for name in kept}
     assert manifest["splits"] == {"train": 8, "val": 0}
-    assert manifest["totals"] == {"images": 14, "kept": 8, "converted": 6, "colourless": 3, "skipped": 3,
-                                  "bytes": manifest["shards"][0]["bytes"]}
+    assert manifest["totals"] == {
+        "images": 14,
+        "kept": 8,
+        "converted": 6,
+        "colourless": 3,
+        "skipped": 3,
+        "bytes": manifest["shards"][0]["bytes"],
+    }
     assert manifest["classes"] is None and all(set(s) == {"jpg"} for s in samples.values())  # flat: no cls
 
 
@@ -121,8 +135,9 @@ def test_converted_files_become_upright_rgb_baseline_jpegs_with_the_same_picture
 
 def test_keep_colourless_stores_them_as_three_channel_jpegs(mixed_source, tmp_path):
     root, _ = mixed_source
-    manifest = build_shards(root, tmp_path, BuildOptions(val_fraction=0.0, workers=1, keep_colourless=True),
-                            progress=False)
+    manifest = build_shards(
+        root, tmp_path, BuildOptions(val_fraction=0.0, workers=1, keep_colourless=True), progress=False
+    )
     samples = read_samples(tmp_path, manifest)
     assert manifest["options"]["keep_colourless"] is True
     assert manifest["colourless"] == ["grey16.png", "grey_as_rgb.jpg", "grey_mode_L.jpg"]
@@ -140,8 +155,9 @@ def test_short_side_downsizes_larger_images_only_keeping_aspect(tmp_path, colour
     write(src / "big.jpg", jpeg_bytes(big))
     small_bytes = jpeg_bytes(np.asarray(Image.fromarray(small).resize((120, 90))))
     write(src / "small.jpg", small_bytes)
-    manifest = build_shards(src, tmp_path / "out", BuildOptions(val_fraction=0.0, workers=1, short_side=150,
-                                                                 quality=80), progress=False)
+    manifest = build_shards(
+        src, tmp_path / "out", BuildOptions(val_fraction=0.0, workers=1, short_side=150, quality=80), progress=False
+    )
     samples = read_samples(tmp_path / "out", manifest)
     assert _decode(samples[sample_key("big.jpg")]["jpg"]).size == (200, 150)
     assert samples[sample_key("small.jpg")]["jpg"] == small_bytes

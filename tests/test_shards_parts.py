@@ -49,8 +49,15 @@ def test_parts_are_disjoint_and_cover_the_plan_for_any_n(source):
 def test_three_parts_in_three_processes_merge_into_the_one_machine_build(source, one_machine, tmp_path):
     single_out, single = one_machine
     out = tmp_path / "shards"
-    processes = [subprocess.Popen([*CLI, "build", str(source), str(out), "--part", f"{k}/3", *ARGS],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (1, 2, 3)]
+    processes = [
+        subprocess.Popen(
+            [*CLI, "build", str(source), str(out), "--part", f"{k}/3", *ARGS],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in (1, 2, 3)
+    ]
     outputs = [process.communicate(timeout=120) for process in processes]
     assert [process.returncode for process in processes] == [0, 0, 0], outputs
     assert sum("parts merged" in stdout for stdout, _ in outputs) >= 1  # the last one to finish merged
@@ -72,11 +79,14 @@ def test_three_parts_in_three_processes_merge_into_the_one_machine_build(source,
     from pipeline import make_loader
 
     for split in ("train", "val"):  # one evaluation pass: every sample of the split, once
-        cfg = DataConfig(shards=str(out), backend="dali", batch_size=4, shuffle_buffer=8, num_threads=1,
-                         compile_lab=False)
+        cfg = DataConfig(
+            shards=str(out), backend="dali", batch_size=4, shuffle_buffer=8, num_threads=1, compile_lab=False
+        )
         loader = make_loader(cfg, 0, 1, torch.device("cpu"), split=split, endless=False, return_keys=True)
         keys = [key.split("/")[1] for batch in loader for key in batch[2]]
-        expected = [key for e in manifest["shards"] if e["split"] == split for key in read_samples(out, {"shards": [e]})]
+        expected = [
+            key for e in manifest["shards"] if e["split"] == split for key in read_samples(out, {"shards": [e]})
+        ]
         assert sorted(keys) == sorted(expected) and len(keys) == manifest["splits"][split] > 0
 
 
@@ -111,7 +121,8 @@ def test_merge_names_a_missing_part_and_a_part_built_with_other_options(source, 
 
 def test_part_option_is_checked(source, tmp_path):
     for bad in ("0/3", "4/3", "three"):
-        result = subprocess.run([*CLI, "build", str(source), str(tmp_path / "o"), "--part", bad],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [*CLI, "build", str(source), str(tmp_path / "o"), "--part", bad], capture_output=True, text=True
+        )
         assert result.returncode == 2 and result.stderr.startswith("error: --part must be K/N"), result.stderr
     assert "no part manifests" in _merge_error(tmp_path)

@@ -35,19 +35,27 @@ def test_exact_resume_after_sigkill_across_phase_switch(shards, tmp_path):
     with the NoGAN → GAN switch inside N+1…2N. Also checks the run directory's contents."""
     n = 3
     config = tiny_config(
-        tmp_path / "tiny.yaml", shards, tmp_path / "runs",
+        tmp_path / "tiny.yaml",
+        shards,
+        tmp_path / "runs",
         schedule={"nogan_steps": 4, "gan_steps": 2},
         checkpoint={"every_steps": n, "keep_last": 2},
-        logging={"every_steps": 1, "sample_every_steps": 3, "eval_every_steps": 3, "eval_batches": 1,
-                 "wandb": "offline"},
+        logging={
+            "every_steps": 1,
+            "sample_every_steps": 3,
+            "eval_every_steps": 3,
+            "eval_batches": 1,
+            "wandb": "offline",
+        },
     )
     # All three runs are child processes with the same environment (thread count included): float
     # reductions then happen in the same order, and equality can be asked for to ~1 ulp.
     straight = run_train(["--config", str(config), "run.name=straight"])
     assert straight.returncode == 0, straight.stderr[-2000:]
 
-    killed = run_train(["--config", str(config), "run.name=cut"],
-                       env=subprocess_env(COLORIZE_DEBUG_KILL_AFTER_CHECKPOINT=str(n)))
+    killed = run_train(
+        ["--config", str(config), "run.name=cut"], env=subprocess_env(COLORIZE_DEBUG_KILL_AFTER_CHECKPOINT=str(n))
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     cut = tmp_path / "runs" / "cut"
     assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == [f"step_{n}"]
@@ -84,9 +92,25 @@ def test_exact_resume_after_sigkill_across_phase_switch(shards, tmp_path):
     (run_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     rows = wandb_history(run_file)
     keys = set().union(*rows)
-    for key in (*LOSS_KEYS, "train/lr_g", "train/lr_d", "train/d_out_real", "train/d_out_fake", "perf/images_per_s",
-                "perf/step_ms", "perf/eta_hours", "data/wait_fraction", "eval/ab_l1", "eval/ab_l1_grey",
-                "eval/psnr", "eval/psnr_grey", "samples/grid.path", "samples/table.path", "step", "samples_seen"):
+    for key in (
+        *LOSS_KEYS,
+        "train/lr_g",
+        "train/lr_d",
+        "train/d_out_real",
+        "train/d_out_fake",
+        "perf/images_per_s",
+        "perf/step_ms",
+        "perf/eta_hours",
+        "data/wait_fraction",
+        "eval/ab_l1",
+        "eval/ab_l1_grey",
+        "eval/psnr",
+        "eval/psnr_grey",
+        "samples/grid.path",
+        "samples/table.path",
+        "step",
+        "samples_seen",
+    ):
         assert key in keys, key
     assert [r["_step"] for r in rows] == [r["step"] for r in rows] == list(range(1, 7))
     assert [r["samples_seen"] for r in rows] == [2 * s for s in range(1, 7)]
@@ -98,9 +122,17 @@ def test_exact_resume_after_sigkill_across_phase_switch(shards, tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(shards, tmp_path):
-    config = tiny_config(tmp_path / "tiny.yaml", shards, tmp_path / "runs", schedule={"nogan_steps": 500, "gan_steps": 0})
-    proc = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), "--config", str(config)], cwd=REPO,
-                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    config = tiny_config(
+        tmp_path / "tiny.yaml", shards, tmp_path / "runs", schedule={"nogan_steps": 500, "gan_steps": 0}
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAIN_SCRIPT), "--config", str(config)],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = tmp_path / "runs" / "tiny" / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
@@ -129,8 +161,13 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(shards, tmp_path, monke
         return value * torch.nan if calls["n"] == 3 else value
 
     monkeypatch.setattr(steps, "ab_l1", l1_nan_on_third_step)
-    config = tiny_config(tmp_path / "tiny.yaml", shards, tmp_path / "runs",
-                         schedule={"nogan_steps": 5, "gan_steps": 0}, checkpoint={"every_steps": 2})
+    config = tiny_config(
+        tmp_path / "tiny.yaml",
+        shards,
+        tmp_path / "runs",
+        schedule={"nogan_steps": 5, "gan_steps": 0},
+        checkpoint={"every_steps": 2},
+    )
     assert main(["--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert "error: non-finite loss at step 3: train/l1 = nan" in err
@@ -157,8 +194,26 @@ def test_bench_step_and_train_print_phase_rates_and_projection(shards, tmp_path,
 
     config = tiny_config(tmp_path / "tiny.yaml", shards, tmp_path / "runs")
     report = tmp_path / "step.json"
-    assert bench(["step", "--config", str(config), "--steps", "1", "--warmup", "0", "--device", "cpu",
-                  "--peak-tflops", "1", "--json", str(report)]) == 0
+    assert (
+        bench(
+            [
+                "step",
+                "--config",
+                str(config),
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--device",
+                "cpu",
+                "--peak-tflops",
+                "1",
+                "--json",
+                str(report),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "batch 2 at 256², features 8/8" in out
     assert out.count("nogan ") == 1 and out.count("gan ") == 2  # "nogan " contains "gan "

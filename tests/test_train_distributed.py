@@ -42,12 +42,28 @@ def _check_data_parallel(run_dir: Path, steps: int) -> None:
 
 def test_two_processes_one_machine(shards, tmp_path):
     """configs/accelerate/cpu2.yaml really starts two ranks that train one model data-parallel."""
-    config = tiny_config(tmp_path / "tiny.yaml", shards, tmp_path / "runs", data=DETERMINISTIC_DATA,
-                         schedule={"nogan_steps": 2, "gan_steps": 2})
+    config = tiny_config(
+        tmp_path / "tiny.yaml",
+        shards,
+        tmp_path / "runs",
+        data=DETERMINISTIC_DATA,
+        schedule={"nogan_steps": 2, "gan_steps": 2},
+    )
     result = subprocess.run(
-        accelerate_cmd("--config_file", str(REPO / "configs/accelerate/cpu2.yaml"), "--main_process_port",
-                       str(free_port()), str(TRAIN_SCRIPT), "--config", str(config)),
-        cwd=REPO, env=subprocess_env(COLORIZE_DEBUG_DUMP="1"), capture_output=True, text=True, timeout=300,
+        accelerate_cmd(
+            "--config_file",
+            str(REPO / "configs/accelerate/cpu2.yaml"),
+            "--main_process_port",
+            str(free_port()),
+            str(TRAIN_SCRIPT),
+            "--config",
+            str(config),
+        ),
+        cwd=REPO,
+        env=subprocess_env(COLORIZE_DEBUG_DUMP="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     _check_data_parallel(tmp_path / "runs" / "tiny", steps=4)
@@ -55,16 +71,41 @@ def test_two_processes_one_machine(shards, tmp_path):
 
 def test_two_machines_one_process_each(shards, tmp_path):
     """The multi-node path: --num_machines 2 with machine ranks 0 and 1 meeting on 127.0.0.1."""
-    config = tiny_config(tmp_path / "tiny.yaml", shards, tmp_path / "runs", data=DETERMINISTIC_DATA,
-                         schedule={"nogan_steps": 1, "gan_steps": 2})
+    config = tiny_config(
+        tmp_path / "tiny.yaml",
+        shards,
+        tmp_path / "runs",
+        data=DETERMINISTIC_DATA,
+        schedule={"nogan_steps": 1, "gan_steps": 2},
+    )
     port = str(free_port())
     machines = [
         subprocess.Popen(
-            accelerate_cmd("--multi_gpu", "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
-                           "--main_process_ip", "127.0.0.1", "--main_process_port", port, "--mixed_precision", "no",
-                           "--dynamo_backend", "no", str(TRAIN_SCRIPT), "--config", str(config)),
-            cwd=REPO, env=subprocess_env(COLORIZE_DEBUG_DUMP="1", ACCELERATE_USE_CPU="true"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            accelerate_cmd(
+                "--multi_gpu",
+                "--num_machines",
+                "2",
+                "--num_processes",
+                "2",
+                "--machine_rank",
+                str(rank),
+                "--main_process_ip",
+                "127.0.0.1",
+                "--main_process_port",
+                port,
+                "--mixed_precision",
+                "no",
+                "--dynamo_backend",
+                "no",
+                str(TRAIN_SCRIPT),
+                "--config",
+                str(config),
+            ),
+            cwd=REPO,
+            env=subprocess_env(COLORIZE_DEBUG_DUMP="1", ACCELERATE_USE_CPU="true"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for rank in (0, 1)
     ]
@@ -77,9 +118,20 @@ def test_two_machines_one_process_each(shards, tmp_path):
 def test_batch_that_does_not_split_over_processes_is_refused(shards, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", shards, tmp_path / "runs", data={"batch_size": 3})
     result = subprocess.run(
-        accelerate_cmd("--config_file", str(REPO / "configs/accelerate/cpu2.yaml"), "--main_process_port",
-                       str(free_port()), str(TRAIN_SCRIPT), "--config", str(config)),
-        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+        accelerate_cmd(
+            "--config_file",
+            str(REPO / "configs/accelerate/cpu2.yaml"),
+            "--main_process_port",
+            str(free_port()),
+            str(TRAIN_SCRIPT),
+            "--config",
+            str(config),
+        ),
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode != 0
     assert "error: data.batch_size = 3 does not divide by the number of processes (2)" in result.stderr

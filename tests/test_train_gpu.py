@@ -18,8 +18,17 @@ pytestmark = pytest.mark.gpu
 
 
 def _tiny_cuda_config(*extra: str):
-    return load_config(None, ["run.device=cuda", "model.features=8", "model.disc_features=16",
-                              "loss.vgg_weights=none", "data.batch_size=2", *extra])
+    return load_config(
+        None,
+        [
+            "run.device=cuda",
+            "model.features=8",
+            "model.disc_features=16",
+            "loss.vgg_weights=none",
+            "data.batch_size=2",
+            *extra,
+        ],
+    )
 
 
 def _context(cfg):
@@ -35,8 +44,9 @@ def nccl_group(tmp_path):
     """A one-process NCCL group (a file store: no port to find)."""
     import torch.distributed as dist
 
-    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1,
-                            device_id=torch.device("cuda", 0))
+    dist.init_process_group(
+        "nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1, device_id=torch.device("cuda", 0)
+    )
     yield dist
     dist.destroy_process_group()
 
@@ -92,7 +102,9 @@ def test_real_bf16_training_run_on_cuda_learns(tmp_path):
     logged loss finite, the NoGAN L1 falling."""
     shards = build_tiny_shards(tmp_path)
     config = tiny_config(
-        tmp_path / "tiny.yaml", shards, tmp_path / "runs",
+        tmp_path / "tiny.yaml",
+        shards,
+        tmp_path / "runs",
         run={"name": "tiny", "out_dir": str(tmp_path / "runs"), "seed": 0, "device": "cuda"},
         data={"batch_size": 4, "crop": "resize", "flip": False},
         optim={"nogan": {"lr": 2e-3}},

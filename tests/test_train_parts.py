@@ -77,6 +77,7 @@ def test_sample_grid_rows_are_grey_prediction_truth(tmp_path):
     fake[:, 1] = -0.5  # b* = -64: blue
     grid = sample_grid(L, fake, real, padding=2)
     assert grid.shape == (2 + n * (s + 2), 2 + 3 * (s + 2), 3) and grid.dtype == np.uint8
+
     def tile(row, col):
         return grid[2 + row * (s + 2) + s // 2, 2 + col * (s + 2) + s // 2].astype(int)
 
@@ -185,18 +186,27 @@ def test_per_process_batch_scales_learning_rates_and_steps_by_the_stated_rule(tm
     steps × ref/G (rounded up), so the samples seen stay the same; the resolved config reloads as is."""
     from configs import dump_config, scale_to_processes
 
-    cfg = load_config(None, [
-        "data.batch_size=64", "data.batch_size_unit=per_process", "optim.reference_batch=64",
-        "optim.nogan.lr=4e-4", "optim.generator.lr=8e-4", "optim.discriminator.lr=8e-4",
-        "optim.warmup_steps=1000", "schedule.nogan_steps=50000", "schedule.gan_steps=75000",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "data.batch_size=64",
+            "data.batch_size_unit=per_process",
+            "optim.reference_batch=64",
+            "optim.nogan.lr=4e-4",
+            "optim.generator.lr=8e-4",
+            "optim.discriminator.lr=8e-4",
+            "optim.warmup_steps=1000",
+            "schedule.nogan_steps=50000",
+            "schedule.gan_steps=75000",
+        ],
+    )
     one, notes = scale_to_processes(cfg, 1)
     assert (one.data.batch_size, one.optim.nogan.lr, one.schedule.nogan_steps) == (64, 4e-4, 50000)
     eight, notes = scale_to_processes(cfg, 8)
     assert eight.data.batch_size == 512 and eight.data.batch_size_unit == "global"
     assert eight.data.per_process_batch(8) == 64
-    assert eight.optim.nogan.lr == pytest.approx(4e-4 * 8 ** 0.5)
-    assert eight.optim.discriminator.lr == pytest.approx(8e-4 * 8 ** 0.5)
+    assert eight.optim.nogan.lr == pytest.approx(4e-4 * 8**0.5)
+    assert eight.optim.discriminator.lr == pytest.approx(8e-4 * 8**0.5)
     assert (eight.schedule.nogan_steps, eight.schedule.gan_steps, eight.optim.warmup_steps) == (6250, 9375, 125)
     assert any("global batch 512 = data.batch_size 64 per process × 8 processes" in n for n in notes)
     assert any("learning rates × √(512/64)" in n for n in notes)
@@ -208,7 +218,16 @@ def test_demo_report_checks_both_criteria(tmp_path, capsys):
     from launch.demo_report import main
 
     rows = [{"step": s, "phase": "nogan", "train/l1": 1.0 if s <= 10 else 0.5} for s in range(1, 101)]
-    rows.append({"step": 100, "phase": "nogan", "eval/ab_l1": 9.0, "eval/ab_l1_grey": 12.0, "eval/psnr": 25.0, "eval/psnr_grey": 24.0})
+    rows.append(
+        {
+            "step": 100,
+            "phase": "nogan",
+            "eval/ab_l1": 9.0,
+            "eval/ab_l1_grey": 12.0,
+            "eval/psnr": 25.0,
+            "eval/psnr_grey": 24.0,
+        }
+    )
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -226,8 +245,10 @@ def test_one_bf16_cuda_step_of_each_phase_is_finite():
     from launch.train import build_accelerator
     from launch.training.gan import build_gan
 
-    cfg = load_config(None, ["run.device=cuda", "model.features=8", "model.disc_features=16",
-                             "loss.vgg_weights=none", "data.batch_size=2"])
+    cfg = load_config(
+        None,
+        ["run.device=cuda", "model.features=8", "model.disc_features=16", "loss.vgg_weights=none", "data.batch_size=2"],
+    )
     accelerator = build_accelerator(cfg, "disabled")
     assert accelerator.mixed_precision == "bf16"
     gan = build_gan(cfg, accelerator)

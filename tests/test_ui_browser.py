@@ -28,8 +28,14 @@ from _colorize_helpers import chroma, console_script, make_weights, subprocess_e
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 REPO = Path(__file__).resolve().parent.parent
 MAX_PIXELS = 1_000_000  # small limits, so the "too large" uploads stay cheap to make and send
 MAX_BYTES = 1_500_000
@@ -51,9 +57,25 @@ def server(tmp_path_factory):
     port = _free_port()
     log = open(folder / "server.log", "w+")
     proc = subprocess.Popen(
-        [console_script("colorize-ui"), "--weights", str(weights), "--port", str(port), "--device", "cpu",
-         "--max-pixels", str(MAX_PIXELS), "--max-bytes", str(MAX_BYTES), "--size", "256"],
-        stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=folder,
+        [
+            console_script("colorize-ui"),
+            "--weights",
+            str(weights),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--max-pixels",
+            str(MAX_PIXELS),
+            "--max-bytes",
+            str(MAX_BYTES),
+            "--size",
+            "256",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=subprocess_env(),
+        cwd=folder,
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 90
@@ -86,7 +108,9 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: the browser test needs Debian's Chromium; run `bash tests/install_browser.sh` (as root)")
+        pytest.fail(
+            f"{CHROMIUM} not found: the browser test needs Debian's Chromium; run `bash tests/install_browser.sh` (as root)"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -183,5 +207,7 @@ def test_example_click_colourises(page, tmp_path):
         shot = tmp_path / "ui.png"
         page.screenshot(path=str(shot), full_page=True)
         full = Image.open(shot).convert("RGB")  # 3/4 scale, 96 colours: ~190 kB in the repository
-        small = full.resize((full.width * 3 // 4, full.height * 3 // 4), Image.LANCZOS).quantize(96, Image.Quantize.MEDIANCUT)
+        small = full.resize((full.width * 3 // 4, full.height * 3 // 4), Image.LANCZOS).quantize(
+            96, Image.Quantize.MEDIANCUT
+        )
         small.save(REPO / "docs" / "ui.png", optimize=True)

@@ -34,11 +34,20 @@ def test_killed_run_fragments_share_one_id_and_sync_replays_each_step_once(shard
     from step 3: the two offline fragments share the run id, both hold step 4, and the replay into one
     run holds steps 1…6 exactly once, in order, with the dataset and model artifacts and the table."""
     config = tiny_config(
-        tmp_path / "tiny.yaml", shards, tmp_path / "runs",
+        tmp_path / "tiny.yaml",
+        shards,
+        tmp_path / "runs",
         schedule={"nogan_steps": 4, "gan_steps": 2},
         checkpoint={"every_steps": 3, "keep_last": 3},
-        logging={"wandb": "offline", "every_steps": 1, "sample_every_steps": 3, "eval_every_steps": 3,
-                 "tags": "tiny,test", "group": "g1", "notes": "offline test"},
+        logging={
+            "wandb": "offline",
+            "every_steps": 1,
+            "sample_every_steps": 3,
+            "eval_every_steps": 3,
+            "tags": "tiny,test",
+            "group": "g1",
+            "notes": "offline test",
+        },
     )
     run_dir = tmp_path / "runs" / "tiny"
     killed = run_train(["--config", str(config)], env=subprocess_env(COLORIZE_DEBUG_KILL_AFTER_CHECKPOINT="4"))
@@ -78,8 +87,11 @@ def test_killed_run_fragments_share_one_id_and_sync_replays_each_step_once(shard
     for shard in manifest["shards"]:
         entry = entries[shard["name"]]
         assert entry["ref"] == f"file://{(shards / shard['name']).resolve()}"
-        assert json.loads(entry["extra"])["sha256"] == shard["sha256"] if isinstance(entry.get("extra"), str) \
+        assert (
+            json.loads(entry["extra"])["sha256"] == shard["sha256"]
+            if isinstance(entry.get("extra"), str)
             else entry["extra"]["sha256"] == shard["sha256"]
+        )
     assert "manifest.json" in entries and "local_path" in entries["manifest.json"]
     assert all("local_path" not in entries[s["name"]] for s in manifest["shards"])  # never uploaded
     assert json.loads(dataset["metadata"])["splits"] == manifest["splits"]
@@ -120,8 +132,11 @@ def test_killed_run_fragments_share_one_id_and_sync_replays_each_step_once(shard
     assert [row[0] for row in table["data"]] == [0, 1]
     assert all(row[1:4] == ["Image"] * 3 for row in table["data"])
     # The pictures themselves travel in the table's `run_table` artifact: 3 per row.
-    (table_artifact,) = [a for a in replayed if a["type"] == "run_table"
-                         and any(c["path"] == "samples/table.table.json" for c in a["manifest"]["contents"])][-1:]
+    (table_artifact,) = [
+        a
+        for a in replayed
+        if a["type"] == "run_table" and any(c["path"] == "samples/table.table.json" for c in a["manifest"]["contents"])
+    ][-1:]
     assert sum(c["path"].startswith("media/images/") for c in table_artifact["manifest"]["contents"]) == 6
     saved = json.loads((run_dir / "tables" / "step_6.json").read_text())["rows"]
     assert [row[4] for row in table["data"]] == pytest.approx([r["ab_l1"] for r in saved])
@@ -146,12 +161,16 @@ def test_agent_arguments_become_overrides(monkeypatch, tmp_path, capsys):
     from launch.train import main, parse_args
 
     monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
-    args = parse_args(["--config", "c.yaml", "data.size=256", "--optim.nogan.lr=0.0001", "--data.batch_size=32", "--resume"])
+    args = parse_args(
+        ["--config", "c.yaml", "data.size=256", "--optim.nogan.lr=0.0001", "--data.batch_size=32", "--resume"]
+    )
     assert args.resume and args.overrides == ["data.size=256", "optim.nogan.lr=0.0001", "data.batch_size=32"]
     monkeypatch.setenv("WANDB_SWEEP_ID", "sw1")
     monkeypatch.setenv("WANDB_RUN_ID", "ab12cd34")
     assert parse_args(["--config", "c.yaml", "--optim.generator.lr=1e-4"]).overrides == [
-        "optim.generator.lr=1e-4", "run.name=sweep-sw1-ab12cd34"]
+        "optim.generator.lr=1e-4",
+        "run.name=sweep-sw1-ab12cd34",
+    ]
     assert main(["--config", "c.yaml", "--learning-rate=3"]) == 2
     assert "unrecognised argument '--learning-rate=3'" in capsys.readouterr().err
 

@@ -88,7 +88,9 @@ def plan_outputs(sources: list[tuple[Path, Path]], out: str, fmt: str) -> list[J
             raise UsageError(f"--out {out} names one file, but {len(sources)} inputs were given; pass a folder")
         return [Job(sources[0][0], out_path)]
     if out_path.suffix and not out_path.is_dir():
-        raise UsageError(f"--out {out}: a file name must end in {', '.join(OUTPUT_FORMATS)}; a folder name has no suffix")
+        raise UsageError(
+            f"--out {out}: a file name must end in {', '.join(OUTPUT_FORMATS)}; a folder name has no suffix"
+        )
     jobs: list[Job] = []
     seen: dict[Path, Path] = {}
     for source, relative in sources:
@@ -108,12 +110,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or glob patterns")
     parser.add_argument("--weights", required=True, help="generator.safetensors (ours) or a seed G_*.pth")
-    parser.add_argument("--out", default="colorized", help="output folder (default: colorized/), or with one input a file name ending in .png/.jpg")
-    parser.add_argument("--format", choices=("png", "jpg"), default="png", help="output format in a folder (default: png)")
-    parser.add_argument("--side-by-side", action="store_true", help="also write <stem>_side_by_side: grey input | colour result")
-    parser.add_argument("--size", type=int, default=512, help="long side of the network's input, rounded to a multiple of 256 (default: 512)")
+    parser.add_argument(
+        "--out",
+        default="colorized",
+        help="output folder (default: colorized/), or with one input a file name ending in .png/.jpg",
+    )
+    parser.add_argument(
+        "--format", choices=("png", "jpg"), default="png", help="output format in a folder (default: png)"
+    )
+    parser.add_argument(
+        "--side-by-side", action="store_true", help="also write <stem>_side_by_side: grey input | colour result"
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=512,
+        help="long side of the network's input, rounded to a multiple of 256 (default: 512)",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda (default: auto)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per network call; same-shape inputs are grouped (default: 8)")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="images per network call; same-shape inputs are grouped (default: 8)"
+    )
     return parser
 
 
@@ -143,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
     with tqdm(total=len(jobs), unit="img", disable=len(jobs) < 2, file=sys.stderr) as bar:
         for start in range(0, len(jobs), window):
             ready: list[tuple[Job, np.ndarray]] = []
-            for job in jobs[start:start + window]:
+            for job in jobs[start : start + window]:
                 try:
                     ready.append((job, read_image(job.source)))
                 except ImageReadError as exc:
@@ -162,7 +179,10 @@ def _run(args: argparse.Namespace) -> int:
                 bar.update(1)
     failed = failed_jobs + len(problems)
     written = len(jobs) - failed_jobs
-    print(f"colorize: wrote {written} image(s) to {Path(args.out)}" + (f", {failed} failed" if failed else ""), file=sys.stderr)
+    print(
+        f"colorize: wrote {written} image(s) to {Path(args.out)}" + (f", {failed} failed" if failed else ""),
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 

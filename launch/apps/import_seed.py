@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     model = meta["model"]
     save_generator(out, generator, model, extra={"imported_from": Path(args.checkpoint).name})
     params = sum(p.numel() for p in generator.parameters())
-    print(f"wrote {out} (+ {out.with_suffix('.json').name}): {model['generator']}, features={model['features']}, {params:,} parameters")
+    print(
+        f"wrote {out} (+ {out.with_suffix('.json').name}): {model['generator']}, features={model['features']}, {params:,} parameters"
+    )
     return 0
 
 

@@ -56,7 +56,9 @@ class UploadColorizer:
     `colorizer` is a `pipeline.inference.Colorizer`; files go under `work_dir`.
     """
 
-    def __init__(self, colorizer: Any, work_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(
+        self, colorizer: Any, work_dir: Path, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+    ):
         self.colorizer = colorizer
         self.work_dir = Path(work_dir)
         self.max_pixels = max_pixels
@@ -101,7 +103,9 @@ class UploadColorizer:
         try:
             width, height = image_size(path)  # header only: refuse huge images before decoding them
         except ImageReadError as exc:
-            raise UploadError(f"{name} is not an image this page can read ({exc}). Please upload a JPEG, PNG, WebP, TIFF or BMP photo.") from None
+            raise UploadError(
+                f"{name} is not an image this page can read ({exc}). Please upload a JPEG, PNG, WebP, TIFF or BMP photo."
+            ) from None
         if width * height > self.max_pixels:
             raise UploadError(
                 f"{name} is {width}×{height} = {width * height / 1e6:.1f} megapixels; "
@@ -156,19 +160,22 @@ def build_demo(uploads: UploadColorizer, examples: list[str]):
 
     limits = f"{_megabytes(uploads.max_bytes)} and {uploads.max_pixels / 1e6:.0f} megapixels"
     with gr.Blocks(title="Colorize", analytics_enabled=False) as demo:
-        gr.Markdown(
-            "# Colourise a photo\n"
-            "Drop a black-and-white photo below, paste one, or click an example."
-        )
+        gr.Markdown("# Colourise a photo\nDrop a black-and-white photo below, paste one, or click an example.")
         with gr.Row(equal_height=False):
             with gr.Column():
-                upload = gr.Image(label="Your photo", type="filepath", sources=["upload", "clipboard"], elem_id="upload")
+                upload = gr.Image(
+                    label="Your photo", type="filepath", sources=["upload", "clipboard"], elem_id="upload"
+                )
                 gr.Examples(examples=[[p] for p in examples], inputs=[upload], label="Examples (click one)")
             with gr.Column():
-                result = gr.Image(label="Colourised", type="filepath", format="png", interactive=False, elem_id="result")
+                result = gr.Image(
+                    label="Colourised", type="filepath", format="png", interactive=False, elem_id="result"
+                )
                 download = gr.DownloadButton("Download PNG", interactive=False, elem_id="download")
         with gr.Row(equal_height=False):
-            compare = gr.ImageSlider(label="Before / after", type="filepath", format="png", interactive=False, elem_id="compare")
+            compare = gr.ImageSlider(
+                label="Before / after", type="filepath", format="png", interactive=False, elem_id="compare"
+            )
             gr.Markdown(
                 "### How it works\n"
                 f"The network sees a copy of your photo about {uploads.colorizer.size} pixels across and predicts its colour "
@@ -188,9 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", required=True, help="generator.safetensors (ours) or a seed G_*.pth")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help=f"largest upload in pixels (default: {DEFAULT_MAX_PIXELS:,})")
-    parser.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help=f"largest upload in bytes (default: {DEFAULT_MAX_BYTES:,})")
-    parser.add_argument("--size", type=int, default=512, help="long side of the network's input, multiple of 256 (default: 512)")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"largest upload in pixels (default: {DEFAULT_MAX_PIXELS:,})",
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=int,
+        default=DEFAULT_MAX_BYTES,
+        help=f"largest upload in bytes (default: {DEFAULT_MAX_BYTES:,})",
+    )
+    parser.add_argument(
+        "--size", type=int, default=512, help="long side of the network's input, multiple of 256 (default: 512)"
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda (default: auto)")
     return parser
 
@@ -218,10 +237,14 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="colorize-ui-") as work:
         work_dir = Path(work)
-        uploads = UploadColorizer(Colorizer(generator, device=device, size=args.size), work_dir, args.max_pixels, args.max_bytes)
+        uploads = UploadColorizer(
+            Colorizer(generator, device=device, size=args.size), work_dir, args.max_pixels, args.max_bytes
+        )
         demo = build_demo(uploads, write_examples(work_dir / "examples"))
         demo.queue(default_concurrency_limit=1)
-        theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+        theme = gr.themes.Default(
+            font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+        )
         print(f"colorize-ui: serving {args.weights} on http://{args.host}:{args.port}", flush=True)
         demo.launch(
             server_name=args.host,

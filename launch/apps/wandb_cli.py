@@ -103,11 +103,17 @@ def sync(run_dir: Path, project: str | None = None, entity: str | None = None, m
     kwargs = init_kwargs(logging_cfg, cfg.run.name, out, run_id, mode)
     from configs import config_to_dict
 
-    run = wandb.init(project=project or cfg.logging.project, config=flat_config(config_to_dict(cfg)),
-                     job_type="train", **kwargs)
+    run = wandb.init(
+        project=project or cfg.logging.project, config=flat_config(config_to_dict(cfg)), job_type="train", **kwargs
+    )
     try:
-        wb = WandbRun(run, mode=mode, run_dir=run_dir, global_batch=cfg.data.batch_size,
-                      write=lambda message: print(message, file=sys.stderr))
+        wb = WandbRun(
+            run,
+            mode=mode,
+            run_dir=run_dir,
+            global_batch=cfg.data.batch_size,
+            write=lambda message: print(message, file=sys.stderr),
+        )
         wb.define_metrics()
         wb.use_dataset(cfg.data.shards)
         plan = replay_plan(run_dir)
@@ -153,27 +159,43 @@ def build_workspace(entity: str, project: str, name: str = "Colorization"):
         return wr.LinePlot(title=title, x=keys.STEP, y=list(ys), **extra)
 
     sections = [
-        ws.Section(name="train/", is_open=True, panels=[
-            line("NoGAN losses (G only)", keys.NOGAN_LOSSES),
-            line("GAN: generator", ("train/g_adv", "train/l1", "train/g_total")),
-            line("GAN: discriminator", ("train/d_real", "train/d_fake", "train/d_total")),
-            line("D outputs (mean probability)", keys.D_OUTPUTS, range_y=(0.0, 1.0)),
-            line("learning rates", keys.LEARNING_RATES),
-        ]),
-        ws.Section(name="perf/ + data/", is_open=True, panels=[
-            line("images/s", ("perf/images_per_s",)),
-            line("step time (ms)", ("perf/step_ms",)),
-            line("data wait (fraction of step time)", keys.DATA, range_y=(0.0, 1.0)),
-            line("ETA (hours)", ("perf/eta_hours",)),
-        ]),
-        ws.Section(name="eval/", is_open=True, panels=[
-            line("ab-L1 (CIELAB units) vs grey baseline", ("eval/ab_l1", "eval/ab_l1_grey")),
-            line("PSNR (dB) vs grey baseline", ("eval/psnr", "eval/psnr_grey")),
-        ]),
-        ws.Section(name="samples/", is_open=True, panels=[
-            wr.MediaBrowser(title="grey | prediction | truth", media_keys=[keys.SAMPLE_GRID]),
-            wr.WeavePanelSummaryTable(table_name=keys.SAMPLE_TABLE),
-        ]),
+        ws.Section(
+            name="train/",
+            is_open=True,
+            panels=[
+                line("NoGAN losses (G only)", keys.NOGAN_LOSSES),
+                line("GAN: generator", ("train/g_adv", "train/l1", "train/g_total")),
+                line("GAN: discriminator", ("train/d_real", "train/d_fake", "train/d_total")),
+                line("D outputs (mean probability)", keys.D_OUTPUTS, range_y=(0.0, 1.0)),
+                line("learning rates", keys.LEARNING_RATES),
+            ],
+        ),
+        ws.Section(
+            name="perf/ + data/",
+            is_open=True,
+            panels=[
+                line("images/s", ("perf/images_per_s",)),
+                line("step time (ms)", ("perf/step_ms",)),
+                line("data wait (fraction of step time)", keys.DATA, range_y=(0.0, 1.0)),
+                line("ETA (hours)", ("perf/eta_hours",)),
+            ],
+        ),
+        ws.Section(
+            name="eval/",
+            is_open=True,
+            panels=[
+                line("ab-L1 (CIELAB units) vs grey baseline", ("eval/ab_l1", "eval/ab_l1_grey")),
+                line("PSNR (dB) vs grey baseline", ("eval/psnr", "eval/psnr_grey")),
+            ],
+        ),
+        ws.Section(
+            name="samples/",
+            is_open=True,
+            panels=[
+                wr.MediaBrowser(title="grey | prediction | truth", media_keys=[keys.SAMPLE_GRID]),
+                wr.WeavePanelSummaryTable(table_name=keys.SAMPLE_TABLE),
+            ],
+        ),
     ]
     return ws.Workspace(entity=entity, project=project, name=name, sections=sections)
 
@@ -186,9 +208,16 @@ def log_eval(result_json: Path, model: str, project: str, entity: str | None = N
 
     result = json.loads(Path(result_json).read_text())
     mode = mode or os.environ.get("WANDB_MODE") or "online"
-    run = wandb.init(project=project, entity=entity, job_type="eval", mode=mode,
-                     config={"model_artifact": model, **{f"eval_input.{k}": v for k, v in result.items()
-                                                         if not isinstance(v, (dict, list))}})
+    run = wandb.init(
+        project=project,
+        entity=entity,
+        job_type="eval",
+        mode=mode,
+        config={
+            "model_artifact": model,
+            **{f"eval_input.{k}": v for k, v in result.items() if not isinstance(v, (dict, list))},
+        },
+    )
     try:
         if mode == "online":
             run.use_artifact(model, type="model")

@@ -50,13 +50,20 @@ CEILING_TEXT = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", type=Path, help="shards directory (default: generate ImageNet-like shards)")
     parser.add_argument("--split", default="train", help="split to read (default train)")
-    parser.add_argument("--backends", help="comma-separated: baseline, torch, torch-cpu, dali (default: baseline,torch,dali "
-                        "on cpu, dali,torch,torch-cpu on cuda)")
+    parser.add_argument(
+        "--backends",
+        help="comma-separated: baseline, torch, torch-cpu, dali (default: baseline,torch,dali "
+        "on cpu, dali,torch,torch-cpu on cuda)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--size", type=int, default=256, help="crop side S (multiple of 256)")
     parser.add_argument("--crop", choices=("random_resized", "resize"), default="random_resized")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="DALI threads / DataLoader workers (default: all cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="DALI threads / DataLoader workers (default: all cores)",
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per backend")
     parser.add_argument("--warmup", type=int, default=4, help="untimed batches per source at the start of each round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds the seconds are split into")
@@ -71,10 +78,12 @@ def generate_shards(directory: Path, images: int, workers: int) -> Path:
     from shards.demo_images import write_photo_crops
     from shards.options import BuildOptions
 
-    write_photo_crops(directory / "images", images, seed=0, quality=90, long_side=(450, 500), jitter=0.1, grain=12,
-                      workers=workers)
-    build_shards(directory / "images", directory / "shards", BuildOptions(workers=workers, val_fraction=0.0),
-                 progress=False)
+    write_photo_crops(
+        directory / "images", images, seed=0, quality=90, long_side=(450, 500), jitter=0.1, grain=12, workers=workers
+    )
+    build_shards(
+        directory / "images", directory / "shards", BuildOptions(workers=workers, val_fraction=0.0), progress=False
+    )
     return directory / "shards"
 
 
@@ -100,8 +109,9 @@ def _timed(batches, batch_size: int, seconds: float, warmup: int, sync=_no_sync)
     return images, time.perf_counter() - start
 
 
-def measure_in_rounds(sources: dict, batch_size: int, seconds: float, warmup: int, rounds: int,
-                      sync=_no_sync) -> dict[str, float]:
+def measure_in_rounds(
+    sources: dict, batch_size: int, seconds: float, warmup: int, rounds: int, sync=_no_sync
+) -> dict[str, float]:
     """Images/s of each endless iterator in `sources`, timed in `rounds` interleaved rounds (module doc)."""
     totals = {name: [0, 0.0] for name in sources}
     for _ in range(rounds):
@@ -127,12 +137,18 @@ def decode_ceiling(shards_dir: Path, split: str, batch_size: int, threads: int, 
 
     @pipeline_def
     def decode_only():
-        jpegs = fn.readers.webdataset(paths=[str(s.path) for s in shards], index_paths=[str(s.index_path) for s in shards],
-                                      ext=["jpg"], random_shuffle=True, initial_fill=1024)
+        jpegs = fn.readers.webdataset(
+            paths=[str(s.path) for s in shards],
+            index_paths=[str(s.index_path) for s in shards],
+            ext=["jpg"],
+            random_shuffle=True,
+            initial_fill=1024,
+        )
         if gpu:
             # The decoder settings of the training pipeline's mixed decoders (`pipeline/dali_pipeline.py`).
-            return fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=0.65,
-                                     jpeg_fancy_upsampling=True)
+            return fn.decoders.image(
+                jpegs, device="mixed", output_type=types.RGB, hw_decoder_load=0.65, jpeg_fancy_upsampling=True
+            )
         return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
 
     gpu = device is not None and device.type == "cuda"
@@ -145,12 +161,28 @@ def decode_ceiling(shards_dir: Path, split: str, batch_size: int, threads: int, 
 
 
 def _machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
     import nvidia.dali
 
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "dali": nvidia.dali.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "dali": nvidia.dali.__version__,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
     return info
 
 
@@ -171,13 +203,25 @@ def run(args: argparse.Namespace) -> int:
         return 2
     unknown = sorted(set(backends) - set(SOURCES))
     if unknown or not backends:
-        print(f"error: --backends {args.backends!r}: unknown backend(s) {unknown} (choose from {', '.join(SOURCES)})",
-              file=sys.stderr)
+        print(
+            f"error: --backends {args.backends!r}: unknown backend(s) {unknown} (choose from {', '.join(SOURCES)})",
+            file=sys.stderr,
+        )
         return 2
-    if (args.size <= 0 or args.size % 256 or args.batch_size < 1 or args.seconds <= 0 or args.threads < 1
-            or args.rounds < 1 or args.warmup < 0):
-        print("error: --size must be a positive multiple of 256; --batch-size, --seconds, --threads, --rounds "
-              "positive; --warmup not negative", file=sys.stderr)
+    if (
+        args.size <= 0
+        or args.size % 256
+        or args.batch_size < 1
+        or args.seconds <= 0
+        or args.threads < 1
+        or args.rounds < 1
+        or args.warmup < 0
+    ):
+        print(
+            "error: --size must be a positive multiple of 256; --batch-size, --seconds, --threads, --rounds "
+            "positive; --warmup not negative",
+            file=sys.stderr,
+        )
         return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
@@ -209,12 +253,21 @@ def _run(args, backends, shards_dir: Path) -> int:
         for name in backends:
             # torch-cpu: the torch backend decoding in its workers, whatever the device.
             backend, decode_device = ("torch", "cpu") if name == "torch-cpu" else (name, "auto")
-            cfg = DataConfig(shards=str(shards_dir), backend=backend, size=args.size, crop=args.crop,
-                             batch_size=args.batch_size, num_threads=args.threads, decode_device=decode_device)
+            cfg = DataConfig(
+                shards=str(shards_dir),
+                backend=backend,
+                size=args.size,
+                crop=args.crop,
+                batch_size=args.batch_size,
+                num_threads=args.threads,
+                decode_device=decode_device,
+            )
             sources[name] = iter(make_loader(cfg, 0, 1, device, split=args.split, endless=True))
         sources[CEILING] = decode_ceiling(shards_dir, args.split, args.batch_size, args.threads, device)
-        print(f"timing {', '.join(sources)}: {args.rounds} round(s) of {args.seconds / args.rounds:.1f} s each …",
-              flush=True)
+        print(
+            f"timing {', '.join(sources)}: {args.rounds} round(s) of {args.seconds / args.rounds:.1f} s each …",
+            flush=True,
+        )
         sync = torch.cuda.synchronize if device.type == "cuda" else _no_sync
         rates = measure_in_rounds(sources, args.batch_size, args.seconds, args.warmup, args.rounds, sync)
     except (ShardsDirError, BadShardError) as exc:
@@ -227,21 +280,36 @@ def _run(args, backends, shards_dir: Path) -> int:
     for r in results.values():
         r["ratio_vs_baseline"] = round(r["images_per_s"] / baseline_rate, 2) if baseline_rate else None
         r["fraction_of_decode_ceiling"] = round(r["images_per_s"] / ceiling, 3)
-    machine = _machine() | {"load_average_before": round(load_before, 2),
-                            "load_average_after": round(os.getloadavg()[0], 2)}
-    report = {"backends": results, "decode_ceiling_images_per_s": round(ceiling, 1),
-              "decode_ceiling": CEILING_TEXT[device.type],
-              "settings": {"batch_size": args.batch_size, "size": args.size, "crop": args.crop, "threads": args.threads,
-                           "seconds": args.seconds, "rounds": args.rounds, "warmup": args.warmup,
-                           "device": args.device, "shards": str(shards_dir)},
-              "machine": machine}
+    machine = _machine() | {
+        "load_average_before": round(load_before, 2),
+        "load_average_after": round(os.getloadavg()[0], 2),
+    }
+    report = {
+        "backends": results,
+        "decode_ceiling_images_per_s": round(ceiling, 1),
+        "decode_ceiling": CEILING_TEXT[device.type],
+        "settings": {
+            "batch_size": args.batch_size,
+            "size": args.size,
+            "crop": args.crop,
+            "threads": args.threads,
+            "seconds": args.seconds,
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "device": args.device,
+            "shards": str(shards_dir),
+        },
+        "machine": machine,
+    }
     print(f"\n{'backend':10s} {'images/s':>10s} {'× baseline':>10s} {'of decode':>10s}")
     for name, r in results.items():
         ratio = f"{r['ratio_vs_baseline']:.2f}" if r["ratio_vs_baseline"] is not None else "-"
         print(f"{name:10s} {r['images_per_s']:10.1f} {ratio:>10s} {100 * r['fraction_of_decode_ceiling']:9.0f}%")
     print(f"{'decode':10s} {ceiling:10.1f}   (ceiling: {CEILING_TEXT[device.type]})")
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, load average {load_before:.1f} → "
-          f"{machine['load_average_after']:.1f}")
+    print(
+        f"machine: {machine['cpu']}, {machine['cores']} cores, load average {load_before:.1f} → "
+        f"{machine['load_average_after']:.1f}"
+    )
     if args.json:
         write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
     return 0

@@ -45,9 +45,11 @@ def _cpu_seconds() -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=2000, help="number of generated JPEGs")
     parser.add_argument("--workers", type=int, default=default_workers(), help="decode processes")
-    parser.add_argument("--sources", default="folder",
-                        help="comma-separated sources to build from, in turn: folder, tar (ImageNet's nested "
-                        "layout), zip")
+    parser.add_argument(
+        "--sources",
+        default="folder",
+        help="comma-separated sources to build from, in turn: folder, tar (ImageNet's nested layout), zip",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="builds per source, interleaved across sources")
     parser.add_argument("--keep", action="store_true", help="keep the generated images and shards, print where")
 
@@ -89,14 +91,17 @@ def run(args: argparse.Namespace) -> int:
         print("error: --images, --workers and --rounds must be positive", flush=True)
         return 2
     if not sources or any(name not in SOURCES for name in sources):
-        print(f"error: --sources takes a comma-separated list of {', '.join(SOURCES)}; got {args.sources!r}", flush=True)
+        print(
+            f"error: --sources takes a comma-separated list of {', '.join(SOURCES)}; got {args.sources!r}", flush=True
+        )
         return 2
     scratch = Path(tempfile.mkdtemp(prefix="colorize-bench-shards-"))
     try:
         folder = scratch / "images"
         start = time.perf_counter()
-        paths = write_photo_crops(folder, args.images, seed=0, quality=90, long_side=(450, 500), jitter=0.1, grain=12,
-                                  workers=args.workers)
+        paths = write_photo_crops(
+            folder, args.images, seed=0, quality=90, long_side=(450, 500), jitter=0.1, grain=12, workers=args.workers
+        )
         source_bytes = sum(p.stat().st_size for p in paths)
         built_from = {name: folder if name == "folder" else _pack(name, folder, scratch) for name in sources}
         print(
@@ -134,8 +139,10 @@ def run(args: argparse.Namespace) -> int:
             base = statistics.median(rates[sources[0]])
             for name in sources:
                 median = statistics.median(rates[name])
-                print(f"{name}: median {median:.0f} images/s over {args.rounds} run(s) "
-                      f"({', '.join(f'{r:.0f}' for r in rates[name])}) = {100 * median / base:.1f} % of {sources[0]}")
+                print(
+                    f"{name}: median {median:.0f} images/s over {args.rounds} run(s) "
+                    f"({', '.join(f'{r:.0f}' for r in rates[name])}) = {100 * median / base:.1f} % of {sources[0]}"
+                )
     finally:
         if args.keep:
             print(f"kept {scratch}")

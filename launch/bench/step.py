@@ -26,8 +26,12 @@ from launch.training.schedule import GAN, NOGAN
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/imagenet.yaml", help="run config for model and losses")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's peak TFLOP/s at this precision, to print each phase's share of it")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak TFLOP/s at this precision, to print each phase's share of it",
+    )
     add_timing_arguments(parser, steps=10, warmup=2)
 
 
@@ -129,17 +133,33 @@ def run(args: argparse.Namespace) -> int:
     if accelerator.device.type == "cuda" and cfg.model.channels_last:
         L, ab = L.contiguous(memory_format=torch.channels_last), ab.contiguous(memory_format=torch.channels_last)
 
-    device_name = torch.cuda.get_device_name() if accelerator.device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    device_name = (
+        torch.cuda.get_device_name()
+        if accelerator.device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)"
+    )
     print(
         f"device {device_name}, precision {accelerator.mixed_precision}, batch {cfg.data.batch_size} at "
         f"{cfg.data.size}², features {cfg.model.features}/{cfg.model.disc_features}, "
         f"feature loss {'on' if gan.feature_loss is not None else 'off'} (NoGAN weight {cfg.loss.feature_weight_nogan}, "
         f"GAN weight {cfg.loss.feature_weight_gan}), compile {'on' if cfg.model.compile else 'off'}"
     )
-    rates, report = {}, {"device": device_name, "precision": accelerator.mixed_precision,
-                         "batch": cfg.data.batch_size, "size": cfg.data.size, "compile": cfg.model.compile,
-                         "features": cfg.model.features, "feature_loss": gan.feature_loss is not None, "phases": {}}
-    print(f"{'phase':<6} {'images/s':>10} {'step ms':>10} {'TFLOP/s':>9} {'of peak':>8} {'compiles':>9} {'in timed':>9}")
+    rates, report = (
+        {},
+        {
+            "device": device_name,
+            "precision": accelerator.mixed_precision,
+            "batch": cfg.data.batch_size,
+            "size": cfg.data.size,
+            "compile": cfg.model.compile,
+            "features": cfg.model.features,
+            "feature_loss": gan.feature_loss is not None,
+            "phases": {},
+        },
+    )
+    print(
+        f"{'phase':<6} {'images/s':>10} {'step ms':>10} {'TFLOP/s':>9} {'of peak':>8} {'compiles':>9} {'in timed':>9}"
+    )
     for phase, fn in ((NOGAN, gan.nogan_step), (GAN, gan.gan_step)):
         before = compiled_frames()
         for _ in range(args.warmup):
@@ -160,14 +180,20 @@ def run(args: argparse.Namespace) -> int:
         tflops = flops / seconds / 1e12
         share = tflops / args.peak_tflops if args.peak_tflops else None
         report["phases"][phase] = {
-            "images_per_s": rates[phase], "step_ms": 1000 * seconds, "flops_per_image": flops / cfg.data.batch_size,
-            "tflops": tflops, "peak_fraction": share, "compiles_in_warmup": warmed - before,
+            "images_per_s": rates[phase],
+            "step_ms": 1000 * seconds,
+            "flops_per_image": flops / cfg.data.batch_size,
+            "tflops": tflops,
+            "peak_fraction": share,
+            "compiles_in_warmup": warmed - before,
             "recompiles_after_warmup": recompiles,
         }
         row = report["phases"][phase]
-        print(f"{phase:<6} {rates[phase]:>10.2f} {1000 * seconds:>10.1f} {tflops:>9.2f} "
-              f"{'' if share is None else f'{100 * share:.1f}%':>8} {row['compiles_in_warmup']:>9} "
-              f"{row['recompiles_after_warmup']:>9}")
+        print(
+            f"{phase:<6} {rates[phase]:>10.2f} {1000 * seconds:>10.1f} {tflops:>9.2f} "
+            f"{'' if share is None else f'{100 * share:.1f}%':>8} {row['compiles_in_warmup']:>9} "
+            f"{row['recompiles_after_warmup']:>9}"
+        )
     print("data wait  0 (synthetic batch already on the device; see `colorize-bench train` for the loader)")
     report["projection"] = {"config": args.schedule}
     for devices in (1, 8):

@@ -49,10 +49,17 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="colorize-bench-train-") as out_dir:
         per_phase = args.steps + args.warmup
         overrides = [
-            f"run.device={args.device}", f"run.out_dir={out_dir}", "run.name=bench",
-            f"schedule.nogan_steps={per_phase}", f"schedule.gan_steps={per_phase}",
-            "logging.wandb=disabled", "logging.every_steps=1", f"logging.sample_every_steps={NEVER}",
-            f"logging.eval_every_steps={NEVER}", "logging.eval_batches=1", f"checkpoint.every_steps={NEVER}",
+            f"run.device={args.device}",
+            f"run.out_dir={out_dir}",
+            "run.name=bench",
+            f"schedule.nogan_steps={per_phase}",
+            f"schedule.gan_steps={per_phase}",
+            "logging.wandb=disabled",
+            "logging.every_steps=1",
+            f"logging.sample_every_steps={NEVER}",
+            f"logging.eval_every_steps={NEVER}",
+            "logging.eval_batches=1",
+            f"checkpoint.every_steps={NEVER}",
             *args.overrides,
         ]
         if args.shards is not None:

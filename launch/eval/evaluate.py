@@ -94,9 +94,9 @@ def evaluate_batches(
         outputs = {"model": predict(lightness).float(), "grey": torch.zeros_like(ab)}
         truth_rgb = network_to_rgb(lightness, ab)
         rgbs = {name: network_to_rgb(lightness, out_ab) for name, out_ab in outputs.items()} | {"truth": truth_rgb}
-        batch_sums = torch.stack([
-            _per_image(metric, outputs.get(who), ab, rgbs[who], truth_rgb).double().sum() for metric, who in columns
-        ])
+        batch_sums = torch.stack(
+            [_per_image(metric, outputs.get(who), ab, rgbs[who], truth_rgb).double().sum() for metric, who in columns]
+        )
         sums = batch_sums if sums is None else sums + batch_sums
         if inception is not None:
             for name, rgb in rgbs.items():
@@ -129,10 +129,21 @@ def format_table(result: dict) -> str:
     """The metrics as an aligned text table: one row per metric, columns model | grey | truth."""
     rows = [("metric", "model", "grey (ab=0)", "truth")]
     for name, values in result["metrics"].items():
-        rows.append((LABELS[name], _number(values["model"]), _number(values["grey"]),
-                     _number(values["truth"]) if "truth" in values else "-"))
+        rows.append(
+            (
+                LABELS[name],
+                _number(values["model"]),
+                _number(values["grey"]),
+                _number(values["truth"]) if "truth" in values else "-",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=False))) for row in rows]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=False))
+        )
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -151,18 +162,26 @@ def write_json(path: Path, result: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="colorize-eval", description="Score a generator on held-out shards beside the grey baseline.")
+    parser = argparse.ArgumentParser(
+        prog="colorize-eval", description="Score a generator on held-out shards beside the grey baseline."
+    )
     parser.add_argument("--weights", required=True, help="generator.safetensors (ours) or a seed G_*.pth")
     parser.add_argument("--shards", required=True, help="shards directory (holds manifest.json)")
     parser.add_argument("--split", default="val", help="split to score (default: val)")
     parser.add_argument("--limit", type=int, default=None, help="score at most this many images (default: all)")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch (default: 16)")
-    parser.add_argument("--size", type=int, default=256, help="square evaluation size, a multiple of 256 (default: 256)")
-    parser.add_argument("--backend", choices=("torch", "dali"), default="torch", help="data loader backend (default: torch)")
+    parser.add_argument(
+        "--size", type=int, default=256, help="square evaluation size, a multiple of 256 (default: 256)"
+    )
+    parser.add_argument(
+        "--backend", choices=("torch", "dali"), default="torch", help="data loader backend (default: torch)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="loader worker processes / DALI threads (default: 2)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda (default: auto)")
-    parser.add_argument("--fid-inception", default=None, metavar="PATH", help="torchvision inception_v3 weights; adds FID")
+    parser.add_argument(
+        "--fid-inception", default=None, metavar="PATH", help="torchvision inception_v3 weights; adds FID"
+    )
     return parser
 
 
@@ -188,8 +207,15 @@ def _run(args: argparse.Namespace) -> int:
         from launch.eval.fid import InceptionFeatures
 
         inception = InceptionFeatures(args.fid_inception, device=device)
-    data_cfg = DataConfig(shards=args.shards, backend=args.backend, size=args.size, batch_size=args.batch_size,
-                          num_threads=args.workers, flip=False, on_bad_sample="skip")
+    data_cfg = DataConfig(
+        shards=args.shards,
+        backend=args.backend,
+        size=args.size,
+        batch_size=args.batch_size,
+        num_threads=args.workers,
+        flip=False,
+        on_bad_sample="skip",
+    )
     loader = make_loader(data_cfg, 0, 1, device, split=args.split, endless=False)
 
     from tqdm import tqdm
@@ -197,14 +223,21 @@ def _run(args: argparse.Namespace) -> int:
     total = getattr(loader, "samples_per_epoch", None)
     total = min(total, args.limit) if total and args.limit else (total or args.limit)
     with torch.inference_mode(), tqdm(total=total, unit="img", file=sys.stderr, disable=not total) as bar:
+
         def counted(batches):
             for batch in batches:
                 bar.update(batch[0].shape[0])
                 yield batch
 
         result = evaluate_batches(generator, counted(loader), args.limit, inception)
-    result = {"weights": str(args.weights), "model": meta.get("model"), "shards": str(args.shards), "split": args.split,
-              "size": args.size, **result}
+    result = {
+        "weights": str(args.weights),
+        "model": meta.get("model"),
+        "shards": str(args.shards),
+        "split": args.split,
+        "size": args.size,
+        **result,
+    }
     print(f"{result['images']} images of {args.shards} ({args.split}) at {args.size}×{args.size}")
     print(format_table(result))
     if args.json:

@@ -61,8 +61,13 @@ class InceptionFeatures(nn.Module):
 
     @torch.inference_mode()
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(rgb.float().to(self.device), size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear",
-                          align_corners=False, antialias=True)
+        x = F.interpolate(
+            rgb.float().to(self.device),
+            size=(INCEPTION_SIZE, INCEPTION_SIZE),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
         return self.model(x * 2 - 1).double().cpu()
 
 

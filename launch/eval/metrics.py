@@ -44,7 +44,9 @@ def psnr_rgb(pred_rgb: torch.Tensor, true_rgb: torch.Tensor, reduction: str = "m
 
     Identical images give +inf (the mean is then inf too)."""
     mse = (pred_rgb.double() - true_rgb.double()).pow(2).flatten(1).mean(dim=1)
-    per_image = torch.where(mse > 0, 10.0 * torch.log10(1.0 / mse.clamp(min=1e-300)), torch.full_like(mse, float("inf")))
+    per_image = torch.where(
+        mse > 0, 10.0 * torch.log10(1.0 / mse.clamp(min=1e-300)), torch.full_like(mse, float("inf"))
+    )
     return _reduce(per_image.float(), reduction)
 
 
@@ -70,7 +72,9 @@ def ssim_rgb(pred_rgb: torch.Tensor, true_rgb: torch.Tensor, reduction: str = "m
     exactly the region skimage averages after cropping its filter's borders. H and W must be ≥ 11.
     """
     if min(pred_rgb.shape[-2:]) < 2 * SSIM_RADIUS + 1:
-        raise ValueError(f"ssim_rgb needs images of at least {2 * SSIM_RADIUS + 1}×{2 * SSIM_RADIUS + 1}, got {tuple(pred_rgb.shape[-2:])}")
+        raise ValueError(
+            f"ssim_rgb needs images of at least {2 * SSIM_RADIUS + 1}×{2 * SSIM_RADIUS + 1}, got {tuple(pred_rgb.shape[-2:])}"
+        )
     # float32: the statistics of [0, 1] images lose < 1e-6 to rounding, far below SSIM's constants
     # (C2 = 9e-4), and float64 convolutions are several times slower on CPU.
     x = pred_rgb.float()

@@ -113,8 +113,15 @@ def run_logged(ctx: Context, title: str, command: list[str], timeout: float | No
         file.write(f"\n===== {title}: {' '.join(command)}\n")
         file.flush()
         start = log.stat().st_size
-        process = subprocess.Popen(command, cwd=REPO, env=ctx.env, stdout=file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=ctx.env,
+            stdout=file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             status = process.wait(timeout=timeout or ctx.step_timeout)
         except subprocess.TimeoutExpired:
@@ -139,11 +146,13 @@ def read_json(path: Path, output: str) -> dict:
 
 def git_commit() -> dict:
     """The checkout's commit and whether it has local changes (None where the copy has no git)."""
+
     def git(*args: str) -> str | None:
         try:
             return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return None
+
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
@@ -152,8 +161,11 @@ def nvidia_smi() -> str | None:
     """`name, driver, memory` of each GPU from nvidia-smi, or None without it."""
     if not shutil.which("nvidia-smi"):
         return None
-    done = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+    )
     return done.stdout.strip() or done.stderr.strip()
 
 
@@ -166,8 +178,11 @@ def pytest_counts(output: str) -> dict[str, int]:
 
 def gpu_test_files(tests: Path) -> list[str]:
     """Test modules holding `gpu`-marked tests (only those run: others import gradio/wandb, absent there)."""
-    return sorted(str(path.relative_to(REPO)) for path in tests.glob("test_*.py")
-                  if "mark.gpu" in path.read_text(errors="replace"))
+    return sorted(
+        str(path.relative_to(REPO))
+        for path in tests.glob("test_*.py")
+        if "mark.gpu" in path.read_text(errors="replace")
+    )
 
 
 def summarise_metrics(rows: list[dict]) -> dict:
@@ -196,8 +211,13 @@ def step_facts(ctx: Context) -> dict:
     output = run_logged(ctx, "facts", [ctx.python, "-c", _PROBE], timeout=min(ctx.step_timeout, 60))
     torch_info = json.loads(output.strip().splitlines()[-1])
     ctx.cuda = bool(torch_info.get("cuda_available")) and not ctx.dry_run
-    return {"python": platform.python_version(), "cpu_count": os.cpu_count(), "nvidia_smi": nvidia_smi(),
-            **torch_info, **git_commit()}
+    return {
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "nvidia_smi": nvidia_smi(),
+        **torch_info,
+        **git_commit(),
+    }
 
 
 def step_kit(ctx: Context) -> dict:
@@ -210,8 +230,12 @@ def step_kit(ctx: Context) -> dict:
         except gpukit.KitError as error:
             raise StepFailed(f"error: {error}") from None
         manifest = gpukit.read_manifest(ctx.kit_dir)
-        figures |= {"kit": str(tree), "chunks": len(manifest["chunks"]), "unpack_s": round(time.monotonic() - started, 1),
-                    "kit_built_at_commit": manifest.get("built_at_commit")}
+        figures |= {
+            "kit": str(tree),
+            "chunks": len(manifest["chunks"]),
+            "unpack_s": round(time.monotonic() - started, 1),
+            "kit_built_at_commit": manifest.get("built_at_commit"),
+        }
         here = f"{sys.version_info.major}{sys.version_info.minor}"
         if manifest.get("python_tag", here) != here:  # e.g. a dry run on the 3.11 development machine
             figures["kit_on_path"] = f"no: the kit is for CPython {manifest['python_tag']}, this is {here}"
@@ -220,7 +244,9 @@ def step_kit(ctx: Context) -> dict:
             ctx.env["PYTHONPATH"] = os.pathsep.join([str(tree), ctx.env["PYTHONPATH"]])
             libs = [str(path) for path in gpukit.library_dirs(tree)]
             if libs:
-                ctx.env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, ctx.env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+                ctx.env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, ctx.env.get("LD_LIBRARY_PATH", "")]).rstrip(
+                    os.pathsep
+                )
     else:
         figures["kit"] = f"no kit ({ctx.kit_dir / gpukit.MANIFEST} absent): DALI must already be importable"
     output = run_logged(ctx, "import DALI", [ctx.python, "-c", _DALI_PROBE], timeout=min(ctx.step_timeout, 60))
@@ -231,11 +257,17 @@ def step_shards(ctx: Context) -> dict:
     """ImageNet-like shards built here (`launch.bench.loader.generate_shards`): JPEGs q90, 450–500 px."""
     images = ctx.images if ctx.cuda else min(ctx.images, 48)
     started = time.monotonic()
-    output = run_logged(ctx, "shards", [ctx.python, "-c", _SHARDS, str(ctx.work), str(images), str(os.cpu_count() or 1)])
+    output = run_logged(
+        ctx, "shards", [ctx.python, "-c", _SHARDS, str(ctx.work), str(images), str(os.cpu_count() or 1)]
+    )
     ctx.shards = Path(output.strip().splitlines()[-1])
     manifest = json.loads((ctx.shards / "manifest.json").read_text())
-    return {"images": images, "seconds": round(time.monotonic() - started, 1),
-            "samples": manifest.get("splits"), "shard_files": len(list(ctx.shards.glob("*.tar")))}
+    return {
+        "images": images,
+        "seconds": round(time.monotonic() - started, 1),
+        "samples": manifest.get("splits"),
+        "shard_files": len(list(ctx.shards.glob("*.tar"))),
+    }
 
 
 def step_pytest_gpu(ctx: Context) -> dict:
@@ -253,8 +285,22 @@ def step_pytest_gpu(ctx: Context) -> dict:
 def step_bench_loader(ctx: Context) -> dict:
     """`colorize-bench loader --device cuda` on the generated shards; its JSON whole."""
     path = ctx.work / "bench-loader.json"
-    output = run_logged(ctx, "bench loader", [ctx.python, "-m", "launch.bench", "loader", "--device", "cuda",
-                                              "--shards", str(ctx.shards), "--json", str(path)])
+    output = run_logged(
+        ctx,
+        "bench loader",
+        [
+            ctx.python,
+            "-m",
+            "launch.bench",
+            "loader",
+            "--device",
+            "cuda",
+            "--shards",
+            str(ctx.shards),
+            "--json",
+            str(path),
+        ],
+    )
     return read_json(path, output)
 
 
@@ -267,9 +313,22 @@ def bench_step(compile_: bool) -> Callable[[Context], dict]:
 
     def run(ctx: Context) -> dict:
         path = ctx.work / f"bench-step{'-compile' if compile_ else ''}.json"
-        command = [ctx.python, "-m", "launch.bench", "step", "--device", "cuda", "--config", "configs/imagenet.yaml",
-                   *(["--compile"] if compile_ else []), "--peak-tflops", str(H200_BF16_TFLOPS), "--json", str(path),
-                   "loss.vgg_weights=none"]
+        command = [
+            ctx.python,
+            "-m",
+            "launch.bench",
+            "step",
+            "--device",
+            "cuda",
+            "--config",
+            "configs/imagenet.yaml",
+            *(["--compile"] if compile_ else []),
+            "--peak-tflops",
+            str(H200_BF16_TFLOPS),
+            "--json",
+            str(path),
+            "loss.vgg_weights=none",
+        ]
         output = run_logged(ctx, f"bench step{' --compile' if compile_ else ''}", command)
         return read_json(path, output)
 
@@ -279,11 +338,26 @@ def bench_step(compile_: bool) -> Callable[[Context], dict]:
 def step_train(ctx: Context) -> dict:
     """A short real training run (300 NoGAN + 300 GAN steps, DALI, bf16) on one GPU; its data-wait and losses."""
     runs = ctx.work / "runs"
-    command = [ctx.python, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/1gpu.yaml",
-               "launch/train.py", "--config", "configs/imagenet.yaml", f"data.shards={ctx.shards}",
-               f"run.out_dir={runs}", "run.name=gpucheck", "schedule.nogan_steps=300", "schedule.gan_steps=300",
-               "logging.wandb=disabled", "loss.vgg_weights=none", "logging.every_steps=50",
-               "checkpoint.every_steps=100000", "optim.warmup_steps=100"]
+    command = [
+        ctx.python,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "configs/accelerate/1gpu.yaml",
+        "launch/train.py",
+        "--config",
+        "configs/imagenet.yaml",
+        f"data.shards={ctx.shards}",
+        f"run.out_dir={runs}",
+        "run.name=gpucheck",
+        "schedule.nogan_steps=300",
+        "schedule.gan_steps=300",
+        "logging.wandb=disabled",
+        "loss.vgg_weights=none",
+        "logging.every_steps=50",
+        "checkpoint.every_steps=100000",
+        "optim.warmup_steps=100",
+    ]
     started = time.monotonic()
     failure = None
     try:
@@ -359,8 +433,10 @@ def headline(record: dict) -> str:
         rates = ", ".join(f"{k} {v.get('images_per_s')}" for k, v in backends.items())
         return f"img/s: {rates}; ceiling {figures.get('decode_ceiling_images_per_s')}"[:90]
     if name == "train":
-        return (f"wait {figures.get('data_wait_fraction_mean')}, {figures.get('images_per_s_mean')} img/s, "
-                f"l1 {figures.get('train/l1', {}).get('first')}→{figures.get('train/l1', {}).get('last')}")[:90]
+        return (
+            f"wait {figures.get('data_wait_fraction_mean')}, {figures.get('images_per_s_mean')} img/s, "
+            f"l1 {figures.get('train/l1', {}).get('first')}→{figures.get('train/l1', {}).get('last')}"
+        )[:90]
     return json.dumps(figures)[:90]
 
 
@@ -382,12 +458,28 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / LOG).write_text("")
     work = Path(tempfile.mkdtemp(prefix="colorize-gpucheck-"))
-    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="disabled",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    ctx = Context(out=args.out.resolve(), work=work, kit_dir=args.kit, images=args.images, dry_run=args.dry_run,
-                  deadline=time.monotonic() + args.budget, env=env)
-    results = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "dry_run": args.dry_run, "out": str(args.out),
-               "budget_s": args.budget, "steps": []}
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        WANDB_MODE="disabled",
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    )
+    ctx = Context(
+        out=args.out.resolve(),
+        work=work,
+        kit_dir=args.kit,
+        images=args.images,
+        dry_run=args.dry_run,
+        deadline=time.monotonic() + args.budget,
+        env=env,
+    )
+    results = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "dry_run": args.dry_run,
+        "out": str(args.out),
+        "budget_s": args.budget,
+        "steps": [],
+    }
     try:
         for step in STEPS:
             record = run_step(ctx, step)

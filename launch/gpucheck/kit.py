@@ -58,8 +58,13 @@ CHUNK_BYTES = 60 * MiB
 """At most 60 MiB a chunk: one chunk + the working tree (~1.5 MB) + the manifest stay under 64 MiB a call."""
 PYTHON_TAG = "312"
 """The device's Python (3.12): extension modules built for any other CPython are dropped."""
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux1_x86_64")
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 WHEELS = (
     # DALI, the version installed by pyproject, and what its METADATA requires that the device lacks.
     "nvidia-dali-cuda130==2.4.0",
@@ -125,8 +130,22 @@ def download_wheels(wheel_dir: Path, specs: Iterable[str] = WHEELS) -> list[Path
     missing = [spec for spec in specs if find_wheel(wheel_dir, spec) is None]
     if missing:
         platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--python-version", "3.12", "--implementation", "cp", *platforms, "-d", str(wheel_dir), *missing]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            *platforms,
+            "-d",
+            str(wheel_dir),
+            *missing,
+        ]
         print(f"downloading {len(missing)} wheel(s) for CPython 3.12 manylinux x86-64 …", flush=True)
         subprocess.run(command, check=True)
     wheels = [find_wheel(wheel_dir, spec) for spec in specs]
@@ -195,7 +214,7 @@ class ChunkWriter:
             self.stream.update(piece)
             self._size += len(piece)
             self.total += len(piece)
-            view = view[len(piece):]
+            view = view[len(piece) :]
         return len(data)
 
     def _next_chunk(self) -> None:
@@ -225,8 +244,9 @@ def _write_tar(sources: Iterable[tuple[Path, str]], stream: BinaryIO, python_tag
 
 def _pack_with_xz_cli(sources, writer: ChunkWriter, preset: int, threads: int, python_tag, totals) -> None:
     """tar → `xz -T<threads>` (much faster than Python's single-threaded lzma) → `writer`."""
-    process = subprocess.Popen(["xz", f"-T{threads}", f"-{preset}", "-c"], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE)
+    process = subprocess.Popen(
+        ["xz", f"-T{threads}", f"-{preset}", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     errors: list[BaseException] = []
 
     def feed() -> None:
@@ -248,8 +268,14 @@ def _pack_with_xz_cli(sources, writer: ChunkWriter, preset: int, threads: int, p
         raise KitError(f"xz exited with status {process.returncode}")
 
 
-def pack(sources: Iterable[tuple[Path, str]], kit_dir: Path, chunk_bytes: int = CHUNK_BYTES, preset: int = 6,
-         python_tag: str = PYTHON_TAG, extra: dict | None = None) -> dict:
+def pack(
+    sources: Iterable[tuple[Path, str]],
+    kit_dir: Path,
+    chunk_bytes: int = CHUNK_BYTES,
+    preset: int = 6,
+    python_tag: str = PYTHON_TAG,
+    extra: dict | None = None,
+) -> dict:
     """Write `sources` (`(path, name in the tar)` pairs) as one `tar.xz` stream split into chunks of at
     most `chunk_bytes` in `kit_dir`, with `manifest.json` (written last, atomically); returns the manifest.
 
@@ -312,8 +338,7 @@ def device_calls(manifest: dict, kit_dir: Path = KIT_DIR) -> list[str]:
     lines = []
     for number, name in enumerate(names, 1):
         carry = ([f"{kit_dir}/{MANIFEST}"] if number == 1 else []) + [f"{kit_dir}/{name}"]
-        command = ("make gpu-check OUT=$OUT" if number == len(names)
-                   else "python3 -m launch.gpucheck.kit receive")
+        command = "make gpu-check OUT=$OUT" if number == len(names) else "python3 -m launch.gpucheck.kit receive"
         timeout = ", timeout_s: 540" if number == len(names) else ", timeout_s: 60"
         lines.append(f"call {number}: carry {json.dumps(carry)}, command: {command}{timeout}")
     return lines
@@ -349,7 +374,7 @@ def chunk_problem(kit_dir: Path, chunk: dict, total: int) -> str | None:
     """Why the chunk named in `chunk` cannot be used (missing, wrong size, wrong SHA-256), or None."""
     path = kit_dir / chunk["name"]
     if not path.is_file():
-        return f"{path} is missing (chunk {chunk['name'][len(CHUNK_PREFIX):]} of {total})"
+        return f"{path} is missing (chunk {chunk['name'][len(CHUNK_PREFIX) :]} of {total})"
     size = path.stat().st_size
     if size != chunk["bytes"]:
         return f"{path} has {size} bytes, the manifest says {chunk['bytes']} (partial or corrupted copy)"
@@ -373,8 +398,10 @@ def receive(kit_dir: Path = KIT_DIR) -> str:
     """One line saying which chunks have arrived intact (for the device calls before the last)."""
     manifest = read_manifest(kit_dir)
     chunks = manifest["chunks"]
-    states = [f"{chunk['name']} {'missing' if not (kit_dir / chunk['name']).exists() else 'bad' if chunk_problem(kit_dir, chunk, len(chunks)) else 'ok'}"
-              for chunk in chunks]
+    states = [
+        f"{chunk['name']} {'missing' if not (kit_dir / chunk['name']).exists() else 'bad' if chunk_problem(kit_dir, chunk, len(chunks)) else 'ok'}"
+        for chunk in chunks
+    ]
     ready = sum(state.endswith(" ok") for state in states)
     return f"kit: {ready} of {len(chunks)} chunks here ({', '.join(states)})"
 
@@ -464,10 +491,14 @@ def library_dirs(tree: Path) -> list[Path]:
 
 def describe(manifest: dict) -> list[str]:
     """Lines summing up a built kit: each chunk's size, the total, and the unpacked size."""
-    lines = [f"  {chunk['name']}: {chunk['bytes'] / MiB:6.1f} MiB  sha256 {chunk['sha256'][:16]}…"
-             for chunk in manifest["chunks"]]
-    lines.append(f"  total: {manifest['stream']['bytes'] / MiB:.1f} MiB in {len(manifest['chunks'])} chunk(s); "
-                 f"unpacks to {manifest['unpacked']['bytes'] / MiB:.0f} MiB ({manifest['unpacked']['files']} files)")
+    lines = [
+        f"  {chunk['name']}: {chunk['bytes'] / MiB:6.1f} MiB  sha256 {chunk['sha256'][:16]}…"
+        for chunk in manifest["chunks"]
+    ]
+    lines.append(
+        f"  total: {manifest['stream']['bytes'] / MiB:.1f} MiB in {len(manifest['chunks'])} chunk(s); "
+        f"unpacks to {manifest['unpacked']['bytes'] / MiB:.0f} MiB ({manifest['unpacked']['files']} files)"
+    )
     return lines
 
 

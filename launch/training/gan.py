@@ -80,9 +80,14 @@ class ColorizationGAN:
 
         probabilities = torch.sigmoid(logits.detach())
         return {
-            "train/d_total": d_total.detach(), "train/d_real": d_real.detach(), "train/d_fake": d_fake.detach(),
-            "train/d_out_real": probabilities[batch:].mean(), "train/d_out_fake": probabilities[:batch].mean(),
-            "train/g_adv": g_adv.detach(), "train/l1": l1.detach(), "train/feature": feature.detach(),
+            "train/d_total": d_total.detach(),
+            "train/d_real": d_real.detach(),
+            "train/d_fake": d_fake.detach(),
+            "train/d_out_real": probabilities[batch:].mean(),
+            "train/d_out_fake": probabilities[:batch].mean(),
+            "train/g_adv": g_adv.detach(),
+            "train/l1": l1.detach(),
+            "train/feature": feature.detach(),
             "train/g_total": g_total.detach(),
         }
 
@@ -92,8 +97,10 @@ class ColorizationGAN:
         optim = self.cfg.optim
         if phase_at(step, self.cfg.schedule) == NOGAN:
             return {"train/lr_g": self._set_lr(self.opt_nogan, optim.nogan, step)}
-        return {"train/lr_g": self._set_lr(self.opt_G, optim.generator, step),
-                "train/lr_d": self._set_lr(self.opt_D, optim.discriminator, step)}
+        return {
+            "train/lr_g": self._set_lr(self.opt_G, optim.generator, step),
+            "train/lr_d": self._set_lr(self.opt_D, optim.discriminator, step),
+        }
 
     # ---------------------------------------------------------------------------------------- helpers
     def _feature(self, weight: float, L: torch.Tensor, fake: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
@@ -180,4 +187,3 @@ def build_gan(cfg: Config, accelerator: Accelerator) -> ColorizationGAN:
     optimizers = build_optimizers(cfg, generator, discriminator, accelerator.device)
     generator, discriminator, *optimizers = accelerator.prepare(generator, discriminator, *optimizers)
     return ColorizationGAN(accelerator, cfg, generator, discriminator, tuple(optimizers), feature_loss)
-

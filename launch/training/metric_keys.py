@@ -14,7 +14,15 @@ SAMPLES_SEEN = "samples_seen"
 AXES = (STEP, SAMPLES_SEEN)
 
 NOGAN_LOSSES = ("train/l1", "train/feature", "train/g_total")
-GAN_LOSSES = ("train/g_adv", "train/l1", "train/feature", "train/g_total", "train/d_real", "train/d_fake", "train/d_total")
+GAN_LOSSES = (
+    "train/g_adv",
+    "train/l1",
+    "train/feature",
+    "train/g_total",
+    "train/d_real",
+    "train/d_fake",
+    "train/d_total",
+)
 D_OUTPUTS = ("train/d_out_real", "train/d_out_fake")
 LEARNING_RATES = ("train/lr_g", "train/lr_d")
 TRAIN = tuple(dict.fromkeys((*NOGAN_LOSSES, *GAN_LOSSES, *D_OUTPUTS, *LEARNING_RATES)))

@@ -71,7 +71,9 @@ class MetricsFile:
     def truncate_after(self, step: int) -> None:
         if not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        kept = [
+            line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
+        ]
         write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def append(self, record: dict[str, Any]) -> None:
@@ -88,8 +90,15 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 class RunLogger:
     """Rank-0 sink for scalars, images and progress of one run."""
 
-    def __init__(self, accelerator: Accelerator, run_dir: Path, total_steps: int, start_step: int, wandb_mode: str,
-                 wandb_run=None) -> None:
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        run_dir: Path,
+        total_steps: int,
+        start_step: int,
+        wandb_mode: str,
+        wandb_run=None,
+    ) -> None:
         self.accelerator = accelerator
         self.main = accelerator.is_main_process
         self.metrics = MetricsFile(run_dir / "metrics.jsonl")

@@ -88,8 +88,14 @@ def init_kwargs(logging_cfg, run_name: str, run_dir: Path, run_id: str, mode: st
     """`wandb.init` arguments (without project/config): the stable id with `resume="allow"`, so an
     online resume continues the run and an offline fragment carries the same id."""
     kwargs: dict[str, Any] = {
-        "id": run_id, "resume": "allow", "name": run_name, "dir": str(run_dir), "mode": mode,
-        "tags": [t.strip() for t in logging_cfg.tags.split(",") if t.strip()] or None, "group": logging_cfg.group, "notes": logging_cfg.notes,
+        "id": run_id,
+        "resume": "allow",
+        "name": run_name,
+        "dir": str(run_dir),
+        "mode": mode,
+        "tags": [t.strip() for t in logging_cfg.tags.split(",") if t.strip()] or None,
+        "group": logging_cfg.group,
+        "notes": logging_cfg.notes,
     }
     if logging_cfg.entity:
         kwargs["entity"] = logging_cfg.entity
@@ -138,8 +144,12 @@ def dataset_artifact(shards_dir: Path):
         "skipped": totals.get("skipped", len(manifest.get("skipped", []))),
         "keep_colourless": manifest.get("options", {}).get("keep_colourless"),
     }
-    artifact = wandb.Artifact(f"shards-{_safe_name(shards_dir.name)}", type="dataset", metadata=metadata,
-                              description=f"WebDataset shards in {shards_dir} (by reference)")
+    artifact = wandb.Artifact(
+        f"shards-{_safe_name(shards_dir.name)}",
+        type="dataset",
+        metadata=metadata,
+        description=f"WebDataset shards in {shards_dir} (by reference)",
+    )
     artifact.add_file(str(manifest_path), name="manifest.json")
     for shard in manifest.get("shards", []):
         # checksum=False: W&B would otherwise read every byte; the manifest's SHA-256 is the checksum.
@@ -213,7 +223,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 # The sample table
 
 
-def sample_table_rows(L, fake_ab, real_ab) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[float], list[float]]:
+def sample_table_rows(
+    L, fake_ab, real_ab
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[float], list[float]]:
     """Per image of the fixed val batch: grey, prediction, truth (H×W×3 uint8 sRGB) and its ab-L1
     (CIELAB units) and PSNR (dB). L: N×1×S×S, fake_ab / real_ab: N×2×S×S, network scaling."""
     import torch
@@ -253,9 +265,16 @@ def load_table_files(png: Path) -> tuple[list, list, list, list[float], list[flo
     rows = json.loads(png.with_suffix(".json").read_text())["rows"]
     height = grid.shape[0] // len(rows)
     width = grid.shape[1] // 3
-    tiles = [[grid[r * height:(r + 1) * height, c * width:(c + 1) * width] for c in range(3)] for r in range(len(rows))]
-    return ([t[0] for t in tiles], [t[1] for t in tiles], [t[2] for t in tiles],
-            [r["ab_l1"] for r in rows], [r["psnr"] for r in rows])
+    tiles = [
+        [grid[r * height : (r + 1) * height, c * width : (c + 1) * width] for c in range(3)] for r in range(len(rows))
+    ]
+    return (
+        [t[0] for t in tiles],
+        [t[1] for t in tiles],
+        [t[2] for t in tiles],
+        [r["ab_l1"] for r in rows],
+        [r["psnr"] for r in rows],
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,9 +289,18 @@ class WandbRun:
     would refuse lower ones anyway, so the dashboard shows each step once.
     """
 
-    def __init__(self, run, *, mode: str, run_dir: Path, global_batch: int, start_step: int = 0,
-                 alert_wait_fraction: float = 0.0, alert_wait_logs: int = 0,
-                 write: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        run,
+        *,
+        mode: str,
+        run_dir: Path,
+        global_batch: int,
+        start_step: int = 0,
+        alert_wait_fraction: float = 0.0,
+        alert_wait_logs: int = 0,
+        write: Callable[[str], None] | None = None,
+    ) -> None:
         self.run = run
         self.mode = mode
         self.run_dir = Path(run_dir)
@@ -280,8 +308,10 @@ class WandbRun:
         self.write = write or (lambda message: print(message, file=sys.stderr))
         self.first_step = max(int(getattr(run, "starting_step", 0) or 0), start_step + 1)
         if self.first_step > start_step + 1:
-            self.write(f"W&B run {run.id} already holds steps up to {self.first_step - 1}: "
-                       f"steps {start_step + 1}…{self.first_step - 1} are not sent again")
+            self.write(
+                f"W&B run {run.id} already holds steps up to {self.first_step - 1}: "
+                f"steps {start_step + 1}…{self.first_step - 1} are not sent again"
+            )
         self.alert_wait_fraction, self.alert_wait_logs = alert_wait_fraction, alert_wait_logs
         self._waits_above = 0
         self._wait_alerted = False
@@ -334,14 +364,20 @@ class WandbRun:
         else:
             self.run.log_artifact(artifact, aliases=["latest"])
 
-    def log_model(self, weights: Path, step: int, phase: str, aliases: list[str], eval_values: dict[str, float]) -> None:
+    def log_model(
+        self, weights: Path, step: int, phase: str, aliases: list[str], eval_values: dict[str, float]
+    ) -> None:
         """The exported generator (safetensors + JSON sidecar) as a `model` artifact version."""
         import wandb
 
         weights = Path(weights)
         metadata = {"step": step, "phase": phase, **eval_values}
-        artifact = wandb.Artifact(model_artifact_name(self.run.id), type="model", metadata=metadata,
-                                  description="colorization generator (load with `colorize --weights`)")
+        artifact = wandb.Artifact(
+            model_artifact_name(self.run.id),
+            type="model",
+            metadata=metadata,
+            description="colorization generator (load with `colorize --weights`)",
+        )
         artifact.add_file(str(weights), name="generator.safetensors")
         artifact.add_file(str(weights.with_suffix(".json")), name="generator.json")
         self.run.log_artifact(artifact, aliases=aliases)
@@ -364,6 +400,8 @@ class WandbRun:
         self._waits_above = self._waits_above + 1 if wait_fraction > self.alert_wait_fraction else 0
         if self._waits_above >= self.alert_wait_logs and not self._wait_alerted:
             self._wait_alerted = True
-            self.alert("data loader too slow",
-                       f"data/wait_fraction above {self.alert_wait_fraction:.0%} for {self._waits_above} logging "
-                       f"steps in a row (last {wait_fraction:.0%}): the device waits for data; see perf/ and data/.")
+            self.alert(
+                "data loader too slow",
+                f"data/wait_fraction above {self.alert_wait_fraction:.0%} for {self._waits_above} logging "
+                f"steps in a row (last {wait_fraction:.0%}): the device waits for data; see perf/ and data/.",
+            )
