@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # This machine's pip config names local mirrors that may be absent; hide only those warnings.
 PIP_QUIET := { grep -v 'is neither a file nor a directory' || true; }
 
-.PHONY: install test test-gpu demo bench clean gpu-kit gpu-check
+.PHONY: install test test-fast test-gpu lint demo clean gpu-kit gpu-check
 
 install: $(STAMP)
 
@@ -23,6 +23,17 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit-test loop: everything but the tests marked slow (whole training runs, several processes)
+# and the browser test. `make test` stays the full suite CI runs.
+test-fast: install
+	$(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
+# Lint (ruff: pyflakes, pycodestyle, isort, bugbear, pyupgrade), format check, and types (mypy).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test-gpu: install
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
