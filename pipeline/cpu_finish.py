@@ -8,8 +8,8 @@ Lab (`pipeline/lab_uint8.py`); on the GPU everything stays inside DALI.
 
 All of it runs on one intra-op thread. The work is already parallel across DALI's decoder threads
 and this thread, and an OpenMP team here would only add its fork/join and, worse, an idle worker
-that spins for a while after every parallel region: measured at ≈ 0.4 ms of CPU per image on
-2 cores, a quarter of the whole path's work (BENCHMARKS.md).
+that spins for a while after every parallel region, a large share of the whole path's CPU time
+(BENCHMARKS.md has the profile).
 """
 
 from __future__ import annotations
@@ -68,5 +68,5 @@ def decoded_to_network(
             if mirror:
                 squares[i] = squares[i].flip(-1)
         # The stack also turns the channels-last squares into the planar batch the Lab kernel
-        # vectorises over (it is ≈ 10× slower on interleaved channels).
+        # vectorises over (interleaved channels defeat its vectorisation).
         return lab_step(torch.stack(squares))

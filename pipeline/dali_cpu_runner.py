@@ -14,7 +14,7 @@ DALI's own threads are given a lower scheduling priority (nice + 10, Linux) once
 loader's thread, which resizes and converts every batch, is the serial part of the path, and on a
 machine with as many busy threads as cores, the scheduler's fair share left it runnable but waiting
 for a core a third of the time while DALI's threads decoded batches that then sat in the queue.
-Yielding to it measured ≈ 5 % more images/s on 2 cores (BENCHMARKS.md).
+Yielding to it gives the path more images/s (BENCHMARKS.md has the figures).
 
 The tensors are views of DALI's output buffers, not copies: they stay valid only until the next
 `next()`, when DALI recycles the buffers. The loader resizes every image of a batch before it asks

@@ -7,8 +7,8 @@ offset (`lab_matrix`). The per-pixel work is written as plain elementwise torch 
 colour planes. `uint8_planar_to_network` is exact (within 1e-5 of `pipeline.lab.rgb_to_network` in
 normalised units); `uint8_planar_to_network_fast` replaces the sRGB curve and the cube root by
 polynomials and a Halley step, which `torch.compile` fuses into one vectorised loop for the DALI
-backend's CPU path (≈ 0.19 ms per 256² image on one core: 2.9× faster than the table-lookup kernel
-it replaced, and over 10× faster than eager torch; within 1e-4). See BENCHMARKS.md for the figures.
+backend's CPU path: no table gathers, which inductor would compile into scalar loops (within 1e-4;
+BENCHMARKS.md has the timings).
 
 The DALI pipeline's GPU path uses the same folded constants, so every path computes one formula.
 """

@@ -15,7 +15,8 @@ colourless when no more than 0.1 % of its pixels (`MAX_COLOURED_FRACTION`) reach
   without looking at pixels (see `convert.py`).
 
 The Lab math matches `skimage.color.rgb2lab` (sRGB, D65, same constants; the tests compare) but runs on
-uint8 through a 256-entry linearisation table in float32: ~10× faster, no torch import in workers.
+uint8 through a 256-entry linearisation table in float32: no per-pixel power, and no torch import in
+the workers.
 A colourful image is usually decided from every 16th pixel alone (see `is_colourless`).
 """
 
