@@ -31,7 +31,12 @@ def set_requires_grad(module: nn.Module, flag: bool) -> None:
 
 
 class ColorizationGAN:
-    """NoGAN (G alone: L1 + VGG features) and GAN (D then G: BCE + L1) updates, pix2pix style."""
+    """NoGAN (G alone: L1 + VGG features) and GAN (D then G: BCE + L1) updates, pix2pix style.
+
+    The G update runs the unwrapped discriminator (`D_module`), frozen: it only passes gradients
+    through to G, and a DDP-wrapped forward whose backward gives D no gradients would leave DDP's
+    reducer waiting for them.
+    """
 
     def __init__(
         self,
@@ -135,8 +140,8 @@ def build_models(cfg: Config, accelerator: Accelerator) -> tuple[nn.Module, nn.M
         generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
         discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
     memory_format = torch.channels_last if on_cuda and cfg.model.channels_last else torch.contiguous_format
-    generator = generator.to(accelerator.device, memory_format=memory_format)
-    discriminator = discriminator.to(accelerator.device, memory_format=memory_format)
+    generator = generator.to(accelerator.device).to(memory_format=memory_format)
+    discriminator = discriminator.to(accelerator.device).to(memory_format=memory_format)
     if cfg.model.compile:
         # In-place compile keeps state_dict keys unchanged (no `_orig_mod.`), so checkpoints and the
         # exported generator are the same with and without it. The training shapes are fixed, so
