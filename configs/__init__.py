@@ -293,7 +293,7 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{source}: {key} must be a list of {len(args)} values, got {value!r}")
         return tuple(_convert(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args, strict=False)))
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key} must be a mapping of {tp.__name__} fields, got {value!r}")
         return _build(tp, value, f"{key}.", source)

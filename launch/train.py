@@ -41,7 +41,7 @@ from launch.training.timing import StepTimer
 from launch.training.tracking import RunLogger, keep_wandb_files_in, resolve_wandb_mode
 from models.export import save_generator
 from pipeline import make_loader
-from pipeline.loader_base import BadShardError
+from pipeline.loader_base import BadShardError, Loader
 from pipeline.shard_list import ShardsDirError, split_shards
 
 
@@ -53,14 +53,14 @@ class Run:
     accelerator: Accelerator
     state: TrainingState
     gan: ColorizationGAN
-    loader: object
+    loader: Loader
     """The training loader: iterable of (L, ab) on the device, with state_dict()/load_state_dict()."""
     logger: RunLogger
     stop: StopRequest
     recorder: SampleRecorder
     sample_batch: tuple[torch.Tensor, torch.Tensor] | None
     """Fixed val batch (L, ab) for the sample grid, on rank 0; None elsewhere or without a val split."""
-    val_loader: object | None
+    val_loader: Loader | None
     """This rank's val loader, reused by every evaluation; None without a val split."""
 
     @property
@@ -97,7 +97,7 @@ def build_accelerator(cfg: Config, wandb_mode: str) -> Accelerator:
     )
 
 
-def build_loaders(cfg: Config, accelerator: Accelerator) -> tuple[object, bool]:
+def build_loaders(cfg: Config, accelerator: Accelerator) -> tuple[Loader, bool]:
     """The endless training loader for this rank, and whether a val split exists (for samples and eval)."""
     loader = make_loader(
         cfg.data,
@@ -115,7 +115,7 @@ def build_loaders(cfg: Config, accelerator: Accelerator) -> tuple[object, bool]:
     return loader, has_val
 
 
-def build_val_loader(cfg: Config, accelerator: Accelerator, has_val: bool):
+def build_val_loader(cfg: Config, accelerator: Accelerator, has_val: bool) -> Loader | None:
     """This rank's share of the val split, one deterministic pass per `iter()`: built once and reused
     by every evaluation (a GPU pipeline's decoder set-up is not repeated); None without a val split."""
     if not has_val:
@@ -222,6 +222,7 @@ def build_run(cfg: Config, resume: bool) -> Run:
 
 def predict_samples(run: Run) -> torch.Tensor:
     """The generator's ab for the fixed val batch (eval mode, the training RNG untouched)."""
+    assert run.sample_batch is not None  # callers return early without one
     generator = run.accelerator.unwrap_model(run.gan.G)
     was_training = generator.training
     generator.eval()
@@ -312,6 +313,7 @@ def log_model_artifact(run: Run, weights: Path, step: int, phase: str) -> None:
     wb = run.logger.wandb
     if wb is None:
         return
+    assert wb.ledger is not None  # build_logger sets it with the run
     eval_values = wb.last_eval[1] if wb.last_eval and wb.last_eval[0] == step else {}
     aliases = wb.ledger.aliases(
         eval_values, nogan_final=is_phase_switch(step, run.cfg.schedule), final=step == run.cfg.total_steps

@@ -54,7 +54,8 @@ def _fresh_vgg19_bn_features() -> nn.Sequential:
     for module in features.modules():  # the init torchvision's VGG.__init__ applies
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:  # make_layers' convolutions all have one
+                nn.init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
@@ -121,6 +122,9 @@ class VGGFeatureLoss(nn.Module):
     [-1, 1] (CIELAB, network scaling), H and W ≥ 32 → float32 scalar ≥ 0 (0 when fake_ab == real_ab).
     Gradients flow to `fake_ab` only; the real branch runs under `no_grad`.
     """
+
+    mean: torch.Tensor  # ImageNet mean and std, 1×3×1×1 buffers (registered in __init__)
+    std: torch.Tensor
 
     def __init__(
         self,

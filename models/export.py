@@ -185,7 +185,9 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
             f"(missing '{FIRST_WEIGHT}')"
         )
     inferred = int(state[FIRST_WEIGHT].shape[0])
-    model_meta = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    model_meta = meta.get("model")
+    if not isinstance(model_meta, dict):
+        model_meta = {}
     name = str(model_meta.get("generator", "seed_unet"))
     features = int(model_meta.get("features", inferred))
     if features != inferred:

@@ -60,12 +60,9 @@ class DaliLoader:
         self.gpu = self.device.type == "cuda"
         # The GPU the pipeline runs on, and where its batches land. A bare "cuda" means the current
         # device (what torch would use for it, and what accelerate sets to the local rank), not GPU 0.
-        self.device_id = (
-            None
-            if not self.gpu
-            else (self.device.index if self.device.index is not None else torch.cuda.current_device())
-        )
+        self.device_id: int | None = None
         if self.gpu:
+            self.device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
             self.device = torch.device("cuda", self.device_id)
         self.split, self.endless, self.seed = split, endless, seed
         self.return_keys = return_keys
@@ -235,11 +232,13 @@ class DaliLoader:
             return out
 
     def _to_network(self, out: dict):
+        batch: tuple[torch.Tensor, ...]
         if self.gpu:
             lab = out["lab"]
             batch = (lab[:, :1].contiguous(), lab[:, 1:].contiguous())
         else:
             centre_crop = not self.endless and self.cfg.crop == "random_resized"
+            assert self._lab is not None  # built for the CPU path
             batch = decoded_to_network(out["rgb"], out.get("mirror", ()), self.cfg.size, centre_crop, self._lab)
             if self.device.type != "cpu":
                 batch = tuple(t.to(self.device, non_blocking=True) for t in batch)

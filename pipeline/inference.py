@@ -140,9 +140,9 @@ class Colorizer:
         out = []
         for l_star, ab_net in zip(lightness, ab_small, strict=False):
             ab = F.interpolate(ab_net.unsqueeze(0), size=l_star.shape[-2:], mode="bilinear", align_corners=False)[0]
-            rgb = lab_to_rgb_in_gamut(torch.cat((l_star, ab * AB_SCALE)))
+            colour = lab_to_rgb_in_gamut(torch.cat((l_star, ab * AB_SCALE)))
             grey = None
             if with_grey:
                 grey = lab_to_rgb(torch.cat((l_star, torch.zeros_like(ab)))).permute(1, 2, 0).cpu().numpy()
-            out.append(Colorized(rgb=rgb.permute(1, 2, 0).cpu().numpy(), grey=grey))
+            out.append(Colorized(rgb=colour.permute(1, 2, 0).cpu().numpy(), grey=grey))
         return out

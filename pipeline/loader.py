@@ -8,10 +8,59 @@ far); `samples_per_epoch` (this rank's share of the split).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal, overload
+
 import torch
 
 from configs import DataConfig
-from pipeline.loader_base import per_rank_batch
+from pipeline.loader_base import KeyedLoader, Loader, per_rank_batch
+
+if TYPE_CHECKING:  # the backends are imported only when picked
+    from pipeline.baseline_loader import BaselineLoader
+    from pipeline.dali_loader import DaliLoader
+    from pipeline.torch_loader import TorchLoader
+
+
+@overload
+def make_loader(
+    data_cfg: DataConfig,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    *,
+    split: str = ...,
+    endless: bool = ...,
+    seed: int = ...,
+    return_keys: Literal[False] = ...,
+) -> Loader: ...
+
+
+@overload
+def make_loader(
+    data_cfg: DataConfig,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    *,
+    split: str = ...,
+    endless: bool = ...,
+    seed: int = ...,
+    return_keys: Literal[True],
+) -> KeyedLoader: ...
+
+
+@overload
+def make_loader(
+    data_cfg: DataConfig,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    *,
+    split: str = ...,
+    endless: bool = ...,
+    seed: int = ...,
+    return_keys: bool,
+) -> Loader | KeyedLoader: ...
 
 
 def make_loader(
@@ -24,7 +73,7 @@ def make_loader(
     endless: bool = True,
     seed: int = 0,
     return_keys: bool = False,
-):
+) -> Loader | KeyedLoader:
     """A loader for `split` of `data_cfg.shards`, this rank's part, on `device`.
 
     `endless=True` (training): shuffled, random crop and flip, never stops. `endless=False`
@@ -35,15 +84,11 @@ def make_loader(
     missing shards dir, manifest or shard.
     """
     per_rank_batch(data_cfg, world_size)
-    kwargs = dict(split=split, endless=endless, seed=seed, return_keys=return_keys)
+    backend: type[DaliLoader | TorchLoader | BaselineLoader]
     if data_cfg.backend == "dali":
-        from pipeline.dali_loader import DaliLoader
-
-        return DaliLoader(data_cfg, rank, world_size, device, **kwargs)
-    if data_cfg.backend == "torch":
-        from pipeline.torch_loader import TorchLoader
-
-        return TorchLoader(data_cfg, rank, world_size, device, **kwargs)
-    from pipeline.baseline_loader import BaselineLoader
-
-    return BaselineLoader(data_cfg, rank, world_size, device, **kwargs)
+        from pipeline.dali_loader import DaliLoader as backend
+    elif data_cfg.backend == "torch":
+        from pipeline.torch_loader import TorchLoader as backend
+    else:
+        from pipeline.baseline_loader import BaselineLoader as backend
+    return backend(data_cfg, rank, world_size, device, split=split, endless=endless, seed=seed, return_keys=return_keys)

@@ -9,11 +9,49 @@ one deterministic pass per `iter()` and keep the last, partial batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
 from configs import DataConfig
+
+if TYPE_CHECKING:  # this module stays importable without torch at run time
+    import torch
 
 # DataLoader workers start from a fork server, not by forking this process: a fork taken while DALI's
 # (or any) threads hold locks can deadlock the child, and the benchmark runs every backend in one process.
 WORKER_START = "forkserver"
+
+
+class _LoaderState(Protocol):
+    """What every backend offers besides its batches."""
+
+    skipped: int
+    """Bad samples skipped so far (`data.on_bad_sample: skip`)."""
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """This rank's share of the split."""
+        ...
+
+    def state_dict(self) -> dict:
+        """The position in the stream, for a checkpoint."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from a `state_dict()`."""
+        ...
+
+
+class Loader(_LoaderState, Protocol):
+    """A loader made with `return_keys=False`: iterating yields `(L, ab)` batches."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+class KeyedLoader(_LoaderState, Protocol):
+    """A loader made with `return_keys=True`: iterating yields `(L, ab, keys)` batches."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]: ...
 
 
 class BadShardError(RuntimeError):

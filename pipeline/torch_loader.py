@@ -226,7 +226,8 @@ class _Readers(IterableDataset):
             data = sample["jpg"]
             return torch.frombuffer(bytearray(data), dtype=torch.uint8), jpeg_size(data)
         except Exception as exc:
-            return self._bad(sample, exc)
+            self._bad(sample, exc)
+            return None
 
     def _decode(self, sample: dict) -> torch.Tensor | None:
         """3×H×W uint8 sRGB, or None (counted) for an undecodable sample in skip mode."""
@@ -234,7 +235,8 @@ class _Readers(IterableDataset):
             data = sample["jpg"]
             return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         except Exception as exc:
-            return self._bad(sample, exc)
+            self._bad(sample, exc)
+            return None
 
     def _bad(self, sample: dict, exc: Exception) -> None:
         if self.cfg.on_bad_sample == "skip":

@@ -70,8 +70,9 @@ class ArchiveReader:
         return {"path": self.path, "_fd": None}
 
     def __del__(self) -> None:
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+        fd = getattr(self, "_fd", None)  # absent when __init__ did not run
+        if fd is not None:
+            os.close(fd)
 
     def _pread(self, size: int, offset: int) -> bytes:
         if self._fd is None:

@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import multiprocessing
 import signal
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 from tqdm import tqdm
@@ -51,6 +51,7 @@ def _init_pool_worker(*settings) -> None:
 
 
 def _inspect_in_worker(locator) -> Inspection:
+    assert _worker_settings is not None, "_init_worker runs first (pool initializer)"
     reader, short_side, quality, keep_colourless = _worker_settings
     result = inspect_read(functools.partial(reader.read, locator), short_side, quality, keep_colourless)
     if result.status == KEPT and not result.converted and reader.cheap_reread:
@@ -60,7 +61,7 @@ def _inspect_in_worker(locator) -> Inspection:
     return result
 
 
-def _inspections(source: Source, locators: list, options: BuildOptions) -> Iterator[Inspection]:
+def _inspections(source: Source, locators: list, options: BuildOptions) -> Generator[Inspection, None, None]:
     """Inspection of each located file, in order; in a pool of `options.workers` processes when > 1."""
     settings = (source.reader(), options.short_side, options.quality, options.keep_colourless)
     if options.workers == 1 or len(locators) <= 1:
@@ -137,6 +138,7 @@ def build_shards(
     out = Path(out)
     listing = scan_source(src, inside)
     source = listing.source
+    assert source is not None  # scan_source always sets it
     plan = plan_shards(listing, options)
     digest = plan_digest(listing, options)
     mine = plan if part is None else part_shards(plan, part)

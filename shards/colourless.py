@@ -61,4 +61,4 @@ def is_colourless(rgb: np.ndarray) -> bool:
     # exceed the allowance the answer is "colour" without converting the other 15/16 of the pixels.
     if np.count_nonzero(chroma(pixels[::16]) >= CHROMA_THRESHOLD) > allowed:
         return False
-    return np.count_nonzero(chroma(pixels) >= CHROMA_THRESHOLD) <= allowed
+    return bool(np.count_nonzero(chroma(pixels) >= CHROMA_THRESHOLD) <= allowed)

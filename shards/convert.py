@@ -78,7 +78,7 @@ def inspect_read(read: Callable[[], bytes], short_side: int | None, quality: int
 
 def inspect_bytes(data: bytes, short_side: int | None, quality: int, keep_colourless: bool) -> Inspection:
     """Inspect an encoded image held in memory; raises whatever PIL raises for undecodable data."""
-    image = Image.open(io.BytesIO(data))
+    image: Image.Image = Image.open(io.BytesIO(data))
     width, height = image.size
     needs_resize = short_side is not None and min(width, height) > short_side
     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
@@ -106,6 +106,7 @@ def inspect_bytes(data: bytes, short_side: int | None, quality: int, keep_colour
     if colourless and not keep_colourless:
         return Inspection(COLOURLESS, colourless=True)
     if needs_resize:
+        assert short_side is not None  # needs_resize implies it
         rgb = downsize(rgb, short_side)
     return Inspection(KEPT, jpeg=encode_jpeg(rgb, quality), colourless=colourless, converted=True)
 

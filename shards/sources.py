@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shards.archives import ArchiveReader, list_tar, list_zip
+from shards.archives import ArchiveReader, Member, list_tar, list_zip
 from shards.errors import BuildError
 
 
@@ -38,7 +39,8 @@ class Source:
     """A listed source: `location` (what the manifest records), its files and listing problems."""
 
     location: str
-    files: dict[str, object]
+    files: Mapping[str, str | Member]
+    """path → locator: the path itself (folder) or its `Member` (archive)."""
     problems: list[dict] = field(default_factory=list)
     _reader: object = None
 

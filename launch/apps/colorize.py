@@ -172,6 +172,7 @@ def _run(args: argparse.Namespace) -> int:
                 try:
                     write_image(job.output, result.rgb)
                     if args.side_by_side:
+                        assert result.grey is not None  # asked for with with_grey
                         write_image(job.side_by_side, np.concatenate((result.grey, result.rgb), axis=1))
                 except OSError as exc:
                     tqdm.write(f"failed {job.output}: {exc.strerror or exc}", file=sys.stderr)

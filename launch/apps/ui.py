@@ -137,7 +137,7 @@ def write_examples(folder: Path) -> list[str]:
     paths = []
     for name in EXAMPLE_PHOTOS:
         photo = Image.fromarray(np.asarray(getattr(skimage.data, name)())[..., :3]).convert("L")
-        photo.thumbnail((EXAMPLE_LONG_SIDE, EXAMPLE_LONG_SIDE), Image.LANCZOS)
+        photo.thumbnail((EXAMPLE_LONG_SIDE, EXAMPLE_LONG_SIDE), Image.Resampling.LANCZOS)
         target = folder / f"{name}.png"
         photo.save(target)
         paths.append(str(target))

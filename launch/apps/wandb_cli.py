@@ -66,7 +66,10 @@ def replay_plan(run_dir: Path) -> list[tuple[int, dict]]:
 
 
 def _step_of(path: Path) -> int:
-    return int(re.fullmatch(r"step_(\d+)", path.stem).group(1))
+    match = re.fullmatch(r"step_(\d+)", path.stem)
+    if match is None:
+        raise ValueError(f"{path}: not a step_<n> file")
+    return int(match.group(1))
 
 
 def model_file(run_dir: Path, entry: dict, last_step: int) -> Path | None:

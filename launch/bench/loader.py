@@ -152,7 +152,9 @@ def decode_ceiling(shards_dir: Path, split: str, batch_size: int, threads: int, 
         return fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
 
     gpu = device is not None and device.type == "cuda"
-    device_id = (device.index if device.index is not None else torch.cuda.current_device()) if gpu else None
+    device_id = None
+    if device is not None and gpu:
+        device_id = device.index if device.index is not None else torch.cuda.current_device()
     pipe = decode_only(batch_size=batch_size, num_threads=threads, device_id=device_id, seed=1, prefetch_queue_depth=2)
     pipe.build()
     while True:
@@ -252,15 +254,15 @@ def _run(args, backends, shards_dir: Path) -> int:
         sources = {}
         for name in backends:
             # torch-cpu: the torch backend decoding in its workers, whatever the device.
-            backend, decode_device = ("torch", "cpu") if name == "torch-cpu" else (name, "auto")
+            torch_cpu = name == "torch-cpu"
             cfg = DataConfig(
                 shards=str(shards_dir),
-                backend=backend,
+                backend="torch" if torch_cpu else name,
                 size=args.size,
                 crop=args.crop,
                 batch_size=args.batch_size,
                 num_threads=args.threads,
-                decode_device=decode_device,
+                decode_device="cpu" if torch_cpu else "auto",
             )
             sources[name] = iter(make_loader(cfg, 0, 1, device, split=args.split, endless=True))
         sources[CEILING] = decode_ceiling(shards_dir, args.split, args.batch_size, args.threads, device)

@@ -46,7 +46,7 @@ import time
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO, BinaryIO, cast
 
 from configs.atomic import write_text_atomic
 
@@ -172,7 +172,7 @@ def droppable(relative: str, python_tag: str = PYTHON_TAG) -> bool:
     if _DROPPED_DIRS.intersection(path.parts) or path.name.endswith(_DROPPED_SUFFIXES):
         return True
     match = _OTHER_PYTHON_EXTENSION.search(path.name)
-    return bool(match) and match.group(1) != python_tag
+    return match is not None and match.group(1) != python_tag
 
 
 def _tar_filter(python_tag: str, totals: dict[str, int]):
@@ -208,6 +208,7 @@ class ChunkWriter:
         while view:
             if self._file is None or self._size == self.chunk_bytes:
                 self._next_chunk()
+            assert self._file is not None  # opened by _next_chunk
             piece = view[: self.chunk_bytes - self._size]
             self._file.write(piece)
             self._hash.update(piece)
@@ -234,7 +235,7 @@ class ChunkWriter:
         self._close_chunk()
 
 
-def _write_tar(sources: Iterable[tuple[Path, str]], stream: BinaryIO, python_tag: str, totals: dict[str, int]) -> None:
+def _write_tar(sources: Iterable[tuple[Path, str]], stream: IO[bytes], python_tag: str, totals: dict[str, int]) -> None:
     """Write a tar of `(path, name in the tar)` sources to `stream`, without droppable members."""
     keep = _tar_filter(python_tag, totals)
     with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -247,19 +248,21 @@ def _pack_with_xz_cli(sources, writer: ChunkWriter, preset: int, threads: int, p
     process = subprocess.Popen(
         ["xz", f"-T{threads}", f"-{preset}", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
+    stdin, stdout = process.stdin, process.stdout
+    assert stdin is not None and stdout is not None  # both are PIPEs
     errors: list[BaseException] = []
 
     def feed() -> None:
         try:
-            _write_tar(sources, process.stdin, python_tag, totals)
+            _write_tar(sources, stdin, python_tag, totals)
         except BaseException as error:  # reported from the main thread below
             errors.append(error)
         finally:
-            process.stdin.close()
+            stdin.close()
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
-    while block := process.stdout.read(MiB):
+    while block := stdout.read(MiB):
         writer.write(block)
     feeder.join()
     if errors:
@@ -294,7 +297,8 @@ def pack(
         if shutil.which("xz"):
             _pack_with_xz_cli(sources, writer, preset, 2, python_tag, totals)
         else:
-            with lzma.LZMAFile(writer, "w", preset=preset) as compressed:
+            # LZMAFile calls only write() on a file object (typeshed asks for a whole IO[bytes]).
+            with lzma.LZMAFile(cast(IO[bytes], writer), "w", preset=preset) as compressed:
                 _write_tar(sources, compressed, python_tag, totals)
     finally:
         writer.close()
@@ -463,7 +467,8 @@ def unpack(kit_dir: Path = KIT_DIR, destination: Path | None = None) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     reader = ChunkReader(paths)
     try:
-        with lzma.open(reader) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        # lzma.open calls only read() on a file object (typeshed asks for a whole IO[bytes]).
+        with lzma.open(cast(IO[bytes], reader)) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(partial, filter="data")
             else:  # Python < 3.11.4: the members are our own build's (checked by SHA-256 above)

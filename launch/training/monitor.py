@@ -32,7 +32,10 @@ class LossMonitor:
         # The completed-step counter lives on the device too: `fill_` with a Python int is a kernel
         # argument, not a host → device copy, so stamping a step costs no synchronisation.
         self._step = torch.zeros((), dtype=torch.int64, device=device)
-        self._latest = self._first_bad = self._first_value = None
+        # Set by `_reset` at the first `update`, which always comes before a `read`.
+        self._latest: torch.Tensor | None = None
+        self._first_bad: torch.Tensor | None = None
+        self._first_value: torch.Tensor | None = None
 
     def _reset(self, keys: Sequence[str]) -> None:
         self.keys = tuple(keys)
@@ -44,9 +47,10 @@ class LossMonitor:
     def update(self, step: int, terms: dict[str, torch.Tensor]) -> None:
         """Record the terms of completed step `step` (1-based count of steps done). No host sync."""
         if tuple(terms) != self.keys:
-            self._reset(terms)  # a new phase (its first step follows a sync point: the phase switch saves)
+            self._reset(tuple(terms))  # a new phase (its first step follows a sync point: the phase switch saves)
         self._step.fill_(step)
         values = torch.stack([t.detach().float() for t in terms.values()])
+        assert self._first_bad is not None and self._first_value is not None  # set by _reset above
         newly_bad = ~torch.isfinite(values) & (self._first_bad == NOT_SEEN)
         self._first_bad = torch.where(newly_bad, self._step, self._first_bad)
         self._first_value = torch.where(newly_bad, values, self._first_value)
@@ -56,6 +60,9 @@ class LossMonitor:
         """THE sync point: each term's latest value averaged over ranks, and whether any rank asked to
         stop. A collective (every rank calls it at the same step). Raises TrainingError when a term was
         non-finite on any rank since the last read, naming the first such step and the term."""
+        assert self._latest is not None and self._first_bad is not None and self._first_value is not None, (
+            "read() before any update()"
+        )
         stop = torch.tensor([float(stop_requested)], device=self.device)
         packed = torch.cat([self._latest, stop])
         first_bad = torch.where(self._first_bad == NOT_SEEN, torch.iinfo(torch.int64).max, self._first_bad)

@@ -123,7 +123,7 @@ def agent_overrides(extra_args: list[str]) -> list[str]:
 # Artifacts
 
 
-def dataset_artifact(shards_dir: Path):
+def dataset_artifact(shards_dir: str | Path):
     """A `dataset` artifact for the shards in `shards_dir`, by reference: `manifest.json` is its one
     uploaded file; every shard is a `file://` reference carrying the manifest's SHA-256 and size (W&B
     does not read or upload the shards). Counts go to the metadata."""
@@ -316,6 +316,8 @@ class WandbRun:
         self._waits_above = 0
         self._wait_alerted = False
         self.last_eval: tuple[int, dict[str, float]] | None = None
+        self.ledger: ModelLedger | None = None
+        """The run's model aliases (latest, final, best…): set by training, which logs models."""
 
     def define_metrics(self) -> None:
         """`step` is the x-axis of everything (and `samples_seen` available); best eval and mean perf
@@ -352,7 +354,7 @@ class WandbRun:
 
     # Lineage --------------------------------------------------------------------------------------
 
-    def use_dataset(self, shards_dir: Path) -> None:
+    def use_dataset(self, shards_dir: str | Path) -> None:
         """Record the shards as this run's input. W&B refuses `use_artifact` offline ("Cannot use
         artifact when in offline mode"), so an offline run logs the same artifact as its output instead;
         `colorize-wandb sync` then records it as an input."""
