@@ -34,7 +34,8 @@ PYTHON_ENV=${PYTHON_ENV:-.venv}
 # --signal line leaves before the time limit.
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-100}
 
-MAIN_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# sed reads the whole list (head would close the pipe early: SIGPIPE, fatal under pipefail).
+MAIN_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 NUM_NODES=$SLURM_JOB_NUM_NODES
 echo "nodes: $NUM_NODES × $GPUS_PER_NODE GPUs, rendezvous $MAIN_IP:$PORT" >&2
 
