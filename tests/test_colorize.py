@@ -84,6 +84,7 @@ def test_out_of_gamut_colour_keeps_lightness():
     assert torch.equal(lab_to_rgb_in_gamut(inside), lab_to_rgb(inside))  # in-gamut colours untouched
 
 
+@pytest.mark.slow
 def test_colorize_folder_keeps_size_and_lightness(inputs, weights, tmp_path):
     folder, shapes = inputs
     out = tmp_path / "out"
@@ -104,6 +105,7 @@ def test_colorize_folder_keeps_size_and_lightness(inputs, weights, tmp_path):
     assert cutout_l[:, :50].min() > 99
 
 
+@pytest.mark.slow
 def test_huge_image_keeps_full_resolution(weights, colour_photos, tmp_path):
     big = np.asarray(Image.fromarray(colour_photos["astronaut"]).resize((3000, 2000), Image.BICUBIC))
     Image.fromarray(big).save(tmp_path / "big.png")
@@ -228,6 +230,7 @@ def test_safetensors_without_metadata_infers_features(tmp_path):
     assert loaded.initial_down[0].weight.shape[0] == 4
 
 
+@pytest.mark.slow
 def test_seed_checkpoint_loads_and_matches_safetensors(tmp_path):
     torch.manual_seed(2)
     generator = Generator(features=8).eval()

@@ -96,6 +96,7 @@ def test_frechet_distance_matches_closed_form_for_diagonal_gaussians():
     assert frechet_distance(few_c, few_d) == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_truth_double_scores_perfectly_and_grey_baseline_is_colourless(colour_photos):
     rgb = _batch(colour_photos)
     lightness, ab = rgb_to_network(rgb)
@@ -129,6 +130,7 @@ def shards(tmp_path_factory, colour_photos):
     return folder
 
 
+@pytest.mark.slow
 def test_colorize_eval_cli_table_matches_json(shards, capsys):
     weights = make_weights(shards / "g.safetensors")
     out = shards / "eval.json"
@@ -179,6 +181,7 @@ def test_colorize_eval_errors_are_one_line(shards, tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"error: {junk}: not a PyTorch state_dict")
 
 
+@pytest.mark.slow
 def test_fid_with_local_inception_weights(shards, tmp_path):
     from torchvision.models import inception_v3
 

@@ -68,6 +68,7 @@ def record_updates(gan, monkeypatch) -> list[tuple[str, dict, dict]]:
     return calls
 
 
+@pytest.mark.slow
 def test_gan_step_d_update_leaves_g_and_g_update_leaves_d_bit_identical(gan, batch, monkeypatch):
     gan.gan_step(*batch)  # a first step gives every parameter a gradient and Adam state
     calls = record_updates(gan, monkeypatch)

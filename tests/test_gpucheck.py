@@ -96,6 +96,7 @@ def test_device_calls_carry_one_chunk_each_and_the_last_runs_the_check():
     assert '[".gpu-kit/part3"]' in calls[2] and "make gpu-check OUT=$OUT" in calls[2]
 
 
+@pytest.mark.slow
 def test_check_dry_run_lists_cuda_steps_as_skipped(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run(

@@ -60,6 +60,7 @@ def test_uint8_lab_step_matches_reference_and_skimage(colour_photos):
     assert (lightness[0, 0].double() - (sk[0] / 50 - 1)).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_fast_lab_step_matches_reference_on_every_uint8_colour():
     from pipeline.lab_uint8 import lab_step, uint8_planar_to_network_fast
 
@@ -71,6 +72,7 @@ def test_fast_lab_step_matches_reference_on_every_uint8_colour():
         assert (lightness - ref_l).abs().max() < 1e-4 and (ab - ref_ab).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_three_backends_produce_the_same_lab_from_the_same_pixels(tmp_path, colour_photos):
     """Same decoded, resized uint8 RGB (a 256×256 JPEG needs no resize) through each backend's Lab step."""
     out = tmp_path / "s"
@@ -117,6 +119,7 @@ def test_batch_size_must_divide_by_world_size(shards):
 
 
 # -------------------------------------------------------------------------------- ranks and coverage
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_ranks_read_disjoint_samples_that_cover_the_split(shards, backend):
     root, manifest = shards
@@ -126,6 +129,7 @@ def test_two_ranks_read_disjoint_samples_that_cover_the_split(shards, backend):
     assert sorted(per_rank[0] + per_rank[1]) == sorted(all_keys(manifest, "train"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fewer_shards_than_ranks_still_feeds_every_rank(shards, backend):
     root, manifest = shards  # val: a single shard of 12 samples, 3 ranks
@@ -140,6 +144,7 @@ def test_fewer_shards_than_ranks_still_feeds_every_rank(shards, backend):
 
 
 # ---------------------------------------------------------------------------------- endless vs pass
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ("dali", "torch"))
 def test_one_pass_ends_keeps_the_partial_batch_and_repeats_identically(shards, backend):
     root, manifest = shards
@@ -178,6 +183,7 @@ def test_one_pass_dali_loader_is_reused_across_passes_without_rebuilding(shards,
         assert all(torch.equal(a, b) for (_, a), (_, b) in zip(other, passes[0], strict=False))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_pass_left_half_way_does_not_shift_the_next_one(shards, backend):
     """Evaluation reads the first N batches of one reused val loader: every iter() starts again at
@@ -199,6 +205,7 @@ def test_a_pass_left_half_way_does_not_shift_the_next_one(shards, backend):
     assert keys_of(loader) == whole
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_endless_loader_runs_past_the_end_of_the_epoch_with_full_batches(shards, backend):
     root, _ = shards  # train: 48 samples = 6 batches per epoch
@@ -216,6 +223,7 @@ def test_endless_loader_runs_past_the_end_of_the_epoch_with_full_batches(shards,
 
 
 # ------------------------------------------------------------------------------------------- resume
+@pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("backend", ("dali", "torch"))
 def test_restored_loader_yields_exactly_the_next_batches(shards, backend, device):
@@ -452,6 +460,7 @@ def _gpu_mode_on(loader, device):
     return loader
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("endless,crop", [(True, "random_resized"), (True, "resize"), (False, "random_resized")])
 def test_torch_gpu_mode_flow_equals_cpu_mode_on_cpu(shards, endless, crop):
     """Same keys, crops, flips and bytes as the CPU-worker mode when its decoder is libjpeg on the CPU."""
@@ -470,6 +479,7 @@ def test_torch_gpu_mode_flow_equals_cpu_mode_on_cpu(shards, endless, crop):
         assert torch.equal(el, gl) and torch.equal(eab, gab)
 
 
+@pytest.mark.slow
 def test_torch_gpu_mode_flow_resumes_exactly(shards):
     root, _ = shards
     cfg = cfg_for(root, backend="torch")
@@ -511,6 +521,7 @@ def bad_shards(tmp_path_factory, colour_photos):
     return out, write_test_shards(out, colour_photos, bad_keys=bad), set(bad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_undecodable_sample_stops_with_the_shard_named(bad_shards, backend):
     root, _, _ = bad_shards
@@ -520,6 +531,7 @@ def test_undecodable_sample_stops_with_the_shard_named(bad_shards, backend):
     assert "BadShardError" in type(info.value).__name__ or "BadShardError" in str(info.value)
 
 
+@pytest.mark.slow
 def test_torch_gpu_mode_flow_names_or_skips_bad_samples(bad_shards):
     """Not-a-JPEG bytes fail at the worker's header read; the truncated JPEG at the batched decode."""
     root, manifest, bad = bad_shards
@@ -681,6 +693,7 @@ def test_gpu_eval_view_matches_cpu_path(shards):
 
 
 # ------------------------------------------------------------------------------------------ benchmark
+@pytest.mark.slow
 def test_bench_loader_reports_every_backend_against_the_baseline_and_the_ceiling(shards, tmp_path, capsys):
     import json
 

@@ -17,6 +17,9 @@ from launch.training.tracking import read_metrics
 
 from _train_helpers import REPO, TRAIN_SCRIPT, build_tiny_shards, run_train, subprocess_env, tiny_config, wandb_history
 
+# Whole training runs in subprocesses: tens of seconds each on 2 cores.
+pytestmark = pytest.mark.slow
+
 LOSS_KEYS = ("train/l1", "train/g_total", "train/g_adv", "train/d_real", "train/d_fake", "train/d_total")
 
 

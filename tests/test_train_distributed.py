@@ -13,6 +13,9 @@ from launch.training.tracking import read_metrics
 
 from _train_helpers import REPO, TRAIN_SCRIPT, accelerate_cmd, build_tiny_shards, free_port, subprocess_env, tiny_config
 
+# Whole training runs in subprocesses: tens of seconds each on 2 cores.
+pytestmark = pytest.mark.slow
+
 # Deterministic crops and no flip, so the same source image gives the same tensor on any rank and
 # per-sample hashes can be compared across ranks.
 DETERMINISTIC_DATA = {"crop": "resize", "flip": False, "batch_size": 4}

@@ -29,6 +29,7 @@ def _run_record(records: list[dict]) -> dict:
     return next(r["run"] for r in records if r["type"] == "run")
 
 
+@pytest.mark.slow
 def test_killed_run_fragments_share_one_id_and_sync_replays_each_step_once(shards, tmp_path, monkeypatch):
     """Killed after step 4 was logged but (as far as the resume knows) before its checkpoint; resumed
     from step 3: the two offline fragments share the run id, both hold step 4, and the replay into one
