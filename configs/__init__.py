@@ -13,6 +13,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -134,7 +135,8 @@ class LossConfig:
     vgg_layer_weights: tuple[float, float, float] = (30.0, 70.0, 10.0)
     """Weights of the three VGG slices (to pool3, pool4, pool5)."""
     vgg_input: Literal["rgb", "lab"] = "rgb"
-    """`rgb`: Lab → sRGB → ImageNet mean/std before VGG (the fix); `seed`: the normalised Lab tensor as-is."""
+    """`rgb`: Lab → sRGB → ImageNet mean/std before VGG (the fix); `lab`: the normalised Lab tensor as-is
+    (the seed project's input)."""
     vgg_weights: str = "imagenet"
     """`imagenet` (torchvision download), `none` (random init, for tests), or a local state_dict path."""
 
@@ -214,7 +216,9 @@ class LoggingConfig:
     eval_every_steps: int = 2000
     """Evaluate ab-L1 and PSNR on the validation shards every this many steps."""
     eval_batches: int = 8
-    """Validation batches per evaluation (0 = the whole validation split)."""
+    """Validation batches per evaluation, on each process (0 = the whole validation split). On the DALI
+    path an evaluation of fewer batches than the split still decodes the rest of the pass before the
+    next one (a DALI pass cannot be rewound half-way)."""
     sample_count: int = 8
     """Images in the sample grid."""
 
@@ -277,7 +281,7 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     """Check `value` against annotation `tp`; return it converted (lists → tuples, int → float)."""
     origin = typing.get_origin(tp)
     if origin is Literal:
-        if (key, value) in RENAMED_VALUES:
+        if isinstance(value, Hashable) and (key, value) in RENAMED_VALUES:
             raise ConfigError(f"{source}: {key} = {value!r} was renamed: use {RENAMED_VALUES[key, value]!r}")
         if value not in typing.get_args(tp):
             raise ConfigError(f"{source}: {key} = {value!r} is not one of {_type_name(tp)}")

@@ -29,7 +29,13 @@ from accelerate.utils import set_seed
 from configs import Config, ConfigError, config_to_dict, dump_config, load_config, scale_to_processes
 from launch.eval.evaluate import evaluate_batches
 from launch.training import wandb_run
-from launch.training.checkpoint import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
+from launch.training.checkpoint import (
+    TrainingState,
+    check_processes,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from launch.training.debug import SampleRecorder, maybe_kill_after_checkpoint
 from launch.training.errors import TrainingError
 from launch.training.gan import ColorizationGAN, build_gan
@@ -183,6 +189,9 @@ def build_run(cfg: Config, resume: bool) -> Run:
         keep_wandb_files_in(cfg.run_dir)
     accelerator = build_accelerator(cfg, wandb_mode)
     cfg, scaling = scale_to_processes(cfg, accelerator.num_processes)
+    checkpoint = latest_checkpoint(cfg.run_dir / "checkpoints") if resume else None
+    if checkpoint is not None:  # before config.yaml is rewritten for a different number of processes
+        check_processes(checkpoint, accelerator.num_processes)
     if accelerator.is_main_process:
         text = dump_config(cfg, cfg.run_dir / "config.yaml")
         print(f"resolved config (saved to {cfg.run_dir / 'config.yaml'}):\n{text}", file=sys.stderr)
@@ -194,7 +203,6 @@ def build_run(cfg: Config, resume: bool) -> Run:
     accelerator.register_for_checkpointing(state)
     # Each rank gets its own random stream (dropout); a resume then overwrites it with the saved one.
     set_seed(cfg.run.seed + accelerator.process_index)
-    checkpoint = latest_checkpoint(cfg.run_dir / "checkpoints") if resume else None
     if checkpoint is not None:
         load_checkpoint(accelerator, checkpoint, loader)
         if accelerator.is_main_process:
@@ -221,7 +229,8 @@ def build_run(cfg: Config, resume: bool) -> Run:
 
 
 def predict_samples(run: Run) -> torch.Tensor:
-    """The generator's ab for the fixed val batch (eval mode, the training RNG untouched)."""
+    """The generator's ab for the fixed val batch (eval mode; the CPU RNG, the only one it could draw
+    from, is forked so the training stream is untouched)."""
     assert run.sample_batch is not None  # callers return early without one
     generator = run.accelerator.unwrap_model(run.gan.G)
     was_training = generator.training
@@ -258,7 +267,7 @@ def write_samples(run: Run, step: int) -> None:
 def run_eval(run: Run, step: int) -> dict[str, float]:
     """Score the val split on all ranks (a collective): eval/* beside the grey baseline, ab-L1 in CIELAB
     units and PSNR in dB. Only the generator runs under autocast, and its eager forward (a compiled
-    generator is compiled for the training step); the global RNG is untouched, so evaluating does not
+    generator is compiled for the training step); the CPU RNG is forked, so evaluating does not
     shift the training run's random stream (a resumed run must match an uninterrupted one)."""
     if run.val_loader is None:
         return {}
@@ -384,7 +393,7 @@ def train_loop(run: Run) -> int:
             record["perf/eta_hours"] = timer.eta_hours(step, cfg.schedule)
         if record:
             run.logger.log(step, phase, record)
-        run.logger.progress(step, phase, values)
+        run.logger.progress(step, phase, {**values, **record})
 
         # 7. Checkpoints: on schedule, at the NoGAN → GAN switch, at the end, and when asked to stop.
         if save_due or stop:

@@ -130,6 +130,7 @@ class BaselineLoader:
                 pin_memory=self.device.type == "cuda",
                 collate_fn=_collate,
                 multiprocessing_context=WORKER_START,
+                generator=torch.Generator(),  # iter() must not draw from the global RNG (exact resume)
             )
             self.epoch = epoch
             for lightness, ab, keys, skipped in loader:

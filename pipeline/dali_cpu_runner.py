@@ -59,12 +59,15 @@ def lower_dali_thread_priority(increment: int = NICE_INCREMENT) -> int:
 class DaliCpuRunner:
     """Iterator over dicts of per-sample uint8 tensors from a built-on-demand CPU pipeline."""
 
-    def __init__(self, pipe, names: list[str], endless: bool, samples_per_pass: int, delivered: int = 0) -> None:
+    def __init__(
+        self, pipe, names: list[str], endless: bool, samples_per_pass: int, batches_per_pass: int, delivered: int = 0
+    ) -> None:
         self.pipe, self.names, self.endless = pipe, names, endless
-        self.samples_per_pass = samples_per_pass
+        self.samples_per_pass, self.batches_per_pass = samples_per_pass, batches_per_pass
         # Samples handed out in the current pass (one-pass mode); a pipeline rebuilt from a checkpoint
-        # mid-pass starts from the count at that checkpoint.
+        # mid-pass starts from the count at that checkpoint (padding comes only after the real samples).
         self.delivered = delivered
+        self.batches_run = -(-delivered // pipe.max_batch_size)
         self._priority_lowered = False
         pipe.build()
 
@@ -72,21 +75,26 @@ class DaliCpuRunner:
         return self
 
     def __next__(self) -> list[dict[str, list[torch.Tensor]]]:
-        if not self.endless and self.delivered >= self.samples_per_pass:
-            # The pass is over; the next call starts the next one on the same pipeline (as the GPU
-            # iterator's auto_reset does). The reader pads each pass to whole batches, so its next
-            # batch — possibly already prefetched — is the first of the next pass.
-            self.delivered = 0
-            raise StopIteration
-        outputs = self.pipe.run()
-        if not self._priority_lowered:  # DALI's threads all exist once a batch has been produced
-            lower_dali_thread_priority()
-            self._priority_lowered = True
-        count = len(outputs[0])
-        if not self.endless:
-            # The reader pads a rank's last batch with repeats of its last sample: drop them.
-            count = min(count, self.samples_per_pass - self.delivered)
+        while True:
+            if not self.endless and self.batches_run >= self.batches_per_pass:
+                # The pass is over. Every rank's reader pads its pass with repeats of its last sample
+                # to the same number of batches (those of the largest rank's share), and all of them
+                # have been read, so the next call starts the next pass, at this rank's first sample
+                # again (`stick_to_shard`), on the same pipeline — as the GPU iterator's auto_reset.
+                self.delivered = self.batches_run = 0
+                raise StopIteration
+            outputs = self.pipe.run()
+            if not self._priority_lowered:  # DALI's threads all exist once a batch has been produced
+                lower_dali_thread_priority()
+                self._priority_lowered = True
+            count = len(outputs[0])
+            if self.endless:
+                break
+            self.batches_run += 1
+            count = min(count, self.samples_per_pass - self.delivered)  # drop the padding
             self.delivered += count
+            if count:
+                break
         return [
             {
                 name: [torch.from_numpy(np.asarray(out[i])) for i in range(count)]

@@ -19,6 +19,7 @@ sample is counted in `skipped`: batches keep their size, and the replaced slot r
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import tempfile
@@ -75,6 +76,8 @@ class DaliLoader:
             self._check_truncation(shard)
         total = sum(len(entries) for _, entries in self._indexes.values())
         self.samples_per_epoch = len(rank_slice(total, rank, world_size))
+        # A one-pass reader pads every rank's pass to the batches of the largest share (ceil(total / W)).
+        self._batches_per_pass = math.ceil(math.ceil(total / world_size) / self.batch_size)
         self._lab = None if self.gpu else lab_step(data_cfg.compile_lab)
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._checkpoint: bytes | None = None  # to restore from at the next build
@@ -156,7 +159,14 @@ class DaliLoader:
         )
         try:
             if not self.gpu:
-                return DaliCpuRunner(pipe, names, self.endless, self.samples_per_epoch, self._delivered_at_checkpoint)
+                return DaliCpuRunner(
+                    pipe,
+                    names,
+                    self.endless,
+                    self.samples_per_epoch,
+                    self._batches_per_pass,
+                    self._delivered_at_checkpoint,
+                )
             if self.endless:
                 # No reader_name: the iterator runs on across epochs (the reader wraps around), every
                 # batch full.

@@ -102,6 +102,8 @@ def colorization_pipeline(
         # One-pass evaluation: pad the rank's slice with its last sample so that epochs stay aligned;
         # the iterator trims the padding (LastBatchPolicy.PARTIAL).
         pad_last_batch=not train,
+        # ... and read the same share on every pass (by default the shards rotate between ranks).
+        stick_to_shard=not train,
         name=READER_NAME,
     )
     decoder = "mixed" if gpu else "cpu"

@@ -324,6 +324,9 @@ class TorchLoader:
             prefetch_factor=self.cfg.prefetch,
             persistent_workers=False,
             multiprocessing_context=WORKER_START,
+            # The workers seed themselves per batch; a generator of its own keeps iter() from drawing
+            # its base seed from the global RNG, which a resumed training run must find untouched.
+            generator=torch.Generator(),
         )
         self.batches = self._start_batch
         self._start_batch = 0 if not self.endless else self._start_batch

@@ -155,3 +155,8 @@ def test_a_renamed_choice_names_its_new_value(override, new):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=f"{key} = 'seed' was renamed: use '{new}'"):
         load_config(None, [override])
+
+
+def test_a_list_for_a_choice_is_a_one_line_error():
+    with pytest.raises(ConfigError, match=r"data.backend = \['a', 'b'\] is not one of"):
+        load_config(None, ["data.backend=[a, b]"])

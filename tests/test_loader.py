@@ -800,3 +800,29 @@ def test_bench_loader_rejects_bad_arguments_in_one_line(shards, capsys):
     assert "the source 'seed' was renamed: use 'baseline'" in capsys.readouterr().err
     assert bench(["loader", "--shards", str(shards[0]), "--rounds", "0"]) == 2
     assert "--rounds" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_dali_cpu_passes_stay_on_each_ranks_share_when_shares_differ(shards):
+    """12 val samples over 5 ranks (shares of 2 or 3): every pass of every rank reads its own share,
+    whole and unpadded, so that together they cover the split once, pass after pass."""
+    root, manifest = shards
+    cfg = cfg_for(root, batch_size=10, num_threads=1)  # 2 per rank
+    seen = []
+    for rank in range(5):
+        loader = make_loader(cfg, rank, 5, CPU, split="val", endless=False, return_keys=True)
+        passes = [keys_of(loader) for _ in range(3)]
+        assert passes[0] == passes[1] == passes[2] and len(passes[0]) == len(set(passes[0])) in (2, 3)
+        seen += passes[0]
+    assert sorted(seen) == sorted(all_keys(manifest, "val"))
+
+
+@pytest.mark.parametrize("backend", ("torch", "baseline"))
+def test_iterating_a_loader_leaves_the_global_rng_alone(shards, backend):
+    """A resumed run restores the global RNG (dropout draws from it on the CPU); starting the loader's
+    pass must not move it, or the resumed run would differ from an uninterrupted one."""
+    root, _ = shards
+    loader = make_loader(cfg_for(root, backend=backend, num_threads=1), 0, 1, CPU, split="val", endless=False)
+    state = torch.get_rng_state()
+    next(iter(loader))
+    assert torch.equal(torch.get_rng_state(), state)

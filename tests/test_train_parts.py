@@ -301,3 +301,14 @@ def test_sample_grid_decodes_one_batch_of_exactly_its_images(monkeypatch):
     cfg = load_config(None, ["data.batch_size=64", "logging.sample_count=3"])
     L, ab = train.build_sample_batch(cfg, _FakeAccelerator([]), has_val=True)
     assert asked == [(3, "val", False)] and L.shape[0] == ab.shape[0] == 3
+
+
+def test_a_checkpoint_resumes_only_with_the_number_of_processes_that_wrote_it(tmp_path):
+    from launch.training.checkpoint import check_processes
+    from launch.training.errors import TrainingError
+
+    for rank in (0, 1):
+        (tmp_path / f"loader_rank{rank}.pt").write_bytes(b"")
+    check_processes(tmp_path, 2)
+    with pytest.raises(TrainingError, match=r"written by a run of 2 processes, this run has 4: resume with 2"):
+        check_processes(tmp_path, 4)

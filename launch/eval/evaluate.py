@@ -24,6 +24,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Iterable
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -85,8 +86,8 @@ def evaluate_batches(
     features: dict[str, list[torch.Tensor]] = {"model": [], "grey": [], "truth": []}
     sums: torch.Tensor | None = None
     seen = 0
-    for index, (lightness, ab) in enumerate(batches):
-        if (limit is not None and seen >= limit) or (max_batches is not None and index >= max_batches):
+    for lightness, ab in islice(batches, max_batches):  # None: all
+        if limit is not None and seen >= limit:
             break
         if limit is not None:
             lightness, ab = lightness[: limit - seen], ab[: limit - seen]

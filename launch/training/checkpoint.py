@@ -92,16 +92,24 @@ def save_checkpoint(accelerator: Accelerator, root: str | Path, step: int, loade
     return final
 
 
+def check_processes(directory: str | Path, processes: int) -> None:
+    """TrainingError unless the checkpoint in `directory` was written by `processes` processes (one
+    loader file per rank): the data position of each rank cannot be carried to another split."""
+    saved = len(list(Path(directory).glob("loader_rank*.pt")))
+    if saved != processes:
+        raise TrainingError(
+            f"{directory} was written by a run of {saved} processes, this run has {processes}: resume with {saved}"
+        )
+
+
 def load_checkpoint(accelerator: Accelerator, directory: str | Path, loader: Any) -> None:
     """Restore everything `save_checkpoint` wrote (models, optimisers, RNG, training state, this rank's
-    loader position). Raises TrainingError when this rank's loader file is missing (e.g. the number of
-    processes changed)."""
+    loader position). Raises TrainingError when the number of processes changed (`check_processes`)
+    or the loader cannot take the saved position."""
     directory = Path(directory)
-    loader_file = _loader_file(directory, accelerator.process_index)
-    if not loader_file.is_file():
-        raise TrainingError(
-            f"{loader_file} is missing: the checkpoint was written by a run with a different number of "
-            f"processes (this run has {accelerator.num_processes}); resume with the same number"
-        )
+    check_processes(directory, accelerator.num_processes)
     accelerator.load_state(str(directory))
-    loader.load_state_dict(torch.load(loader_file, weights_only=True))
+    try:
+        loader.load_state_dict(torch.load(_loader_file(directory, accelerator.process_index), weights_only=True))
+    except ValueError as exc:
+        raise TrainingError(f"{directory}: {exc}") from None

@@ -1,7 +1,8 @@
 """SIGTERM / SIGINT → a request to stop that the loop honours at the end of the current step.
 
 A handler only sets a flag: saving a checkpoint from inside a signal handler could interrupt a
-collective or an optimizer step half-way. The loop all-reduces the flag every step, so all ranks stop
+collective or an optimizer step half-way. A one-process run stops after the current step; with several
+processes the ranks all-reduce the flag at the loop's next sync point (a logging step), so all stop
 after the same step even when the signal reached them at different moments.
 """
 
