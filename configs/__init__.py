@@ -13,7 +13,6 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -281,7 +280,7 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     """Check `value` against annotation `tp`; return it converted (lists → tuples, int → float)."""
     origin = typing.get_origin(tp)
     if origin is Literal:
-        if isinstance(value, Hashable) and (key, value) in RENAMED_VALUES:
+        if isinstance(value, str) and (key, value) in RENAMED_VALUES:
             raise ConfigError(f"{source}: {key} = {value!r} was renamed: use {RENAMED_VALUES[key, value]!r}")
         if value not in typing.get_args(tp):
             raise ConfigError(f"{source}: {key} = {value!r} is not one of {_type_name(tp)}")
