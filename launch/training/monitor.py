@@ -70,11 +70,10 @@ class LossMonitor:
             dist.all_reduce(packed, op=dist.ReduceOp.SUM)
             dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
         numbers, bad_steps = packed.tolist(), first_bad.tolist()
-        local_first = self._first_value.tolist()
         for i, key in enumerate(self.keys):
             if bad_steps[i] != torch.iinfo(torch.int64).max:
                 seen_here = self._first_bad[i].item() == bad_steps[i]
-                value = local_first[i] if seen_here else "non-finite on another rank"
+                value = self._first_value[i].item() if seen_here else "non-finite on another rank"
                 raise TrainingError(f"non-finite loss at step {bad_steps[i]}: {key} = {value}")
         values = {key: numbers[i] / self.world_size for i, key in enumerate(self.keys)}
         return values, numbers[-1] > 0
