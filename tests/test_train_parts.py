@@ -312,3 +312,57 @@ def test_a_checkpoint_resumes_only_with_the_number_of_processes_that_wrote_it(tm
     check_processes(tmp_path, 2)
     with pytest.raises(TrainingError, match=r"written by a run of 2 processes, this run has 4: resume with 2"):
         check_processes(tmp_path, 4)
+
+
+def test_eval_runs_only_the_generator_under_autocast():
+    """With bf16 autocast (here the CPU's), the generator runs in bf16 but the colour maths and the
+    metrics stay in float32: the figures equal a float32 scoring of the generator's output, and
+    differ from scoring everything under autocast."""
+    import types
+
+    from accelerate import Accelerator
+
+    import launch.train as train
+    from configs import ModelConfig
+    from launch.bench.step import synthetic_batch
+    from launch.eval.evaluate import evaluate_batches
+    from models import build_generator
+
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+    torch.manual_seed(0)
+    generator = build_generator(ModelConfig(features=8))
+    batches = [synthetic_batch(2, 256, torch.device("cpu"), seed=s) for s in range(2)]
+    run = types.SimpleNamespace(
+        val_loader=batches,
+        accelerator=accelerator,
+        gan=types.SimpleNamespace(G=generator),
+        cfg=types.SimpleNamespace(logging=types.SimpleNamespace(eval_batches=0)),
+        logger=types.SimpleNamespace(write=lambda message: None),
+    )
+    got = train.run_eval(run, step=1)
+    assert generator.training  # its mode is restored
+
+    def bf16_generator(L):
+        with accelerator.autocast():
+            return generator.forward(L)
+
+    generator.eval()
+    with torch.no_grad():
+        fp32_metrics = evaluate_batches(bf16_generator, batches, metrics=("ab_l1", "psnr"))["metrics"]
+        with accelerator.autocast():
+            all_bf16 = evaluate_batches(generator.forward, batches, metrics=("ab_l1", "psnr"))["metrics"]
+    assert got["eval/psnr"] == fp32_metrics["psnr"]["model"] and got["eval/ab_l1"] == fp32_metrics["ab_l1"]["model"]
+    assert got["eval/psnr"] != all_bf16["psnr"]["model"]
+
+
+def test_cudnn_autotunes_unless_determinism_is_asked(monkeypatch):
+    import launch.train as train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(train, "Accelerator", lambda **kwargs: kwargs)  # no CUDA here to start
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    assert train.build_accelerator(load_config(None, ["run.device=cuda"]), "disabled")["mixed_precision"] == "bf16"
+    assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    train.build_accelerator(load_config(None, ["run.device=cuda", "run.deterministic=true"]), "disabled")
+    assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
