@@ -242,26 +242,26 @@ def predict_samples(run: Run) -> torch.Tensor:
     return fake
 
 
-def write_sample_table(run: Run, step: int) -> None:
-    """At each eval, W&B `samples/table`: grey | prediction | truth and per-image ab-L1 and PSNR of the
-    fixed val batch (rank 0, W&B on); also kept as runs/<name>/tables/step_<n>.* for `colorize-wandb sync`."""
+def write_samples(run: Run, step: int, *, grid: bool, table: bool) -> None:
+    """The fixed val batch through the generator, once (rank 0): with `grid`, the grey | prediction |
+    truth picture runs/<name>/samples/step_<n>.png and W&B `samples/grid`; with `table` (at evals, W&B
+    on), W&B `samples/table` with per-image ab-L1 and PSNR, also kept as runs/<name>/tables/step_<n>.*
+    for `colorize-wandb sync`."""
     wb = run.logger.wandb
-    if run.sample_batch is None or wb is None:
+    table = table and wb is not None
+    if run.sample_batch is None or not (grid or table):
         return
     L, ab = run.sample_batch
-    columns = wandb_run.sample_table_rows(L, predict_samples(run), ab)
-    wandb_run.save_table_files(run.run_dir, step, *columns)
-    wb.log(step, {"samples/table": wb.table(*columns)})
-
-
-def write_samples(run: Run, step: int) -> None:
-    """Grid of the fixed val batch: runs/<name>/samples/step_<n>.png, and W&B `samples/grid` (rank 0)."""
-    if run.sample_batch is None:
-        return
-    L, ab = run.sample_batch
-    grid = sample_grid(L, predict_samples(run), ab)
-    save_png(grid, run.run_dir / "samples" / f"step_{step}.png")
-    run.logger.log_image(step, "samples/grid", grid)
+    fake = predict_samples(run)
+    if grid:
+        picture = sample_grid(L, fake, ab)
+        save_png(picture, run.run_dir / "samples" / f"step_{step}.png")
+        run.logger.log_image(step, "samples/grid", picture)
+    if table:
+        assert wb is not None
+        columns = wandb_run.sample_table_rows(L, fake, ab)
+        wandb_run.save_table_files(run.run_dir, step, *columns)
+        wb.log(step, {"samples/table": wb.table(*columns)})
 
 
 def run_eval(run: Run, step: int) -> dict[str, float]:
@@ -379,13 +379,11 @@ def train_loop(run: Run) -> int:
         timer.sync(phase)
         values, stop = monitor.read(run.stop.requested)
 
-        # 5. Pictures and validation metrics.
+        # 5. Validation metrics and pictures of the fixed val batch.
         record: dict[str, float] = {}
-        if sample_due:
-            write_samples(run, step)
         if eval_due:
             record.update(run_eval(run, step))
-            write_sample_table(run, step)
+        write_samples(run, step, grid=sample_due, table=eval_due)
 
         # 6. Scalars (one metrics.jsonl line per logged step) and progress, rank 0.
         if log_due:

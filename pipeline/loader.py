@@ -49,20 +49,6 @@ def make_loader(
 ) -> KeyedLoader: ...
 
 
-@overload
-def make_loader(
-    data_cfg: DataConfig,
-    rank: int,
-    world_size: int,
-    device: torch.device,
-    *,
-    split: str = ...,
-    endless: bool = ...,
-    seed: int = ...,
-    return_keys: bool,
-) -> Loader | KeyedLoader: ...
-
-
 def make_loader(
     data_cfg: DataConfig,
     rank: int,
