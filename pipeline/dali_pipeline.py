@@ -87,7 +87,6 @@ def colorization_pipeline(
     shuffle_buffer: int,
     gpu: bool,
     with_keys: bool,
-    cpu_in_dali: bool = False,
 ):
     """Outputs `lab` (GPU: B×3×S×S float32 network Lab) or `rgb` (CPU: B images H×W×3 uint8) and, for
     CPU training with flips, `mirror` (B int32 0/1); then `key` when asked."""
@@ -126,19 +125,16 @@ def colorization_pipeline(
     else:
         images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **hw)
     mirror = fn.random.coin_flip(probability=0.5) if (train and flip) else 0
-    if gpu or cpu_in_dali:
+    if gpu:
         if random_crop or crop == "resize":
             images = fn.resize(images, size=[size, size])
         else:  # deterministic evaluation view of a random_resized model: the centre square, to S×S
             roi_start, roi_end = centre_square_roi(jpegs)
             images = fn.resize(images, size=[size, size], roi_start=roi_start, roi_end=roi_end)
-        if cpu_in_dali:
-            outputs = [fn.crop_mirror_normalize(images, mirror=mirror, dtype=types.UINT8, output_layout="CHW")]
-        else:
-            hwc = fn.crop_mirror_normalize(
-                images, mirror=mirror, mean=[0.0], std=[255.0], dtype=types.FLOAT, output_layout="HWC"
-            )
-            outputs = [fn.transpose(_lab_on_device(hwc), perm=[2, 0, 1], output_layout="CHW")]
+        hwc = fn.crop_mirror_normalize(
+            images, mirror=mirror, mean=[0.0], std=[255.0], dtype=types.FLOAT, output_layout="HWC"
+        )
+        outputs = [fn.transpose(_lab_on_device(hwc), perm=[2, 0, 1], output_layout="CHW")]
     else:
         # The loader flips after resizing (a 256² copy instead of one of the whole decoded crop), with
         # DALI's coin flips so that DALI's checkpoints still cover them.

@@ -141,8 +141,7 @@ class _Readers(IterableDataset):
     """Yields one worker's batches: (L, ab, keys, skipped) when it decodes, or (byte tensors, views,
     keys, skipped) when the main process decodes (`encoded`); see the module docstring."""
 
-    def __init__(self, cfg, urls, rank, world_size, batch_size, train, endless, seed, start_batch, encoded=False, lab=uint8_planar_to_network):
-        self.lab = lab
+    def __init__(self, cfg, urls, rank, world_size, batch_size, train, endless, seed, start_batch, encoded=False):
         self.cfg, self.urls = cfg, urls
         self.rank, self.world_size = rank, world_size
         self.batch_size, self.train, self.endless, self.seed = batch_size, train, endless, seed
@@ -218,7 +217,7 @@ class _Readers(IterableDataset):
     def _batch(self, images, views, keys, skipped):
         if self.encoded:
             return images, views, keys, skipped
-        return (*self.lab(torch.stack(images)), keys, skipped)
+        return (*uint8_planar_to_network(torch.stack(images)), keys, skipped)
 
     def _read(self, sample: dict) -> tuple[torch.Tensor, tuple[int, int]] | None:
         """(the JPEG as a 1-D uint8 tensor, its (H, W)), or None (counted) in skip mode for a sample
@@ -294,7 +293,6 @@ class TorchLoader:
         # process (the tests also set a CPU device here to run the GPU mode's flow without a GPU).
         gpu_decode = data_cfg.decode_device == "auto" and self.device.type == "cuda"
         self.decode_on: torch.device | None = self.device if gpu_decode else None
-        self.lab_fn = uint8_planar_to_network
 
     def _rank_samples(self) -> int:
         readers = self.world_size * self.cfg.num_threads
@@ -317,7 +315,6 @@ class TorchLoader:
             seed=self.seed,
             start_batch=self._start_batch,
             encoded=self.decode_on is not None,
-            lab=self.lab_fn,
         )
         loader = DataLoader(
             dataset,

@@ -110,15 +110,12 @@ def _timed(batches, batch_size: int, seconds: float, warmup: int, sync=_no_sync)
 
 
 def measure_in_rounds(
-    sources: dict, batch_size: int, seconds: float, warmup: int, rounds: int, sync=_no_sync, hooks=None
+    sources: dict, batch_size: int, seconds: float, warmup: int, rounds: int, sync=_no_sync
 ) -> dict[str, float]:
     """Images/s of each endless iterator in `sources`, timed in `rounds` interleaved rounds (module doc)."""
     totals = {name: [0, 0.0] for name in sources}
     for _ in range(rounds):
         for name, batches in sources.items():
-            if hooks and hooks.get(name):
-                next(batches)
-                hooks[name]()
             images, elapsed = _timed(batches, batch_size, seconds / rounds, warmup, sync)
             totals[name][0] += images
             totals[name][1] += elapsed
@@ -191,7 +188,7 @@ def _machine() -> dict:
     return info
 
 
-SOURCES = ("baseline", "torch", "torch-cpu", "dali", "dali-no-renice", "dali-ref-lab", "dali-plain", "dali-plain-ref-lab", "torch-ref-lab", "torch-fast-lab")
+SOURCES = ("baseline", "torch", "torch-cpu", "dali")
 
 
 def default_backends(device: str) -> str:
@@ -255,14 +252,7 @@ def _run(args, backends, shards_dir: Path) -> int:
     load_before = os.getloadavg()[0]
     try:
         sources = {}
-        hooks = {}
         for name in backends:
-            if name in SOURCES[4:]:
-                cfg = DataConfig(shards=str(shards_dir), size=args.size, crop=args.crop, batch_size=args.batch_size, num_threads=args.threads)
-                sources[name], hooks[name] = variant(name, cfg, device)
-                continue
-            if name == "dali":
-                hooks[name] = lambda: _set_dali_nice(True)
             # torch-cpu: the torch backend decoding in its workers, whatever the device.
             torch_cpu = name == "torch-cpu"
             cfg = DataConfig(
@@ -281,7 +271,7 @@ def _run(args, backends, shards_dir: Path) -> int:
             flush=True,
         )
         sync = torch.cuda.synchronize if device.type == "cuda" else _no_sync
-        rates = measure_in_rounds(sources, args.batch_size, args.seconds, args.warmup, args.rounds, sync, hooks)
+        rates = measure_in_rounds(sources, args.batch_size, args.seconds, args.warmup, args.rounds, sync)
     except (ShardsDirError, BadShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -325,98 +315,3 @@ def _run(args, backends, shards_dir: Path) -> int:
     if args.json:
         write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
     return 0
-
-
-# ---- temporary side-by-side variants (measurement commit only) --------------------------------
-def _ref_lab(rgb):
-    from pipeline.lab import rgb_to_network
-
-    return rgb_to_network(rgb.float() * (1.0 / 255.0))
-
-
-_COMPILED = {}
-
-
-def _ref_lab_compiled(rgb):
-    if "ref" not in _COMPILED:
-        _COMPILED["ref"] = torch.compile(_ref_lab, dynamic=False)
-    return _COMPILED["ref"](rgb)
-
-
-def _fast_lab_compiled(rgb):
-    from pipeline.lab_uint8 import lab_step
-
-    if "fast" not in _COMPILED:
-        _COMPILED["fast"] = lab_step(True)
-    return _COMPILED["fast"](rgb)
-
-
-def _set_dali_nice(renice: bool) -> None:
-    from pipeline.dali_cpu_runner import DALI_THREAD_PREFIX, lower_dali_thread_priority
-
-    if renice:
-        lower_dali_thread_priority()
-        return
-    own = os.getpriority(os.PRIO_PROCESS, 0)
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            if (task / "comm").read_text().startswith(DALI_THREAD_PREFIX):
-                os.setpriority(os.PRIO_PROCESS, int(task.name), own)
-        except (OSError, ValueError):
-            continue
-
-
-def variant(name: str, cfg: DataConfig, device):
-    """(iterator, before-hook) for the temporary sources."""
-    from pipeline.dali_loader import DaliLoader
-    from pipeline.torch_loader import TorchLoader
-
-    if name.startswith("torch-"):
-        loader = TorchLoader(cfg.__class__(**{**cfg.__dict__, "backend": "torch"}), 0, 1, device)
-        loader.lab_fn = {"torch-ref-lab": _ref_lab, "torch-fast-lab": _fast_lab_compiled}[name]
-        return iter(loader), None
-    if name == "dali-ref-lab":
-        loader = DaliLoader(cfg, 0, 1, device)
-        loader._lab = _ref_lab_compiled
-        return iter(loader), lambda: _set_dali_nice(True)
-    if name == "dali-no-renice":
-        loader = DaliLoader(cfg, 0, 1, device)
-        return iter(loader), lambda: _set_dali_nice(False)
-    if name in ("dali-plain", "dali-plain-ref-lab"):
-        lab = _fast_lab_compiled if name == "dali-plain" else _ref_lab_compiled
-        return _plain(cfg, lab), lambda: _set_dali_nice(False)
-    raise KeyError(name)
-
-
-def _plain(cfg: DataConfig, lab):
-    """The DALI CPU path without the runner and cpu_finish: resize + flip + CHW inside DALI, one uint8
-    batch through DALIGenericIterator, Lab in torch."""
-    from nvidia.dali.plugin.pytorch import DALIGenericIterator
-
-    from pipeline.dali_pipeline import colorization_pipeline
-    from pipeline.shard_list import split_shards
-
-    shards = split_shards(cfg.shards, "train")
-    pipe = colorization_pipeline(
-        tar_paths=[s.path for s in shards],
-        index_paths=[s.index_path for s in shards],
-        size=cfg.size,
-        crop=cfg.crop,
-        crop_scale=cfg.crop_scale,
-        crop_ratio=cfg.crop_ratio,
-        flip=cfg.flip,
-        train=True,
-        shard_id=0,
-        num_shards=1,
-        shuffle_buffer=cfg.shuffle_buffer,
-        gpu=False,
-        with_keys=False,
-        cpu_in_dali=True,
-        batch_size=cfg.batch_size,
-        num_threads=cfg.num_threads,
-        device_id=None,
-        seed=1,
-        prefetch_queue_depth=cfg.prefetch,
-    )
-    for out in DALIGenericIterator(pipe, ["rgb"], size=-1):
-        yield lab(out[0]["rgb"])
