@@ -188,7 +188,7 @@ class VGGFeatureLoss(nn.Module):
             real_features = self.features(self.vgg_input(lightness, real_ab))
         fake_features = self.features(self.vgg_input(lightness, fake_ab))
         loss = fake_ab.new_zeros((), dtype=torch.float32)
-        for weight, fake, real in zip(self.layer_weights, fake_features, real_features, strict=False):
+        for weight, fake, real in zip(self.layer_weights, fake_features, real_features, strict=True):
             loss = loss + weight * F.l1_loss(fake.float(), real.float())
         return loss
 
