@@ -64,6 +64,26 @@ def _check_data_parallel(run_dir: Path, steps: int) -> None:
     assert seen[0].isdisjoint(seen[1])
 
 
+def _two_processes(config: Path) -> subprocess.CompletedProcess:
+    """configs/accelerate/cpu2.yaml: two processes on this machine."""
+    return subprocess.run(
+        accelerate_cmd(
+            "--config_file",
+            str(REPO / "configs/accelerate/cpu2.yaml"),
+            "--main_process_port",
+            str(free_port()),
+            str(TRAIN_SCRIPT),
+            "--config",
+            str(config),
+        ),
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def _two_machines(config: Path, *train_args: str) -> None:
     """The multi-node path: --num_machines 2 with machine ranks 0 and 1 meeting on 127.0.0.1."""
     port = str(free_port())
@@ -119,22 +139,7 @@ def test_two_processes_train_data_parallel_and_two_machines_resume_them_exactly(
         schedule={"nogan_steps": 2, "gan_steps": 2},
         checkpoint={"every_steps": 3, "keep_last": 2},
     )
-    result = subprocess.run(
-        accelerate_cmd(
-            "--config_file",
-            str(REPO / "configs/accelerate/cpu2.yaml"),
-            "--main_process_port",
-            str(free_port()),
-            str(TRAIN_SCRIPT),
-            "--config",
-            str(config),
-        ),
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _two_processes(config)
     assert result.returncode == 0, result.stderr[-3000:]
     first = tmp_path / "runs" / "tiny"
     _check_data_parallel(first, steps=4)
@@ -158,22 +163,7 @@ def test_two_processes_train_data_parallel_and_two_machines_resume_them_exactly(
 
 def test_batch_that_does_not_split_over_processes_is_refused(shards, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", shards, tmp_path / "runs", data={"batch_size": 3})
-    result = subprocess.run(
-        accelerate_cmd(
-            "--config_file",
-            str(REPO / "configs/accelerate/cpu2.yaml"),
-            "--main_process_port",
-            str(free_port()),
-            str(TRAIN_SCRIPT),
-            "--config",
-            str(config),
-        ),
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _two_processes(config)
     assert result.returncode != 0
     assert "error: data.batch_size = 3 does not divide by the number of processes (2)" in result.stderr
     assert not (tmp_path / "runs" / "tiny" / "checkpoints").exists()
