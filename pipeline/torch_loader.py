@@ -323,7 +323,7 @@ class TorchLoader:
             images = list(decode_jpeg(encoded, mode="RGB", device=device))
         except torch.OutOfMemoryError:
             raise
-        except RuntimeError:
+        except (RuntimeError, ValueError):
             # One bad JPEG fails the whole batched call: decode one by one to find it.
             images, kept_views = [], []
             for data, view, key in zip(encoded, views, keys, strict=True):
@@ -331,7 +331,7 @@ class TorchLoader:
                     images.append(cast(torch.Tensor, decode_jpeg(data, mode="RGB", device=device)))
                 except torch.OutOfMemoryError:
                     raise
-                except RuntimeError as exc:
+                except (RuntimeError, ValueError) as exc:
                     shard, _, sample = key.partition("/")
                     if self.cfg.on_bad_sample != "skip":
                         raise BadShardError(f"{shard}: sample {sample} could not be decoded ({exc})") from None

@@ -161,7 +161,7 @@ def test_batched_equals_one_at_a_time(weights, colour_photos):
     images = [colour_photos[n][:256, :256].astype(np.float32) / 255 for n in ("astronaut", "coffee", "rocket")]
     together = colorizer.colorize(images, batch_size=3)
     alone = [colorizer.colorize([im], batch_size=1)[0] for im in images]
-    for a, b in zip(together, alone, strict=False):
+    for a, b in zip(together, alone, strict=True):
         np.testing.assert_allclose(a.rgb, b.rgb, atol=1e-5)  # eval mode: no batch statistics
 
 
