@@ -82,8 +82,9 @@ class DataConfig:
     (batched nvJPEG in the main process; workers only read bytes), else in the DataLoader workers;
     `cpu`: always in the workers. DALI always decodes on the GPU when the device is CUDA."""
     compile_lab: bool = True
-    """DALI backend on CPU: fuse the RGB → Lab step with torch.compile (polynomial form, ≤ 1e-4 off; a
-    few seconds to compile on first use); false = exact eager torch, several times slower."""
+    """`dali` and `torch` backends decoding on the CPU: fuse the RGB → Lab step with torch.compile
+    (polynomial form, ≤ 1e-4 off; a few seconds to compile on first use); false = the reference colour
+    math (`pipeline/lab.py`) in eager torch, several times slower."""
 
     def per_process_batch(self, processes: int) -> int:
         """Images each of `processes` processes loads per step; ConfigError naming data.batch_size
@@ -295,7 +296,7 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{source}: {key} must be a list of {len(args)} values, got {value!r}")
-        return tuple(_convert(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args, strict=False)))
+        return tuple(_convert(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key} must be a mapping of {tp.__name__} fields, got {value!r}")

@@ -36,7 +36,6 @@ from launch.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from launch.training.debug import SampleRecorder, maybe_kill_after_checkpoint
 from launch.training.errors import TrainingError
 from launch.training.gan import ColorizationGAN, build_gan
 from launch.training.monitor import LossMonitor
@@ -63,7 +62,6 @@ class Run:
     """The training loader: iterable of (L, ab) on the device, with state_dict()/load_state_dict()."""
     logger: RunLogger
     stop: StopRequest
-    recorder: SampleRecorder
     sample_batch: tuple[torch.Tensor, torch.Tensor] | None
     """Fixed val batch (L, ab) for the sample grid, on rank 0; None elsewhere or without a val split."""
     val_loader: Loader | None
@@ -218,7 +216,6 @@ def build_run(cfg: Config, resume: bool) -> Run:
         # A finished run resumed (e.g. a second `make demo`) has nothing to log: no empty W&B run.
         logger=build_logger(cfg, accelerator, wandb_mode if state.step < cfg.total_steps else "disabled", state.step),
         stop=StopRequest().install(),
-        recorder=SampleRecorder(),
         sample_batch=build_sample_batch(cfg, accelerator, has_val),
         val_loader=build_val_loader(cfg, accelerator, has_val),
     )
@@ -314,7 +311,6 @@ def save(run: Run, step: int, phase: str) -> None:
             run.run_dir / "generator.safetensors", generator, run.cfg.model, {"step": step, "phase": phase}
         )
         log_model_artifact(run, weights, step, phase)
-    maybe_kill_after_checkpoint(step)
 
 
 def log_model_artifact(run: Run, weights: Path, step: int, phase: str) -> None:
@@ -354,7 +350,6 @@ def train_loop(run: Run) -> int:
         timer.start_step()
         L, ab = next(batches)
         timer.data_ready()
-        run.recorder.record(L)
 
         # 2. One optimiser step of the phase: G alone, or D then G. Losses stay on the device.
         lrs = gan.set_learning_rates(state.step)
@@ -430,13 +425,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         status = train_loop(run)
-        run.recorder.dump(
-            run.run_dir,
-            run.accelerator.process_index,
-            run.state.step,
-            run.accelerator.unwrap_model(run.gan.G),
-            run.gan.D_module,
-        )
     except (TrainingError, BadShardError) as exc:
         # The last good checkpoint stays as it is: nothing is saved on this exit.
         print(f"error: {exc}", file=sys.stderr)

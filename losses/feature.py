@@ -29,7 +29,7 @@ from torchvision.models import VGG19_BN_Weights
 from torchvision.models.vgg import cfgs, make_layers
 
 from configs import ConfigError, LossConfig
-from models.export import UnreadableStateDict, read_state_dict
+from models.export import UnreadableStateDict, first_line, read_state_dict
 from pipeline.lab import denormalize_lab, lab_to_rgb
 
 # Module index ranges of vgg19_bn.features: up to and including pool3 (26), pool4 (39), pool5 (52).
@@ -41,10 +41,6 @@ INPUT_MODES = ("rgb", "lab")
 
 class VGGWeightsError(ConfigError):
     """VGG19-bn weights that cannot be had: a missing or unreadable file, a foreign state_dict, a failed download."""
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _fresh_vgg19_bn_features() -> nn.Sequential:
@@ -104,7 +100,7 @@ def load_vgg19_bn_features(weights: str) -> nn.Sequential:
             cache = Path(torch.hub.get_dir()) / "checkpoints"
             raise VGGWeightsError(
                 f"cannot download VGG19-bn ImageNet weights ({file_name}: {type(exc).__name__}: "
-                f"{_first_line(exc)}); pre-stage the file: fetch {weights_enum.url} where there is network "
+                f"{first_line(exc)}); pre-stage the file: fetch {weights_enum.url} where there is network "
                 f"and copy it to {cache / file_name} (the torch hub cache; TORCH_HOME moves it), or set "
                 "loss.vgg_weights to a local state_dict path"
             ) from None
@@ -188,7 +184,7 @@ class VGGFeatureLoss(nn.Module):
             real_features = self.features(self.vgg_input(lightness, real_ab))
         fake_features = self.features(self.vgg_input(lightness, fake_ab))
         loss = fake_ab.new_zeros((), dtype=torch.float32)
-        for weight, fake, real in zip(self.layer_weights, fake_features, real_features, strict=False):
+        for weight, fake, real in zip(self.layer_weights, fake_features, real_features, strict=True):
             loss = loss + weight * F.l1_loss(fake.float(), real.float())
         return loss
 

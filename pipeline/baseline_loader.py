@@ -44,7 +44,7 @@ def list_samples(tar_path) -> list[tuple[str, str, int, int]]:
 
 
 class SeedDataset(Dataset):
-    """Item i → (L_net 1×S×S, ab_net 2×S×S float32, key) or None when undecodable in skip mode."""
+    """Item i → (L_net 1×S×S, ab_net 2×S×S) float32, or None when undecodable in skip mode."""
 
     def __init__(self, samples, size: int, flip: bool, on_bad_sample: str) -> None:
         self.samples = samples
@@ -70,15 +70,15 @@ class SeedDataset(Dataset):
             raise BadShardError(f"{path}: sample {key} could not be decoded ({exc})") from None
         lab = rgb2lab(np.asarray(self.transform(image)))  # float64, H×W×3, L in [0, 100]
         lab = torch.from_numpy(lab.astype(np.float32)).permute(2, 0, 1)
-        return lab[:1] / 50.0 - 1.0, lab[1:] / 128.0, f"{path.rsplit('/', 1)[-1]}/{key}"
+        return lab[:1] / 50.0 - 1.0, lab[1:] / 128.0
 
 
 def _collate(items):
     good = [x for x in items if x is not None]
     skipped = len(items) - len(good)
     if not good:
-        return None, None, [], skipped
-    return torch.stack([x[0] for x in good]), torch.stack([x[1] for x in good]), [x[2] for x in good], skipped
+        return None, None, skipped
+    return torch.stack([x[0] for x in good]), torch.stack([x[1] for x in good]), skipped
 
 
 class BaselineLoader:
@@ -94,11 +94,10 @@ class BaselineLoader:
         split: str = "train",
         endless: bool = True,
         seed: int = 0,
-        return_keys: bool = False,
     ) -> None:
         self.cfg, self.rank, self.world_size = data_cfg, rank, world_size
         self.device = torch.device(device)
-        self.endless, self.seed, self.return_keys = endless, seed, return_keys
+        self.endless, self.seed = endless, seed
         self.batch_size = per_rank_batch(data_cfg, world_size)
         samples = [
             s for shard in split_shards(data_cfg.shards, split, need_index=False) for s in list_samples(shard.path)
@@ -133,13 +132,12 @@ class BaselineLoader:
                 generator=torch.Generator(),  # iter() must not draw from the global RNG (exact resume)
             )
             self.epoch = epoch
-            for lightness, ab, keys, skipped in loader:
+            for lightness, ab, skipped in loader:
                 self.skipped += skipped
                 self.batch_in_epoch += 1
                 if lightness is None:
                     continue
-                batch = (lightness.to(self.device, non_blocking=True), ab.to(self.device, non_blocking=True))
-                yield (*batch, keys) if self.return_keys else batch
+                yield lightness.to(self.device, non_blocking=True), ab.to(self.device, non_blocking=True)
             self.batch_in_epoch = 0
 
     def state_dict(self) -> dict:

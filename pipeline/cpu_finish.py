@@ -14,13 +14,13 @@ that spins for a while after every parallel region, a large share of the whole p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torchvision.transforms.v2.functional import resize
 
-LabStep = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+from pipeline.lab_uint8 import LabStep
 
 
 def resize_to_square(image_hwc: torch.Tensor, size: int, centre_crop: bool) -> torch.Tensor:

@@ -53,7 +53,6 @@ class DaliLoader:
         split: str = "train",
         endless: bool = True,
         seed: int = 0,
-        return_keys: bool = False,
     ) -> None:
         self.cfg = data_cfg
         self.rank, self.world_size = rank, world_size
@@ -66,7 +65,6 @@ class DaliLoader:
             self.device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
             self.device = torch.device("cuda", self.device_id)
         self.split, self.endless, self.seed = split, endless, seed
-        self.return_keys = return_keys
         self.batch_size = per_rank_batch(data_cfg, world_size)
         self.shards: list[Shard] = split_shards(data_cfg.shards, split)
         self.skipped = 0
@@ -145,7 +143,6 @@ class DaliLoader:
             num_shards=self.world_size,
             shuffle_buffer=self.cfg.shuffle_buffer,
             gpu=self.gpu,
-            with_keys=self.return_keys,
             batch_size=self.batch_size,
             num_threads=self.cfg.num_threads,
             device_id=self.device_id,
@@ -154,9 +151,7 @@ class DaliLoader:
             checkpoint=self._checkpoint,
         )
         cpu_flips = not self.gpu and self.endless and self.cfg.flip
-        names = (
-            ["lab" if self.gpu else "rgb"] + (["mirror"] if cpu_flips else []) + (["key"] if self.return_keys else [])
-        )
+        names = ["lab" if self.gpu else "rgb"] + (["mirror"] if cpu_flips else [])
         try:
             if not self.gpu:
                 return DaliCpuRunner(
@@ -241,21 +236,14 @@ class DaliLoader:
             self._delivered_at_last_good = getattr(self._iterator, "delivered", 0)
             return out
 
-    def _to_network(self, out: dict):
-        batch: tuple[torch.Tensor, ...]
+    def _to_network(self, out: dict) -> tuple[torch.Tensor, torch.Tensor]:
         if self.gpu:
             lab = out["lab"]
-            batch = (lab[:, :1].contiguous(), lab[:, 1:].contiguous())
-        else:
-            centre_crop = not self.endless and self.cfg.crop == "random_resized"
-            assert self._lab is not None  # built for the CPU path
-            batch = decoded_to_network(out["rgb"], out.get("mirror", ()), self.cfg.size, centre_crop, self._lab)
-            if self.device.type != "cpu":
-                batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
-        if self.return_keys:
-            keys = [_key_text(row.cpu().numpy()) for row in out["key"]]
-            return (*batch, keys)
-        return batch
+            return lab[:, :1].contiguous(), lab[:, 1:].contiguous()
+        centre_crop = not self.endless and self.cfg.crop == "random_resized"
+        assert self._lab is not None  # built for the CPU path
+        L, ab = decoded_to_network(out["rgb"], out.get("mirror", ()), self.cfg.size, centre_crop, self._lab)
+        return L.to(self.device, non_blocking=True), ab.to(self.device, non_blocking=True)
 
     def __iter__(self):
         if not self.endless:
@@ -309,10 +297,3 @@ class DaliLoader:
         if self._tmp is not None:
             shutil.rmtree(self._tmp.name, ignore_errors=True)
             self._tmp = None
-
-
-def _key_text(row) -> str:
-    """`<tar path>:<offset>:<member>` padded bytes → `<shard file name>/<sample key>`."""
-    text = bytes(row).rstrip(b"\0").decode()
-    tar, _, member = text.rsplit(":", 2)
-    return f"{Path(tar).name}/{member.rsplit('.', 1)[0]}"

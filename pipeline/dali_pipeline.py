@@ -20,8 +20,7 @@ evaluation with `random_resized` takes the centred square of side min(H, W) — 
 takes on the CPU — and resizes it to S×S (on the GPU in one `fn.resize` with that window as its ROI;
 on the CPU path the resizing is the loader's, see above). On the GPU the flip and the HWC→CHW transpose are one
 `crop_mirror_normalize`; on the CPU the loader flips. Either way the coin flips are DALI's, so its
-checkpoints cover them. With `with_keys`, a `key` output carries
-each sample's `<tar path>:<offset>:<member name>` as zero-padded bytes (debug and tests only).
+checkpoints cover them.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ from pipeline.colour_constants import EPSILON, F_OFFSET, KAPPA_SLOPE, SRGB_LINEA
 from pipeline.lab_uint8 import lab_matrix, xyz_matrix
 
 READER_NAME = "Reader"
-KEY_WIDTH = 1024  # bytes of source info kept per sample in the debug `key` output
 
 
 def _lab_on_device(rgb_hwc_float):
@@ -86,10 +84,9 @@ def colorization_pipeline(
     num_shards: int,
     shuffle_buffer: int,
     gpu: bool,
-    with_keys: bool,
 ):
     """Outputs `lab` (GPU: B×3×S×S float32 network Lab) or `rgb` (CPU: B images H×W×3 uint8) and, for
-    CPU training with flips, `mirror` (B int32 0/1); then `key` when asked."""
+    CPU training with flips, `mirror` (B int32 0/1)."""
     jpegs = fn.readers.webdataset(
         paths=[str(p) for p in tar_paths],
         index_paths=[str(p) for p in index_paths],
@@ -139,7 +136,4 @@ def colorization_pipeline(
         # The loader flips after resizing (a 256² copy instead of one of the whole decoded crop), with
         # DALI's coin flips so that DALI's checkpoints still cover them.
         outputs = [images, mirror] if train and flip else [images]
-    if with_keys:
-        info = fn.get_property(jpegs, key="source_info")
-        outputs.append(fn.pad(info, shape=[KEY_WIDTH], fill_value=0))
     return tuple(outputs)

@@ -123,7 +123,7 @@ class Colorizer:
         for shape, indices in groups.items():
             for start in range(0, len(indices), batch_size):
                 chunk = indices[start : start + batch_size]
-                for index, result in zip(chunk, self._run(shape, [images[i] for i in chunk], with_grey), strict=False):
+                for index, result in zip(chunk, self._run(shape, [images[i] for i in chunk], with_grey), strict=True):
                     results[index] = result
         return results  # type: ignore[return-value]
 
@@ -138,7 +138,7 @@ class Colorizer:
             small.append(F.interpolate(l_net, size=shape, mode="bilinear", align_corners=False, antialias=True))
         ab_small = self.generator(torch.cat(small)).float()
         out = []
-        for l_star, ab_net in zip(lightness, ab_small, strict=False):
+        for l_star, ab_net in zip(lightness, ab_small, strict=True):
             ab = F.interpolate(ab_net.unsqueeze(0), size=l_star.shape[-2:], mode="bilinear", align_corners=False)[0]
             colour = lab_to_rgb_in_gamut(torch.cat((l_star, ab * AB_SCALE)))
             grey = None

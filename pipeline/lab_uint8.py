@@ -1,14 +1,12 @@
-"""Fast sRGB → network Lab for decoded uint8 batches: the CPU loaders' colour step.
+"""Fast sRGB → network Lab for decoded uint8 batches on the CPU: the CPU loaders' colour step.
 
-`pipeline/lab.py` is the reference; this computes the same numbers for uint8 input with the
-constants folded: D65 white and the RGB→XYZ matrix become one 3×3 matrix (`xyz_matrix`), and
-L*/a*/b* together with the network scaling (L/50 − 1, ab/128) become a second 3×3 matrix plus an
-offset (`lab_matrix`). The per-pixel work is written as plain elementwise torch ops on the three
-colour planes. `uint8_planar_to_network` is exact (within 1e-5 of `pipeline.lab.rgb_to_network` in
-normalised units); `uint8_planar_to_network_fast` replaces the sRGB curve and the cube root by
-polynomials and a Halley step, which `torch.compile` fuses into one vectorised loop for the DALI
-backend's CPU path: no table gathers, which inductor would compile into scalar loops (within 1e-4;
-BENCHMARKS.md has the timings).
+`pipeline/lab.py` is the reference; this computes the same numbers (within 1e-4 in network units
+over all 2^24 uint8 colours, checked by the tests) as one kernel that `torch.compile` fuses into a
+vectorised loop: D65 white and the RGB→XYZ matrix are folded into one 3×3 matrix (`xyz_matrix`),
+L*/a*/b* and the network scaling (L/50 − 1, ab/128) into a second 3×3 matrix plus an offset
+(`lab_matrix`), and the sRGB curve and the cube root become polynomials and a Halley step — no
+table gathers or transcendental calls, which inductor would compile into scalar loops. On the DALI
+CPU path this kernel is about twice the images/s of the compiled reference (BENCHMARKS.md#loader).
 
 The DALI pipeline's GPU path uses the same folded constants, so every path computes one formula.
 """
@@ -32,13 +30,17 @@ from pipeline.colour_constants import (
     SRGB_LINEAR_THRESHOLD,
     XYZ_FROM_RGB,
 )
+from pipeline.lab import rgb_to_network
 
 log = logging.getLogger(__name__)
+
+LabStep = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""B×3×H×W uint8 sRGB → (L_net B×1×H×W, ab_net B×2×H×W) float32."""
 
 
 def xyz_matrix() -> list[list[float]]:
     """3×3: linear RGB → XYZ already divided by the D65 white (rows X/Xn, Y/Yn, Z/Zn)."""
-    return [[v / w for v in row] for row, w in zip(XYZ_FROM_RGB, D65_WHITE, strict=False)]
+    return [[v / w for v in row] for row, w in zip(XYZ_FROM_RGB, D65_WHITE, strict=True)]
 
 
 def lab_matrix() -> tuple[list[list[float]], list[float]]:
@@ -53,26 +55,6 @@ def lab_matrix() -> tuple[list[list[float]], list[float]]:
 
 _XYZ = xyz_matrix()
 _LAB, _LAB_OFFSET = lab_matrix()
-
-
-def _f(t: torch.Tensor) -> torch.Tensor:
-    """CIELAB's f(t): cube root above ε, the linear segment below."""
-    # exp(log(t)/3) rather than pow: both are vectorised by inductor, pow(x, 1/3) is not.
-    return torch.where(
-        t > EPSILON, torch.exp(torch.log(t.clamp(min=EPSILON)) * (1.0 / 3.0)), t * KAPPA_SLOPE + F_OFFSET
-    )
-
-
-def uint8_planar_to_network(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """B×3×H×W uint8 sRGB → (L_net B×1×H×W in [-1, 1], ab_net B×2×H×W ≈ [-1, 1]), float32."""
-    v = rgb.float() * (1.0 / 255.0)
-    lin = torch.where(
-        v > SRGB_LINEAR_THRESHOLD, torch.exp(torch.log((v + 0.055) * (1.0 / 1.055)) * 2.4), v * (1.0 / 12.92)
-    )
-    r, g, b = lin[:, 0], lin[:, 1], lin[:, 2]
-    fx, fy, fz = (_f(m[0] * r + m[1] * g + m[2] * b) for m in _XYZ)
-    lab = [m[0] * fx + m[1] * fy + m[2] * fz + o for m, o in zip(_LAB, _LAB_OFFSET, strict=False)]
-    return lab[0].unsqueeze(1), torch.stack(lab[1:], dim=1)
 
 
 # The compiled CPU kernel avoids table lookups: inductor turns each gather into a scalar loop (≈ 6
@@ -133,7 +115,7 @@ def _cube_root_halley(t: torch.Tensor) -> torch.Tensor:
 
 def _affine(row: list[float], values: tuple[torch.Tensor, ...], offset: float = 0.0) -> torch.Tensor:
     """Σ row_i · values_i + offset, leaving out the zero coefficients (the compiler keeps 0 · x)."""
-    terms = [c * v for c, v in zip(row, values, strict=False) if c != 0.0]
+    terms = [c * v for c, v in zip(row, values, strict=True) if c != 0.0]
     total = terms[0]
     for term in terms[1:]:
         total = total + term
@@ -141,7 +123,8 @@ def _affine(row: list[float], values: tuple[torch.Tensor, ...], offset: float = 
 
 
 def uint8_planar_to_network_fast(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """As `uint8_planar_to_network`, gather- and transcendental-free (for torch.compile; ≤ 1e-4 off)."""
+    """B×3×H×W uint8 sRGB → (L_net B×1×H×W, ab_net B×2×H×W) float32, gather- and transcendental-free
+    (for torch.compile; ≤ 1e-4 from the reference)."""
     lin = _srgb_to_linear_polynomial(rgb.float() * (1.0 / 255.0))
     rgb_linear = (lin[:, 0], lin[:, 1], lin[:, 2])
     # Below ε the linear segment applies; the cube root's value there is discarded, and finite.
@@ -149,28 +132,36 @@ def uint8_planar_to_network_fast(rgb: torch.Tensor) -> tuple[torch.Tensor, torch
         torch.where(t > EPSILON, _cube_root_halley(t), t * KAPPA_SLOPE + F_OFFSET)
         for t in (_affine(row, rgb_linear) for row in _XYZ)
     )
-    lab = [_affine(row, f, offset) for row, offset in zip(_LAB, _LAB_OFFSET, strict=False)]
+    lab = [_affine(row, f, offset) for row, offset in zip(_LAB, _LAB_OFFSET, strict=True)]
     return lab[0].unsqueeze(1), torch.stack(lab[1:], dim=1)
 
 
-def lab_step(compile: bool) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """The uint8 → network-Lab function: the fast form fused by torch.compile, or exact eager torch.
+def reference(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """B×3×H×W uint8 sRGB → (L_net, ab_net) float32 by the reference colour math, `pipeline.lab`."""
+    return rgb_to_network(rgb.float() * (1.0 / 255.0))
 
-    Compiling takes a few seconds on first use (cached on disk afterwards); if it fails (no C++
-    compiler, unsupported platform) the eager function is used, with a warning.
+
+def lab_step(compile: bool) -> LabStep:
+    """The uint8 → network-Lab function: B×3×H×W uint8 sRGB → (L_net B×1×H×W in [-1, 1], ab_net
+    B×2×H×W ≈ [-1, 1]) float32, on the input's device.
+
+    `compile`: the polynomial kernel fused by torch.compile for CPU tensors (a few seconds to compile
+    on first use, cached on disk afterwards; if compiling fails — no C++ compiler, unsupported
+    platform — the reference is used, with a warning). CUDA tensors, and `compile=False`, take the
+    reference: on a GPU the eager elementwise ops are cheap.
     """
     if not compile:
-        return uint8_planar_to_network
+        return reference
     compiled = torch.compile(uint8_planar_to_network_fast, dynamic=False)
 
     def run(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal compiled
-        if compiled is not uint8_planar_to_network:
+        if compiled is not reference and rgb.device.type == "cpu":
             try:
                 return compiled(rgb)
-            except Exception as exc:  # eager is correct, only slower
-                log.warning("torch.compile of the Lab step failed (%s); using eager torch", exc)
-                compiled = uint8_planar_to_network
-        return uint8_planar_to_network(rgb)
+            except Exception as exc:  # the reference is correct, only slower
+                log.warning("torch.compile of the Lab step failed (%s); using the reference Lab", exc)
+                compiled = reference
+        return reference(rgb)
 
     return run

@@ -8,45 +8,17 @@ far); `samples_per_epoch` (this rank's share of the split).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, overload
+from typing import TYPE_CHECKING
 
 import torch
 
 from configs import DataConfig
-from pipeline.loader_base import KeyedLoader, Loader, per_rank_batch
+from pipeline.loader_base import Loader, per_rank_batch
 
 if TYPE_CHECKING:  # the backends are imported only when picked
     from pipeline.baseline_loader import BaselineLoader
     from pipeline.dali_loader import DaliLoader
     from pipeline.torch_loader import TorchLoader
-
-
-@overload
-def make_loader(
-    data_cfg: DataConfig,
-    rank: int,
-    world_size: int,
-    device: torch.device,
-    *,
-    split: str = ...,
-    endless: bool = ...,
-    seed: int = ...,
-    return_keys: Literal[False] = ...,
-) -> Loader: ...
-
-
-@overload
-def make_loader(
-    data_cfg: DataConfig,
-    rank: int,
-    world_size: int,
-    device: torch.device,
-    *,
-    split: str = ...,
-    endless: bool = ...,
-    seed: int = ...,
-    return_keys: Literal[True],
-) -> KeyedLoader: ...
 
 
 def make_loader(
@@ -58,14 +30,12 @@ def make_loader(
     split: str = "train",
     endless: bool = True,
     seed: int = 0,
-    return_keys: bool = False,
-) -> Loader | KeyedLoader:
+) -> Loader:
     """A loader for `split` of `data_cfg.shards`, this rank's part, on `device`.
 
     `endless=True` (training): shuffled, random crop and flip, never stops. `endless=False`
     (evaluation): one deterministic pass per `iter()` in manifest order, no flip, the whole image
     squashed (`data.crop: resize`) or resized by its shorter side and centre-cropped, last batch kept.
-    `return_keys=True` adds a list of `<shard file>/<sample key>` per batch (debugging, tests).
     Raises ConfigError naming data.batch_size when it does not divide by world_size, ShardsDirError for a
     missing shards dir, manifest or shard.
     """
@@ -77,4 +47,4 @@ def make_loader(
         from pipeline.torch_loader import TorchLoader as backend
     else:
         from pipeline.baseline_loader import BaselineLoader as backend
-    return backend(data_cfg, rank, world_size, device, split=split, endless=endless, seed=seed, return_keys=return_keys)
+    return backend(data_cfg, rank, world_size, device, split=split, endless=endless, seed=seed)

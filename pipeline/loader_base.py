@@ -1,8 +1,7 @@
 """What every loader backend shares: the batch contract, errors, and how ranks split a split.
 
 Every backend yields `(L, ab)` — L B×1×S×S, ab B×2×S×S, float32 network Lab (`pipeline/lab.py`) on
-the requested device — or `(L, ab, keys)` in the debug mode `return_keys=True`, where `keys` lists
-each sample's `<shard file name>/<sample key>`. B is the per-rank batch, `data.batch_size //
+the requested device. B is the per-rank batch, `data.batch_size //
 world_size`. Training loaders (`endless=True`) never stop; evaluation loaders (`endless=False`) make
 one deterministic pass per `iter()` and keep the last, partial batch.
 """
@@ -22,8 +21,8 @@ if TYPE_CHECKING:  # this module stays importable without torch at run time
 WORKER_START = "forkserver"
 
 
-class _LoaderState(Protocol):
-    """What every backend offers besides its batches."""
+class Loader(Protocol):
+    """What every backend offers: iterating yields `(L, ab)` batches; and the state below."""
 
     skipped: int
     """Bad samples skipped so far (`data.on_bad_sample: skip`)."""
@@ -33,6 +32,8 @@ class _LoaderState(Protocol):
         """This rank's share of the split."""
         ...
 
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
     def state_dict(self) -> dict:
         """The position in the stream, for a checkpoint."""
         ...
@@ -40,18 +41,6 @@ class _LoaderState(Protocol):
     def load_state_dict(self, state: dict) -> None:
         """Resume from a `state_dict()`."""
         ...
-
-
-class Loader(_LoaderState, Protocol):
-    """A loader made with `return_keys=False`: iterating yields `(L, ab)` batches."""
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
-
-
-class KeyedLoader(_LoaderState, Protocol):
-    """A loader made with `return_keys=True`: iterating yields `(L, ab, keys)` batches."""
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]: ...
 
 
 class BadShardError(RuntimeError):

@@ -12,12 +12,13 @@ gets the same crop (`sample_view`); `apply_view` then crops and resizes to S×S 
 squash Resize / evaluation Resize of the shorter side + CenterCrop) and flips. Two modes, same
 views, same output:
 - CPU decode (`data.decode_device: cpu`, or any non-CUDA device): each worker decodes with
-  `torchvision.io.decode_jpeg`, applies the view, batches the uint8 squares and turns them into
-  network Lab (`pipeline/lab_uint8.py`) itself, so the colour step runs in parallel too; the batch is
-  then copied to the device.
+  torchcodec's `decode_jpeg` (libjpeg-turbo), applies the view, batches the uint8 squares and turns
+  them into network Lab (`pipeline/lab_uint8.py`'s `lab_step`) itself, so the colour step runs in
+  parallel too; the batch is then copied to the device.
 - GPU decode (`auto` with a CUDA device): workers only read each sample's bytes and its size from the
-  JPEG header (enough to draw the view); the main process decodes the batch with one batched nvJPEG
-  call (`decode_jpeg(list, device="cuda")`), applies the views and the same Lab kernel on the GPU
+  JPEG header (`PIL.Image.open(...).size`, enough to draw the view; shards hold no EXIF rotation: the
+  builder stores such photos upright); the main process decodes the batch with one batched nvJPEG
+  call (`decode_jpeg(list, device="cuda")`), applies the views and the Lab step on the GPU
   (`finish_batch`) — the loader most users would write instead of DALI.
 
 Resume: the loader counts the batches it handed out; a restored loader replays the same shard order
@@ -33,20 +34,22 @@ it, and that batch is one image short (the CPU mode refills the batch from the s
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Iterator, Sequence
 from itertools import count
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import webdataset as wds
+from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torchvision.io import ImageReadMode, decode_jpeg
+from torchcodec.decoders import decode_jpeg
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
 
 from configs import DataConfig
-from pipeline.lab_uint8 import uint8_planar_to_network
+from pipeline.lab_uint8 import LabStep, lab_step
 from pipeline.loader_base import WORKER_START, BadShardError, per_rank_batch
 from pipeline.shard_list import split_shards
 
@@ -95,46 +98,24 @@ def apply_view(image: torch.Tensor, view: View, cfg: DataConfig, train: bool) ->
 
 
 def finish_batch(
-    images: Sequence[torch.Tensor], views: Sequence[View], cfg: DataConfig, train: bool
+    images: Sequence[torch.Tensor], views: Sequence[View], cfg: DataConfig, train: bool, lab: LabStep
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """B decoded 3×H×W uint8 sRGB images (sizes differ; CPU or CUDA) and their views →
     (L_net B×1×S×S in [-1, 1], ab_net B×2×S×S ≈ [-1, 1]) float32 on the images' device."""
-    return uint8_planar_to_network(
-        torch.stack([apply_view(im, v, cfg, train) for im, v in zip(images, views, strict=False)])
-    )
+    return lab(torch.stack([apply_view(im, v, cfg, train) for im, v in zip(images, views, strict=True)]))
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
-    """(height, width) from a JPEG's frame header (SOFn), before any EXIF orientation — the size
-    `decode_jpeg` returns. ValueError when the bytes are not a JPEG or end before the frame header."""
-    if data[:2] != b"\xff\xd8":
-        raise ValueError("not a JPEG (no start-of-image marker)")
-    pos, end = 2, len(data)
-    while pos + 4 <= end:
-        if data[pos] != 0xFF:
-            raise ValueError(f"corrupt JPEG header at byte {pos}")
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            pos += 2
-            continue
-        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOF0…SOF15 (not DHT, JPG, DAC)
-            if pos + 9 > end:
-                break
-            height, width = (
-                int.from_bytes(data[pos + 5 : pos + 7], "big"),
-                int.from_bytes(data[pos + 7 : pos + 9], "big"),
-            )
-            if height == 0 or width == 0:
-                raise ValueError("JPEG frame header gives a zero size")
-            return height, width
-        if marker == 0xDA or length < 2:  # scan data before any frame header
-            break
-        pos += 2 + length
-    raise ValueError("JPEG ends before its frame header")
+    """(height, width) of a JPEG, from its header only (Pillow reads no pixels here); ValueError when
+    the bytes are not a JPEG."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != "JPEG":
+                raise ValueError(f"not a JPEG ({image.format})")
+            width, height = image.size
+    except (OSError, SyntaxError) as exc:  # Pillow's "cannot identify image file"
+        raise ValueError(f"not a JPEG ({exc})") from None
+    return height, width
 
 
 class _Readers(IterableDataset):
@@ -168,7 +149,8 @@ class _Readers(IterableDataset):
             stream = dataset if by_shard else (s for i, s in enumerate(dataset) if i % readers == reader)
             if self.train:
                 rng = random.Random(f"{self.seed}/{epoch}/{self.rank}/{worker}")
-                stream = _shuffled(stream, self.cfg.shuffle_buffer, rng)
+                buffer = self.cfg.shuffle_buffer
+                stream = wds.filters.shuffle(buffer, initial=buffer, rng=rng)(iter(stream))
             yield from stream
             if not self.endless:
                 return
@@ -188,6 +170,7 @@ class _Readers(IterableDataset):
         # next batch belongs to logical worker k % workers, so worker ids are rotated to match.
         worker = (worker + self.start_batch) % workers
         torch.set_num_threads(1)  # one core per worker; there are as many workers as cores
+        self._lab = lab_step(self.cfg.compile_lab)
         # Batches this worker already delivered before the restore (round-robin over workers).
         skip_samples = len(range(worker, self.start_batch, workers)) * self.batch_size
         self._errors = 0
@@ -217,7 +200,7 @@ class _Readers(IterableDataset):
     def _batch(self, images, views, keys, skipped):
         if self.encoded:
             return images, views, keys, skipped
-        return (*uint8_planar_to_network(torch.stack(images)), keys, skipped)
+        return (*self._lab(torch.stack(images)), keys, skipped)
 
     def _read(self, sample: dict) -> tuple[torch.Tensor, tuple[int, int]] | None:
         """(the JPEG as a 1-D uint8 tensor, its (H, W)), or None (counted) in skip mode for a sample
@@ -233,7 +216,7 @@ class _Readers(IterableDataset):
         """3×H×W uint8 sRGB, or None (counted) for an undecodable sample in skip mode."""
         try:
             data = sample["jpg"]
-            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            return cast(torch.Tensor, decode_jpeg(data, mode="RGB"))
         except Exception as exc:
             self._bad(sample, exc)
             return None
@@ -251,19 +234,6 @@ def _all(urls):
     return urls
 
 
-def _shuffled(stream, buffer_size: int, rng: random.Random):
-    """Shuffle within a window of `buffer_size` samples (as DALI's reader and webdataset do)."""
-    buffer = []
-    for sample in stream:
-        buffer.append(sample)
-        if len(buffer) >= buffer_size:
-            i = rng.randrange(len(buffer))
-            buffer[i], buffer[-1] = buffer[-1], buffer[i]
-            yield buffer.pop()
-    rng.shuffle(buffer)
-    yield from buffer
-
-
 class TorchLoader:
     """Iterable of (L B×1×S×S, ab B×2×S×S) float32 network-Lab batches on `device`, from torch
     (decoded in the workers, or on the GPU: `data.decode_device`, module docstring)."""
@@ -278,11 +248,10 @@ class TorchLoader:
         split: str = "train",
         endless: bool = True,
         seed: int = 0,
-        return_keys: bool = False,
     ) -> None:
         self.cfg, self.rank, self.world_size = data_cfg, rank, world_size
         self.device = torch.device(device)
-        self.split, self.endless, self.seed, self.return_keys = split, endless, seed, return_keys
+        self.split, self.endless, self.seed = split, endless, seed
         self.batch_size = per_rank_batch(data_cfg, world_size)
         self.shards = split_shards(data_cfg.shards, split, need_index=False)
         self.skipped = 0
@@ -293,6 +262,7 @@ class TorchLoader:
         # process (the tests also set a CPU device here to run the GPU mode's flow without a GPU).
         gpu_decode = data_cfg.decode_device == "auto" and self.device.type == "cuda"
         self.decode_on: torch.device | None = self.device if gpu_decode else None
+        self._lab = lab_step(data_cfg.compile_lab)  # GPU mode: the Lab step of decoded batches
 
     def _rank_samples(self) -> int:
         readers = self.world_size * self.cfg.num_threads
@@ -336,40 +306,42 @@ class TorchLoader:
             if self.endless:
                 self._start_batch = self.batches
             if self.decode_on is None:
-                batch = (first.to(self.device, non_blocking=True), second.to(self.device, non_blocking=True))
-            else:
-                batch, keys = self._decode_batch(first, second, keys)
-                if batch is None:  # every image of the batch was undecodable (skip mode)
-                    continue
-            yield (*batch, keys) if self.return_keys else batch
+                yield first.to(self.device, non_blocking=True), second.to(self.device, non_blocking=True)
+                continue
+            batch = self._decode_batch(first, second, keys)
+            if batch is not None:  # None: every image of the batch was undecodable (skip mode)
+                yield batch
 
-    def _decode_batch(self, encoded: list[torch.Tensor], views: list[View], keys: list[str]):
-        """GPU mode: B JPEGs (1-D uint8 tensors) → ((L_net B×1×S×S, ab_net B×2×S×S) float32 on the
-        device, keys), the undecodable ones dropped (skip) or named (error); (None, []) if none is left."""
+    def _decode_batch(
+        self, encoded: list[torch.Tensor], views: list[View], keys: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """GPU mode: B JPEGs (1-D uint8 tensors) → (L_net B×1×S×S, ab_net B×2×S×S) float32 on the
+        device, the undecodable ones dropped (skip) or named by their key (error); None if none is left."""
+        device = self.decode_on
+        assert device is not None  # set in GPU mode
         try:
-            images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.decode_on)
+            images = list(decode_jpeg(encoded, mode="RGB", device=device))
         except torch.OutOfMemoryError:
             raise
-        except RuntimeError:
+        except (RuntimeError, ValueError):
             # One bad JPEG fails the whole batched call: decode one by one to find it.
-            images, kept_views, kept_keys = [], [], []
-            for data, view, key in zip(encoded, views, keys, strict=False):
+            images, kept_views = [], []
+            for data, view, key in zip(encoded, views, keys, strict=True):
                 try:
-                    images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.decode_on))
+                    images.append(cast(torch.Tensor, decode_jpeg(data, mode="RGB", device=device)))
                 except torch.OutOfMemoryError:
                     raise
-                except RuntimeError as exc:
+                except (RuntimeError, ValueError) as exc:
                     shard, _, sample = key.partition("/")
                     if self.cfg.on_bad_sample != "skip":
                         raise BadShardError(f"{shard}: sample {sample} could not be decoded ({exc})") from None
                     self.skipped += 1
                     continue
                 kept_views.append(view)
-                kept_keys.append(key)
-            views, keys = kept_views, kept_keys
+            views = kept_views
             if not images:
-                return None, []
-        return finish_batch(images, views, self.cfg, self.endless), keys
+                return None
+        return finish_batch(images, views, self.cfg, self.endless, self._lab)
 
     def state_dict(self) -> dict:
         return {

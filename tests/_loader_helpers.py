@@ -4,6 +4,11 @@
 `wds2idx` console script, as the shard builder does) and a manifest.json in the builder's format.
 Each sample is a random 300–500 px crop of one of the skimage photos, saved as a quality-90 JPEG,
 under the key `img-NNNNN`.
+
+Sample identity travels in the pixels, so the tests read what a loader yields without any switch
+in the loader: sample n keeps its photo's luma texture and carries one flat chroma everywhere, a
+point of an 8×8 grid of (Cb, Cr). A crop, flip, resize or decoder keeps that chroma, so
+`sample_keys` names every image of a batch from its median Cb, Cr.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import webdataset as wds
 from PIL import Image
+from skimage.color import lab2rgb
 
 from pipeline.shard_list import FORMAT_NAME, FORMAT_VERSION
 
@@ -44,6 +51,47 @@ def random_views(photos: dict[str, np.ndarray], count: int, seed: int) -> list[n
     return views
 
 
+# Chroma codes, in JPEG's own YCbCr (full-range BT.601, code values / 255): sample n gets
+# (Cb, Cr) = (CODES[n % 8], CODES[n // 8 % 8]), 12 code values apart, far beyond what JPEG, chroma
+# subsampling, resampling or a decoder moves a flat chroma. With Y in [0.35, 0.65] and |Cb|, |Cr| ≤
+# 42/255 every pixel stays inside the sRGB cube, so nothing is clipped.
+CODES = np.arange(-42.0, 43.0, 12.0) / 255.0
+CODED = len(CODES) ** 2
+
+
+def coded(rgb: np.ndarray, n: int) -> np.ndarray:
+    """H×W×3 uint8 sRGB → its luma texture squeezed into Y ∈ [0.35, 0.65] with sample n's flat chroma."""
+    luma = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]) / 255.0
+    y = 0.35 + 0.3 * luma
+    cb, cr = CODES[n % len(CODES)], CODES[n // len(CODES) % len(CODES)]
+    out = np.stack((y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb), axis=-1)
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def sample_keys(L, ab) -> list[str]:
+    """Network Lab batch (L B×1×S×S, ab B×2×S×S; any device) of shards written with `coded` → each
+    image's sample key `img-NNNNN`, from its median Cb, Cr (skimage's Lab → sRGB, not the product's)."""
+    lab = torch.cat(((L.detach().float().cpu() + 1.0) * 50.0, ab.detach().float().cpu() * 128.0), dim=1)
+    keys = []
+    for image in lab.permute(0, 2, 3, 1).numpy():
+        r, g, b = np.moveaxis(lab2rgb(image.astype(np.float64)), -1, 0)
+        cb = np.median(-0.168736 * r - 0.331264 * g + 0.5 * b)
+        cr = np.median(0.5 * r - 0.418688 * g - 0.081312 * b)
+        i, j = (int(np.abs(CODES - c).argmin()) for c in (cb, cr))
+        keys.append(f"img-{i + len(CODES) * j:05d}")
+    return keys
+
+
+def keys_of(loader, batches: int | None = None) -> list[str]:
+    """Sample keys of the first `batches` batches of one pass over `loader` (all of them by default)."""
+    keys: list[str] = []
+    for i, (L, ab) in enumerate(loader):
+        if i == batches:
+            break
+        keys += sample_keys(L, ab)
+    return keys
+
+
 def index_shard(tar: Path) -> None:
     """Write `<tar>.idx` with DALI's wds2idx tool."""
     subprocess.run([str(WDS2IDX), str(tar), str(tar) + ".idx"], check=True, capture_output=True)
@@ -57,16 +105,21 @@ def write_test_shards(
     val: tuple[int, ...] = (12,),
     seed: int = 0,
     bad_keys: dict[str, bytes] | None = None,
+    code: bool = True,
 ) -> dict:
     """Write shards with the given per-shard sample counts; returns the manifest written.
 
     `bad_keys` maps a sample key to the bytes stored as its `jpg` instead of a real JPEG (to test
-    undecodable samples). Keys run `img-00000`… across train then val shards.
+    undecodable samples). Keys run `img-00000`… across train then val shards; with `code` (at most
+    64 samples) each image carries its number as chroma (`coded`), else the photo crop as it is.
     """
     out.mkdir(parents=True, exist_ok=True)
     bad_keys = bad_keys or {}
     total = sum(train) + sum(val)
+    assert not code or total <= CODED, f"{total} samples: only {CODED} chroma codes"
     views = random_views(photos, total, seed)
+    if code:
+        views = [coded(view, n) for n, view in enumerate(views)]
     entries, n = [], 0
     for split, counts in (("train", train), ("val", val)):
         for shard_no, count in enumerate(counts):

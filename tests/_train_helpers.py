@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -79,6 +82,25 @@ def run_train(args: list[str], env: dict[str, str] | None = None, timeout: float
         text=True,
         timeout=timeout,
     )
+
+
+def kill_after_checkpoint(
+    args: list[str], checkpoint: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`python launch/train.py ARGS` in a child process, SIGKILLed as soon as the checkpoint folder
+    `checkpoint` (`<run dir>/checkpoints/step_<n>`) exists: a hard crash at a known point. The folder
+    appears complete (renamed from `step_<n>.tmp`), so the child may have run on a little past it."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(
+            [sys.executable, str(TRAIN_SCRIPT), *args], cwd=REPO, env=env or subprocess_env(), stdout=out, stderr=err
+        )
+        deadline = time.monotonic() + timeout
+        while not checkpoint.is_dir() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(child.args, child.returncode, out.read(), err.read())
 
 
 def accelerate_cmd(*launch_args: str) -> list[str]:

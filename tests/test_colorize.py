@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from launch.apps import colorize, import_seed
 from models import Generator
-from models.export import WeightsError, load_generator, save_generator, sidecar_path
+from models.export import WeightsError, legacy_sidecar, load_generator, read_metadata, save_generator
 from pipeline.image_io import read_image
 from pipeline.inference import Colorizer, lab_to_rgb_in_gamut, model_shape
 from pipeline.lab import lab_to_rgb, rgb_to_lab
@@ -160,7 +161,7 @@ def test_batched_equals_one_at_a_time(weights, colour_photos):
     images = [colour_photos[n][:256, :256].astype(np.float32) / 255 for n in ("astronaut", "coffee", "rocket")]
     together = colorizer.colorize(images, batch_size=3)
     alone = [colorizer.colorize([im], batch_size=1)[0] for im in images]
-    for a, b in zip(together, alone, strict=False):
+    for a, b in zip(together, alone, strict=True):
         np.testing.assert_allclose(a.rgb, b.rgb, atol=1e-5)  # eval mode: no batch statistics
 
 
@@ -203,23 +204,38 @@ def test_usage_mistakes_are_one_line(inputs, weights, tmp_path, capsys):
 # Export format and seed import.
 
 
-def test_export_round_trip_and_sidecar(tmp_path):
+def test_export_round_trip_with_metadata_in_the_header(tmp_path):
     torch.manual_seed(1)
     generator = Generator(features=8)
     generator.train()(torch.randn(2, 1, 256, 256))  # move the BatchNorm running stats off their init
     path = save_generator(
         tmp_path / "g.safetensors", generator, {"generator": "seed_unet", "features": 8}, {"step": 7, "phase": "gan"}
     )
-    meta = json.loads(sidecar_path(path).read_text())
+    with safe_open(str(path), framework="pt") as handle:  # any safetensors reader sees it
+        meta = json.loads(handle.metadata()["colorization"])
+    assert meta == read_metadata(path)
     assert meta["format"] == "colorization-generator/1"
     assert meta["model"] == {"generator": "seed_unet", "features": 8}
     assert meta["input_multiple"] == 256 and meta["step"] == 7 and meta["phase"] == "gan"
     assert meta["normalisation"]["ab"] == "ab*/128"
-    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temp files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.safetensors"]  # no sidecar, no temp files
     loaded, loaded_meta = load_generator(path)
     assert not loaded.training and loaded_meta["step"] == 7
     for key, value in generator.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key  # BN buffers included
+
+
+def test_earlier_exports_metadata_file_is_still_read(tmp_path):
+    """Exports of earlier versions kept the metadata in generator.json beside the weights."""
+    save_file(Generator(features=4).state_dict(), str(tmp_path / "generator.safetensors"))
+    sidecar = legacy_sidecar(tmp_path / "generator.safetensors")
+    assert sidecar == tmp_path / "generator.json"
+    sidecar.write_text(json.dumps({"format": "colorization-generator/1", "model": {"features": 4}, "step": 9}))
+    generator, meta = load_generator(tmp_path / "generator.safetensors")
+    assert meta["step"] == 9 and generator.initial_down[0].weight.shape[0] == 4
+    sidecar.write_text("[1, 2]")
+    with pytest.raises(WeightsError, match=r"generator\.json: metadata file must hold a JSON object"):
+        load_generator(tmp_path / "generator.safetensors")
 
 
 def test_safetensors_without_metadata_infers_features(tmp_path):
@@ -261,8 +277,18 @@ def test_bad_weights_give_one_clear_line(tmp_path, capsys):
     state = Generator(features=8).state_dict()
     state["up1.conv.0.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "bent.pth")
-    with pytest.raises(WeightsError, match=r"bent\.pth: 1 tensors have the wrong shape, e\.g\. 'up1\.conv\.0\.weight'"):
+    with pytest.raises(
+        WeightsError,
+        match=r"bent\.pth: does not fit generator 'seed_unet' with features=8 \(size mismatch for up1\.conv\.0\.weight",
+    ) as bent:
         load_generator(tmp_path / "bent.pth")
+    assert "\n" not in str(bent.value)
+    del state["up1.conv.0.weight"]
+    torch.save(state, tmp_path / "short.pth")
+    with pytest.raises(
+        WeightsError, match=r"short\.pth: does not fit .* \(Missing key\(s\) in state_dict: \"up1\.conv\.0\.weight\""
+    ):
+        load_generator(tmp_path / "short.pth")
     assert import_seed.main([str(junk), str(tmp_path / "out.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {junk}: ") and err.count("\n") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,11 @@ from pipeline import make_loader
 from pipeline.baseline_loader import SeedDataset
 from pipeline.dali_loader import DaliLoader
 from pipeline.lab import rgb_to_network
-from pipeline.lab_uint8 import uint8_planar_to_network
+from pipeline.lab_uint8 import lab_step, uint8_planar_to_network_fast
 from pipeline.loader_base import BadShardError
 from pipeline.shard_list import ShardsDirError, split_shards
 
-from _loader_helpers import all_keys, jpeg_bytes, write_test_shards
+from _loader_helpers import all_keys, jpeg_bytes, keys_of, sample_keys, write_test_shards
 
 CPU = torch.device("cpu")
 BACKENDS = ("dali", "torch", "baseline")
@@ -40,30 +41,21 @@ def cfg_for(root: Path, **kw) -> DataConfig:
     return DataConfig(**base)
 
 
-def keys_of(loader, batches=None) -> list[str]:
-    out = []
-    for i, batch in enumerate(loader):
-        if batches is not None and i == batches:
-            break
-        out += [k.split("/")[1] for k in batch[2]]
-    return out
-
-
 # ------------------------------------------------------------------------------------------ Lab parity
 def test_uint8_lab_step_matches_reference_and_skimage(colour_photos):
     rgb = torch.from_numpy(np.stack([colour_photos[n][:256, :256] for n in ("astronaut", "coffee", "chelsea")]))
     planar = rgb.permute(0, 3, 1, 2).contiguous()
-    lightness, ab = uint8_planar_to_network(planar)
     ref_l, ref_ab = rgb_to_network(planar.double() / 255)
-    assert (lightness - ref_l).abs().max() < 1e-5 and (ab - ref_ab).abs().max() < 1e-5
+    eager_l, eager_ab = lab_step(compile=False)(planar)  # the reference, from uint8
+    assert (eager_l - ref_l).abs().max() < 1e-5 and (eager_ab - ref_ab).abs().max() < 1e-5
+    lightness, ab = uint8_planar_to_network_fast(planar)  # the kernel torch.compile fuses, run eagerly
+    assert (lightness - ref_l).abs().max() < 1e-4 and (ab - ref_ab).abs().max() < 1e-4
     sk = torch.from_numpy(rgb2lab(rgb[0].numpy())).permute(2, 0, 1)
     assert (lightness[0, 0].double() - (sk[0] / 50 - 1)).abs().max() < 1e-4
 
 
 @pytest.mark.slow
 def test_fast_lab_step_matches_reference_on_every_uint8_colour():
-    from pipeline.lab_uint8 import lab_step, uint8_planar_to_network_fast
-
     code = torch.arange(2**24, dtype=torch.int32)  # every (r, g, b), as a 1×3×4096×4096 image
     rgb = torch.stack([code >> 16, (code >> 8) & 255, code & 255]).to(torch.uint8).reshape(1, 3, 4096, 4096)
     ref_l, ref_ab = rgb_to_network(rgb.double() / 255)
@@ -77,7 +69,7 @@ def test_three_backends_produce_the_same_lab_from_the_same_pixels(tmp_path, colo
     """Same decoded, resized uint8 RGB (a 256×256 JPEG needs no resize) through each backend's Lab step."""
     out = tmp_path / "s"
     rgb = np.ascontiguousarray(colour_photos["astronaut"][100:356, 100:356])
-    write_test_shards(out, {"a": rgb}, train=(2,), val=(2,))
+    write_test_shards(out, {"a": rgb}, train=(2,), val=(2,), code=False)
     decoded = np.array(Image.open(io.BytesIO(jpeg_bytes(rgb))).convert("RGB"))  # what each decoder sees
     ref_l, ref_ab = rgb_to_network(torch.from_numpy(decoded).permute(2, 0, 1).double()[None] / 255)
     for backend in BACKENDS:
@@ -92,7 +84,7 @@ def test_three_backends_produce_the_same_lab_from_the_same_pixels(tmp_path, colo
     # The seed's per-image skimage float64 step vs ours on identical pixels, all pixels:
     seed_item = SeedDataset([], 256, False, "error")
     seed_lab = torch.from_numpy(rgb2lab(decoded)).permute(2, 0, 1).float()
-    ours_l, ours_ab = uint8_planar_to_network(torch.from_numpy(decoded).permute(2, 0, 1)[None].contiguous())
+    ours_l, ours_ab = uint8_planar_to_network_fast(torch.from_numpy(decoded).permute(2, 0, 1)[None].contiguous())
     assert (ours_l[0, 0] - (seed_lab[0] / 50 - 1)).abs().max() < 1e-3
     assert (ours_ab[0] - seed_lab[1:] / 128).abs().max() < 1e-3
     assert seed_item.transform is not None
@@ -124,7 +116,7 @@ def test_batch_size_must_divide_by_world_size(shards):
 def test_two_ranks_read_disjoint_samples_that_cover_the_split(shards, backend):
     root, manifest = shards
     cfg = cfg_for(root, backend=backend, batch_size=8, num_threads=1)
-    per_rank = [keys_of(make_loader(cfg, r, 2, CPU, split="train", endless=False, return_keys=True)) for r in (0, 1)]
+    per_rank = [keys_of(make_loader(cfg, r, 2, CPU, split="train", endless=False)) for r in (0, 1)]
     assert set(per_rank[0]).isdisjoint(per_rank[1])
     assert sorted(per_rank[0] + per_rank[1]) == sorted(all_keys(manifest, "train"))
 
@@ -136,7 +128,7 @@ def test_fewer_shards_than_ranks_still_feeds_every_rank(shards, backend):
     cfg = cfg_for(root, backend=backend, batch_size=6, num_threads=1)
     got = []
     for rank in range(3):
-        loader = make_loader(cfg, rank, 3, CPU, split="val", endless=False, return_keys=True)
+        loader = make_loader(cfg, rank, 3, CPU, split="val", endless=False)
         keys = keys_of(loader)
         assert len(keys) == loader.samples_per_epoch == 4
         got += keys
@@ -155,32 +147,29 @@ def test_one_pass_ends_keeps_the_partial_batch_and_repeats_identically(shards, b
         CPU,
         split="val",
         endless=False,
-        return_keys=True,
     )
     sizes = [b[0].shape[0] for b in loader]
     assert sizes == [8, 4]  # 12 samples: one full batch, then the partial one, nothing dropped
     first = [b[0] for b in loader]
     second = [b[0] for b in loader]
     assert len(first) == len(second) == 2
-    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=False))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_one_pass_dali_loader_is_reused_across_passes_without_rebuilding(shards, device, monkeypatch):
     """Evaluation keeps one loader: every iter() is a full, identical pass on the same pipeline."""
     root, manifest = shards
-    loader = DaliLoader(
-        cfg_for(root, num_threads=1), 0, 1, torch.device(device), split="val", endless=False, return_keys=True
-    )
+    loader = DaliLoader(cfg_for(root, num_threads=1), 0, 1, torch.device(device), split="val", endless=False)
     builds = []
     build = loader._build
     monkeypatch.setattr(loader, "_build", lambda: builds.append(1) or build())
-    passes = [[(k, L.cpu()) for L, _, keys in loader for k, L in zip(keys, L, strict=False)] for _ in range(3)]
+    passes = [[(L.cpu(), sample_keys(L, ab)) for L, ab in loader] for _ in range(3)]
     assert len(builds) == 1
-    assert [k.split("/")[1] for k, _ in passes[0]] == all_keys(manifest, "val")
+    assert [k for _, keys in passes[0] for k in keys] == all_keys(manifest, "val")
     for other in passes[1:]:
-        assert [k for k, _ in other] == [k for k, _ in passes[0]]
-        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(other, passes[0], strict=False))
+        assert len(other) == len(passes[0])
+        assert all(torch.equal(a, b) for (a, _), (b, _) in zip(other, passes[0], strict=True))
 
 
 @pytest.mark.slow
@@ -196,7 +185,6 @@ def test_a_pass_left_half_way_does_not_shift_the_next_one(shards, backend):
         CPU,
         split="val",
         endless=False,
-        return_keys=True,
     )
     whole = keys_of(loader)
     assert len(whole) == 12
@@ -209,11 +197,9 @@ def test_a_pass_left_half_way_does_not_shift_the_next_one(shards, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_endless_loader_runs_past_the_end_of_the_epoch_with_full_batches(shards, backend):
     root, _ = shards  # train: 48 samples = 6 batches per epoch
-    loader = make_loader(
-        cfg_for(root, backend=backend, num_threads=1), 0, 1, CPU, split="train", endless=True, return_keys=True
-    )
+    loader = make_loader(cfg_for(root, backend=backend, num_threads=1), 0, 1, CPU, split="train", endless=True)
     batches = 0
-    for lightness, ab, _keys in loader:
+    for lightness, ab in loader:
         assert lightness.shape == (8, 1, 256, 256) and ab.shape == (8, 2, 256, 256)
         assert -1.0 - 1e-6 <= lightness.min() and lightness.max() <= 1.0 + 1e-6
         batches += 1
@@ -230,17 +216,18 @@ def test_restored_loader_yields_exactly_the_next_batches(shards, backend, device
     """On CUDA: DALI's GPU pipeline checkpoint (reader, crop and flip RNGs), and the torch GPU-decode mode."""
     root, _ = shards
     cfg = cfg_for(root, backend=backend)
-    loader = make_loader(cfg, 0, 1, torch.device(device), seed=3, return_keys=True)
+    loader = make_loader(cfg, 0, 1, torch.device(device), seed=3)
     it = iter(loader)
     for _ in range(4):  # past the prefetch queue, and into the second epoch after 6 more
         next(it)
     state = loader.state_dict()
     expected = [next(it) for _ in range(4)]
-    restored = make_loader(cfg, 0, 1, torch.device(device), seed=3, return_keys=True)
+    restored = make_loader(cfg, 0, 1, torch.device(device), seed=3)
     restored.load_state_dict(state)
-    got = [b for b, _ in zip(restored, range(4), strict=False)]
-    for (el, eab, ek), (gl, gab, gk) in zip(expected, got, strict=False):
-        assert ek == gk
+    got = list(islice(restored, 4))
+    # Bit-equal textured crops: the same samples, crops and flips (the chroma names the samples too).
+    assert [sample_keys(*b) for b in got] == [sample_keys(*b) for b in expected]
+    for (el, eab), (gl, gab) in zip(expected, got, strict=True):
         assert torch.equal(el, gl) and torch.equal(eab, gab)
 
 
@@ -249,16 +236,12 @@ def test_dali_cpu_path_flips_some_images_and_leaves_the_rest(shards):
     # equal the deterministic view of its sample, or that view mirrored, and both must occur.
     root, _ = shards
     views = {}
-    for L, ab, keys in make_loader(
-        cfg_for(root, crop="resize", flip=False), 0, 1, CPU, split="train", endless=False, return_keys=True
-    ):
-        views.update({k: torch.cat([L[i], ab[i]]) for i, k in enumerate(keys)})
-    loader = make_loader(cfg_for(root, crop="resize", flip=True), 0, 1, CPU, return_keys=True)
+    for L, ab in make_loader(cfg_for(root, crop="resize", flip=False), 0, 1, CPU, split="train", endless=False):
+        views.update({k: torch.cat([L[i], ab[i]]) for i, k in enumerate(sample_keys(L, ab))})
+    loader = make_loader(cfg_for(root, crop="resize", flip=True), 0, 1, CPU)
     flipped = kept = 0
-    for batch_index, (L, ab, keys) in enumerate(loader):
-        if batch_index == 6:
-            break
-        for i, key in enumerate(keys):
+    for L, ab in islice(loader, 6):
+        for i, key in enumerate(sample_keys(L, ab)):
             image, view = torch.cat([L[i], ab[i]]), views[key]
             if torch.allclose(image, view, atol=1e-5):
                 kept += 1
@@ -266,25 +249,6 @@ def test_dali_cpu_path_flips_some_images_and_leaves_the_rest(shards):
                 assert torch.allclose(image, view.flip(-1), atol=1e-5), f"{key} is neither the view nor its mirror"
                 flipped += 1
     assert flipped > 0 and kept > 0
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread priorities are read from Linux's /proc")
-def test_dali_cpu_path_runs_decoder_threads_below_the_loader_thread(shards):
-    import os
-
-    from pipeline.dali_cpu_runner import DALI_THREAD_PREFIX, NICE_INCREMENT
-
-    torch_threads = torch.get_num_threads()
-    batches = iter(make_loader(cfg_for(shards[0]), 0, 1, CPU))
-    next(batches)  # the pipeline, and its threads, live while `batches` does
-    own = os.getpriority(os.PRIO_PROCESS, 0)
-    dali = {
-        int(t.name): os.getpriority(os.PRIO_PROCESS, int(t.name))
-        for t in Path("/proc/self/task").iterdir()
-        if (t / "comm").read_text().startswith(DALI_THREAD_PREFIX)
-    }
-    assert dali and set(dali.values()) == {min(19, own + NICE_INCREMENT)}
-    assert torch.get_num_threads() == torch_threads  # the one-thread scope of the resize and Lab is undone
 
 
 def test_dali_pipeline_runs_on_the_loaders_cuda_index(shards, monkeypatch):
@@ -306,35 +270,24 @@ def test_training_loader_on_gpu_crops_and_flips(shards, backend):
     between epochs; with the squash resize every training image is its evaluation view or its mirror."""
     root, _ = shards
     device = torch.device("cuda", 0)
-    loader = make_loader(cfg_for(root, backend=backend), 0, 1, device, seed=1, return_keys=True)
+    loader = make_loader(cfg_for(root, backend=backend), 0, 1, device, seed=1)
     seen: dict[str, list[torch.Tensor]] = {}
-    for i, (L, ab, keys) in enumerate(loader):
+    for L, ab in islice(loader, 13):  # two epochs of 6 batches, and one more
         assert L.device == ab.device == device and L.shape == (8, 1, 256, 256) and ab.shape == (8, 2, 256, 256)
         assert L.dtype == ab.dtype == torch.float32 and -1 - 1e-5 <= L.min() and L.max() <= 1 + 1e-5
-        for k, image in zip(keys, L, strict=False):
+        for k, image in zip(sample_keys(L, ab), L, strict=True):
             seen.setdefault(k, []).append(image)
-        if i == 12:  # two epochs of 6 batches, and one more
-            break
     twice = [v for v in seen.values() if len(v) >= 2]
     assert twice and any(not torch.allclose(a, b, atol=1e-3) for a, b, *_ in twice)
 
     views = {}
-    for L, ab, keys in make_loader(
-        cfg_for(root, backend=backend, crop="resize", flip=False),
-        0,
-        1,
-        device,
-        split="train",
-        endless=False,
-        return_keys=True,
-    ):
-        views.update({k: torch.cat([L[i], ab[i]]) for i, k in enumerate(keys)})
+    eval_view = cfg_for(root, backend=backend, crop="resize", flip=False)
+    for L, ab in make_loader(eval_view, 0, 1, device, split="train", endless=False):
+        views.update({k: torch.cat([L[i], ab[i]]) for i, k in enumerate(sample_keys(L, ab))})
     flipped = kept = 0
-    train = make_loader(cfg_for(root, backend=backend, crop="resize", flip=True), 0, 1, device, return_keys=True)
-    for batch_index, (L, ab, keys) in enumerate(train):
-        if batch_index == 6:
-            break
-        for i, key in enumerate(keys):
+    train = make_loader(cfg_for(root, backend=backend, crop="resize", flip=True), 0, 1, device)
+    for L, ab in islice(train, 6):
+        for i, key in enumerate(sample_keys(L, ab)):
             image, view = torch.cat([L[i], ab[i]]), views[key]
             if torch.allclose(image, view, atol=1e-4):
                 kept += 1
@@ -366,24 +319,12 @@ def test_torch_gpu_decode_matches_the_cpu_worker_mode(shards, endless):
     root, _ = shards
     device = torch.device("cuda", 0)
     split = "train" if endless else "val"
-    gpu = make_loader(
-        cfg_for(root, backend="torch"), 0, 1, device, split=split, endless=endless, seed=2, return_keys=True
-    )
-    cpu = make_loader(
-        cfg_for(root, backend="torch", decode_device="cpu"),
-        0,
-        1,
-        device,
-        split=split,
-        endless=endless,
-        seed=2,
-        return_keys=True,
-    )
+    gpu = make_loader(cfg_for(root, backend="torch"), 0, 1, device, split=split, endless=endless, seed=2)
+    cpu_cfg = cfg_for(root, backend="torch", decode_device="cpu")
+    cpu = make_loader(cpu_cfg, 0, 1, device, split=split, endless=endless, seed=2)
     assert gpu.decode_on == device and cpu.decode_on is None
-    for (gl, gab, gk), (cl, cab, ck) in zip(
-        [b for b, _ in zip(gpu, range(3), strict=False)], [b for b, _ in zip(cpu, range(3), strict=False)], strict=False
-    ):
-        assert gk == ck and gl.device == device and cl.device == device
+    for (gl, gab), (cl, cab) in zip(islice(gpu, 3), islice(cpu, 3), strict=True):
+        assert sample_keys(gl, gab) == sample_keys(cl, cab) and gl.device == device and cl.device == device
         assert (gl - cl).abs().mean() < 4e-3 and (gab - cab).abs().mean() < 4e-3
 
 
@@ -394,7 +335,7 @@ def test_torch_gpu_decode_names_or_skips_bad_samples(bad_shards):
     with pytest.raises(BadShardError, match=r"train-00000[01]\.tar.*img-000(05|20)"):
         list(make_loader(cfg_for(root, backend="torch", num_threads=1), 0, 1, device, split="train", endless=False))
     cfg = cfg_for(root, backend="torch", on_bad_sample="skip", num_threads=1)
-    loader = make_loader(cfg, 0, 1, device, split="train", endless=False, return_keys=True)
+    loader = make_loader(cfg, 0, 1, device, split="train", endless=False)
     keys = keys_of(loader)
     # nvJPEG may decode the truncated JPEG's first half (libjpeg refuses it): it is then kept.
     assert loader.skipped in (1, 2) and set(keys) >= set(all_keys(manifest, "train")) - bad
@@ -440,7 +381,7 @@ def test_torch_views_equal_the_torchvision_transforms_they_replace(colour_photos
         assert flips == ({False, True} if train else {False})
 
 
-def test_jpeg_size_reads_the_frame_header(colour_photos):
+def test_jpeg_size_reads_the_header_and_refuses_what_is_no_jpeg(colour_photos):
     from pipeline.torch_loader import jpeg_size
 
     rgb = np.ascontiguousarray(colour_photos["coffee"][:301, :457])
@@ -448,7 +389,9 @@ def test_jpeg_size_reads_the_frame_header(colour_photos):
         buf = io.BytesIO()
         Image.fromarray(rgb).convert(mode).save(buf, format="JPEG", quality=90, **kwargs)
         assert jpeg_size(buf.getvalue()) == (301, 457), (mode, kwargs)
-    for bad in (b"not a jpeg at all", b"\xff\xd8\xff\xe0\x00\x10JFIF", b""):
+    png = io.BytesIO()
+    Image.fromarray(rgb).save(png, format="PNG")
+    for bad in (b"not a jpeg at all", b"\xff\xd8\xff\xe0\x00\x10JFIF", b"", png.getvalue()):
         with pytest.raises(ValueError):
             jpeg_size(bad)
 
@@ -467,15 +410,10 @@ def test_torch_gpu_mode_flow_equals_cpu_mode_on_cpu(shards, endless, crop):
     root, _ = shards
     cfg = cfg_for(root, backend="torch", crop=crop, num_threads=2)
     split = "train" if endless else "val"
-    cpu_mode = make_loader(cfg, 0, 1, CPU, split=split, endless=endless, seed=5, return_keys=True)
-    flow = _gpu_mode_on(make_loader(cfg, 0, 1, CPU, split=split, endless=endless, seed=5, return_keys=True), CPU)
+    cpu_mode = make_loader(cfg, 0, 1, CPU, split=split, endless=endless, seed=5)
+    flow = _gpu_mode_on(make_loader(cfg, 0, 1, CPU, split=split, endless=endless, seed=5), CPU)
     assert cpu_mode.decode_on is None
-    for (el, eab, ek), (gl, gab, gk) in zip(
-        [b for b, _ in zip(cpu_mode, range(3), strict=False)],
-        [b for b, _ in zip(flow, range(3), strict=False)],
-        strict=False,
-    ):
-        assert ek == gk
+    for (el, eab), (gl, gab) in zip(islice(cpu_mode, 3), islice(flow, 3), strict=True):
         assert torch.equal(el, gl) and torch.equal(eab, gab)
 
 
@@ -483,18 +421,16 @@ def test_torch_gpu_mode_flow_equals_cpu_mode_on_cpu(shards, endless, crop):
 def test_torch_gpu_mode_flow_resumes_exactly(shards):
     root, _ = shards
     cfg = cfg_for(root, backend="torch")
-    loader = _gpu_mode_on(make_loader(cfg, 0, 1, CPU, seed=3, return_keys=True), CPU)
+    loader = _gpu_mode_on(make_loader(cfg, 0, 1, CPU, seed=3), CPU)
     it = iter(loader)
     for _ in range(4):
         next(it)
     state = loader.state_dict()
     expected = [next(it) for _ in range(3)]
-    restored = _gpu_mode_on(make_loader(cfg, 0, 1, CPU, seed=3, return_keys=True), CPU)
+    restored = _gpu_mode_on(make_loader(cfg, 0, 1, CPU, seed=3), CPU)
     restored.load_state_dict(state)
-    for (el, eab, ek), (gl, gab, gk) in zip(
-        expected, [b for b, _ in zip(restored, range(3), strict=False)], strict=False
-    ):
-        assert ek == gk and torch.equal(el, gl) and torch.equal(eab, gab)
+    for (el, eab), (gl, gab) in zip(expected, islice(restored, 3), strict=True):
+        assert torch.equal(el, gl) and torch.equal(eab, gab)
 
 
 def test_decode_device_cpu_keeps_the_worker_mode_on_cuda(shards):
@@ -541,7 +477,7 @@ def test_torch_gpu_mode_flow_names_or_skips_bad_samples(bad_shards):
     with pytest.raises(BadShardError, match=r"train-000000\.tar.*img-00005"):
         list(loader)
     cfg = cfg_for(root, backend="torch", on_bad_sample="skip", num_threads=1)
-    loader = _gpu_mode_on(make_loader(cfg, 0, 1, CPU, split="train", endless=False, return_keys=True), CPU)
+    loader = _gpu_mode_on(make_loader(cfg, 0, 1, CPU, split="train", endless=False), CPU)
     keys = keys_of(loader)
     assert loader.skipped == 2 and sorted(keys) == sorted(set(all_keys(manifest, "train")) - bad)
 
@@ -550,7 +486,7 @@ def test_torch_gpu_mode_flow_names_or_skips_bad_samples(bad_shards):
 def test_skip_mode_drops_and_counts_bad_samples(bad_shards, backend):
     root, manifest, bad = bad_shards
     cfg = cfg_for(root, backend=backend, on_bad_sample="skip", num_threads=1)
-    loader = make_loader(cfg, 0, 1, CPU, split="train", endless=False, return_keys=True)
+    loader = make_loader(cfg, 0, 1, CPU, split="train", endless=False)
     keys = keys_of(loader)
     assert loader.skipped == 2
     assert set(keys) >= set(all_keys(manifest, "train")) - bad
@@ -670,7 +606,6 @@ def test_gpu_pipeline_graph_is_valid_without_a_gpu(shards, train, crop):
         num_shards=1,
         shuffle_buffer=16,
         gpu=True,
-        with_keys=False,
         batch_size=4,
         num_threads=1,
         device_id=None,
@@ -810,7 +745,7 @@ def test_dali_cpu_passes_stay_on_each_ranks_share_when_shares_differ(shards):
     cfg = cfg_for(root, batch_size=10, num_threads=1)  # 2 per rank
     seen = []
     for rank in range(5):
-        loader = make_loader(cfg, rank, 5, CPU, split="val", endless=False, return_keys=True)
+        loader = make_loader(cfg, rank, 5, CPU, split="val", endless=False)
         passes = [keys_of(loader) for _ in range(3)]
         assert passes[0] == passes[1] == passes[2] and len(passes[0]) == len(set(passes[0])) in (2, 3)
         seen += passes[0]

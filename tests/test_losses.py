@@ -122,7 +122,7 @@ def test_feature_loss_sums_the_weighted_slices(photo_batch):
     with torch.no_grad():
         real_features = only_pool4.features(only_pool4.vgg_input(lightness, ab))
         fake_features = only_pool4.features(only_pool4.vgg_input(lightness, fake))
-    per_slice = [(f - r).abs().mean().item() for f, r in zip(fake_features, real_features, strict=False)]
+    per_slice = [(f - r).abs().mean().item() for f, r in zip(fake_features, real_features, strict=True)]
     assert only_pool4(lightness, fake, ab).item() == pytest.approx(per_slice[1], rel=1e-5)
     assert both(lightness, fake, ab).item() == pytest.approx(3 * per_slice[1] + 2 * per_slice[2], rel=1e-5)
     assert [f.shape[-1] for f in fake_features] == [8, 4, 2]  # pool3, pool4, pool5 of a 64² input

@@ -14,8 +14,18 @@ import pytest
 from safetensors import safe_open
 
 from launch.training.tracking import read_metrics
+from models.export import read_metadata
 
-from _train_helpers import REPO, TRAIN_SCRIPT, build_tiny_shards, run_train, subprocess_env, tiny_config, wandb_history
+from _train_helpers import (
+    REPO,
+    TRAIN_SCRIPT,
+    build_tiny_shards,
+    kill_after_checkpoint,
+    run_train,
+    subprocess_env,
+    tiny_config,
+    wandb_history,
+)
 
 # Whole training runs in subprocesses: tens of seconds each on 2 cores.
 pytestmark = pytest.mark.slow
@@ -34,14 +44,17 @@ def _losses(records: list[dict], steps: range) -> dict[int, dict[str, float]]:
 
 
 def test_exact_resume_after_sigkill_across_phase_switch(shards, tmp_path):
-    """2N steps straight vs killed after the checkpoint at N then resumed: identical losses N+1…2N,
-    with the NoGAN → GAN switch inside N+1…2N. Also checks the run directory's contents."""
+    """2N steps straight vs killed by the test once the checkpoint at N is on disk, then resumed:
+    identical losses N+1…2N, with the NoGAN → GAN switch inside N+1…2N. Also checks the run
+    directory's contents."""
     n = 3
     config = tiny_config(
         tmp_path / "tiny.yaml",
         shards,
         tmp_path / "runs",
-        schedule={"nogan_steps": 4, "gan_steps": 2},
+        # The next checkpoint after N comes two steps later (the phase switch at 5): the kill lands
+        # between the two, however late the test sees step N's folder.
+        schedule={"nogan_steps": 5, "gan_steps": 1},
         checkpoint={"every_steps": n, "keep_last": 2},
         logging={
             "every_steps": 1,
@@ -56,12 +69,11 @@ def test_exact_resume_after_sigkill_across_phase_switch(shards, tmp_path):
     straight = run_train(["--config", str(config), "run.name=straight"])
     assert straight.returncode == 0, straight.stderr[-2000:]
 
-    killed = run_train(
-        ["--config", str(config), "run.name=cut"], env=subprocess_env(COLORIZE_DEBUG_KILL_AFTER_CHECKPOINT=str(n))
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     cut = tmp_path / "runs" / "cut"
-    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == [f"step_{n}"]
+    killed = kill_after_checkpoint(["--config", str(config), "run.name=cut"], cut / "checkpoints" / f"step_{n}")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    # A save the kill cut short is left under its temporary name, never as a checkpoint.
+    assert [p.name for p in (cut / "checkpoints").iterdir() if not p.name.endswith(".tmp")] == [f"step_{n}"]
 
     resumed = run_train(["--config", str(config), "run.name=cut", "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -70,7 +82,7 @@ def test_exact_resume_after_sigkill_across_phase_switch(shards, tmp_path):
     straight_records = read_metrics(tmp_path / "runs" / "straight" / "metrics.jsonl")
     cut_records = read_metrics(cut / "metrics.jsonl")
     assert [r["step"] for r in cut_records] == [r["step"] for r in straight_records] == list(range(1, 7))
-    assert [r["phase"] for r in cut_records] == ["nogan"] * 4 + ["gan"] * 2
+    assert [r["phase"] for r in cut_records] == ["nogan"] * 5 + ["gan"]
     expected, got = _losses(straight_records, range(n + 1, 2 * n + 1)), _losses(cut_records, range(n + 1, 2 * n + 1))
     assert set(got[6]) == set(LOSS_KEYS)  # GAN steps report every term
     for step in expected:
@@ -80,16 +92,17 @@ def test_exact_resume_after_sigkill_across_phase_switch(shards, tmp_path):
 
     # Run directory: config, samples, checkpoints (keep_last 2, no partial ones), exported generator.
     run_dir = tmp_path / "runs" / "straight"
-    assert "nogan_steps: 4" in (run_dir / "config.yaml").read_text()
+    assert "nogan_steps: 5" in (run_dir / "config.yaml").read_text()
     assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["step_3.png", "step_6.png"]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_4", "step_6"]  # 3 pruned
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_5", "step_6"]  # 3 pruned
     assert {"loader_rank0.pt", "custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer_2.bin"} <= {
         p.name for p in (run_dir / "checkpoints" / "step_6").iterdir()
     }
-    sidecar = json.loads((run_dir / "generator.json").read_text())
-    assert sidecar["step"] == 6 and sidecar["phase"] == "gan" and sidecar["model"]["features"] == 8
+    meta = read_metadata(run_dir / "generator.safetensors")
+    assert meta["step"] == 6 and meta["phase"] == "gan" and meta["model"]["features"] == 8
     with safe_open(str(run_dir / "generator.safetensors"), framework="pt") as f:
         assert "initial_down.0.weight" in f.keys()
+    assert not (run_dir / "generator.json").exists()  # the metadata lives in the header only
 
     # W&B offline: a run file under the run dir holding the expected metric keys, one row per step.
     (run_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
@@ -147,7 +160,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(shards, tmp_path):
     step = read_metrics(metrics)[-1]["step"]
     assert f"step {step}: stopped by SIGTERM; checkpoint saved" in stderr
     assert (tmp_path / "runs" / "tiny" / "checkpoints" / f"step_{step}" / "loader_rank0.pt").is_file()
-    assert json.loads((tmp_path / "runs" / "tiny" / "generator.json").read_text())["step"] == step
+    assert read_metadata(tmp_path / "runs" / "tiny" / "generator.safetensors")["step"] == step
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(shards, tmp_path, monkeypatch, capsys):
@@ -175,7 +188,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(shards, tmp_path, monke
     err = capsys.readouterr().err
     assert "error: non-finite loss at step 3: train/l1 = nan" in err
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny" / "checkpoints").iterdir()) == ["step_2"]
-    assert json.loads((tmp_path / "runs" / "tiny" / "generator.json").read_text())["step"] == 2
+    assert read_metadata(tmp_path / "runs" / "tiny" / "generator.safetensors")["step"] == 2
 
 
 def test_config_mistakes_are_one_line_errors(shards, tmp_path, capsys):

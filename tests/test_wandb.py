@@ -13,7 +13,15 @@ import yaml
 
 from launch.training import metric_keys
 
-from _train_helpers import REPO, build_tiny_shards, run_train, subprocess_env, tiny_config, wandb_history, wandb_records
+from _train_helpers import (
+    REPO,
+    build_tiny_shards,
+    kill_after_checkpoint,
+    run_train,
+    tiny_config,
+    wandb_history,
+    wandb_records,
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +59,9 @@ def test_killed_run_fragments_share_one_id_and_sync_replays_each_step_once(shard
         },
     )
     run_dir = tmp_path / "runs" / "tiny"
-    killed = run_train(["--config", str(config)], env=subprocess_env(COLORIZE_DEBUG_KILL_AFTER_CHECKPOINT="4"))
+    killed = kill_after_checkpoint(["--config", str(config)], run_dir / "checkpoints" / "step_4")
     assert killed.returncode == -9, killed.stderr[-2000:]
-    shutil.rmtree(run_dir / "checkpoints" / "step_4")  # the kill came before step 4's checkpoint was complete
+    shutil.rmtree(run_dir / "checkpoints" / "step_4")  # as if the kill came before step 4's checkpoint was complete
     resumed = run_train(["--config", str(config), "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"colorize-wandb sync {run_dir}" in resumed.stderr

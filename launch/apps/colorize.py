@@ -168,7 +168,7 @@ def _run(args: argparse.Namespace) -> int:
                     failed_jobs += 1
                     bar.update(1)
             results = colorizer.colorize([rgb for _, rgb in ready], args.batch_size, with_grey=args.side_by_side)
-            for (job, _), result in zip(ready, results, strict=False):
+            for (job, _), result in zip(ready, results, strict=True):
                 try:
                     write_image(job.output, result.rgb)
                     if args.side_by_side:

@@ -3,7 +3,7 @@
 The seed project saved its generator as a pickled PyTorch state_dict (`G_1_2000000_gan.pth`). This
 reads it with `torch.load(weights_only=True)` (no code from the file runs), checks every key and shape
 against our generator (width inferred from `initial_down.0.weight`), and writes our export format
-(`OUT.safetensors` + `OUT.json` sidecar) so later tools load it without pickle.
+(`OUT.safetensors`, its metadata in the header) so later tools load it without pickle.
 """
 
 from __future__ import annotations
@@ -32,9 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     model = meta["model"]
     save_generator(out, generator, model, extra={"imported_from": Path(args.checkpoint).name})
     params = sum(p.numel() for p in generator.parameters())
-    print(
-        f"wrote {out} (+ {out.with_suffix('.json').name}): {model['generator']}, features={model['features']}, {params:,} parameters"
-    )
+    print(f"wrote {out}: {model['generator']}, features={model['features']}, {params:,} parameters")
     return 0
 
 

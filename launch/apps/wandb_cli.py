@@ -85,9 +85,11 @@ def model_file(run_dir: Path, entry: dict, last_step: int) -> Path | None:
 
 
 def _sidecar_step(weights: Path) -> int | None:
+    from models.export import read_metadata
+
     try:
-        return json.loads(weights.with_suffix(".json").read_text()).get("step")
-    except (OSError, ValueError):
+        return read_metadata(weights).get("step")
+    except Exception:  # noqa: BLE001 - an unreadable file is simply not the one looked for
         return None
 
 

@@ -112,7 +112,7 @@ def evaluate_batches(
     if images == 0:
         raise EvalError("no images to evaluate (the split is empty)")
     result: dict[str, dict[str, float]] = {}
-    for (metric, who), total in zip(columns, totals, strict=False):
+    for (metric, who), total in zip(columns, totals, strict=True):
         result.setdefault(metric, {})[who] = total / images
     if inception is not None:
         from launch.eval.fid import frechet_distance
@@ -141,7 +141,7 @@ def format_table(result: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [
         "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=False))
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         )
         for row in rows
     ]

@@ -71,6 +71,9 @@ class InceptionFeatures(nn.Module):
         return self.model(x * 2 - 1).double().cpu()
 
 
+# Not torchmetrics' FrechetInceptionDistance: its Inception weights are a download, a custom extractor
+# would run once more over the truth for each of model and grey, and for fewer images than feature
+# dimensions the exact singular-value form below is faster and free of its eigvals round-off.
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
     """FID between two N×D feature sets (N ≥ 2 each)."""
     a = features_a.double().numpy()

@@ -149,7 +149,7 @@ def download_wheels(wheel_dir: Path, specs: Iterable[str] = WHEELS) -> list[Path
         print(f"downloading {len(missing)} wheel(s) for CPython 3.12 manylinux x86-64 …", flush=True)
         subprocess.run(command, check=True)
     wheels = [find_wheel(wheel_dir, spec) for spec in specs]
-    absent = [spec for spec, wheel in zip(specs, wheels, strict=False) if wheel is None]
+    absent = [spec for spec, wheel in zip(specs, wheels, strict=True) if wheel is None]
     if absent:
         raise KitError(f"pip saved no wheel for {', '.join(absent)} in {wheel_dir}")
     return [wheel for wheel in wheels if wheel is not None]

@@ -6,6 +6,10 @@ that rank's data-loader position. Everything is written into `step_<n>.tmp/`; af
 done, rank 0 renames it to `step_<n>/`, so a killed run never leaves a half checkpoint under a final
 name, and `--resume` ignores `*.tmp` folders. The directory must be visible to every rank (one node,
 or a shared file system across nodes).
+
+Not accelerate's `ProjectConfiguration(automatic_checkpoint_naming, total_limit)`: it writes straight
+into the final `checkpoint_<i>` folder and prunes before saving, so a kill mid-save leaves a partial
+checkpoint that a resume would load.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Files this module keeps in the run directory:
 | --- | --- |
 | `wandb-run-id` | the W&B run id, created once (a fresh start without `--resume` makes a new one) |
 | `models.jsonl` | one line per exported generator logged as a `model` artifact: step, phase, aliases, eval figures |
-| `models/<alias>.safetensors` (+ `.json`) | copies of the `nogan-final` and `best` exports (the latest is `generator.safetensors`) |
+| `models/<alias>.safetensors` | copies of the `nogan-final` and `best` exports (the latest is `generator.safetensors`) |
 | `tables/step_<n>.png` + `.json` | each sample table: the grey \\| prediction \\| truth grid and per-image ab-L1 / PSNR |
 """
 
@@ -205,7 +205,6 @@ class ModelLedger:
                 kept = self.run_dir / "models" / f"{alias}.safetensors"
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(weights, kept)
-                shutil.copyfile(weights.with_suffix(".json"), kept.with_suffix(".json"))
         with self.path.open("a") as handle:
             handle.write(json.dumps(entry) + "\n")
         self.entries.append(entry)
@@ -369,7 +368,7 @@ class WandbRun:
     def log_model(
         self, weights: Path, step: int, phase: str, aliases: list[str], eval_values: dict[str, float]
     ) -> None:
-        """The exported generator (safetensors + JSON sidecar) as a `model` artifact version."""
+        """The exported generator (safetensors, its metadata in the header) as a `model` artifact version."""
         import wandb
 
         weights = Path(weights)
@@ -381,7 +380,6 @@ class WandbRun:
             description="colorization generator (load with `colorize --weights`)",
         )
         artifact.add_file(str(weights), name="generator.safetensors")
-        artifact.add_file(str(weights.with_suffix(".json")), name="generator.json")
         self.run.log_artifact(artifact, aliases=aliases)
 
     # Alerts ---------------------------------------------------------------------------------------
