@@ -68,8 +68,8 @@ def _results(
         except WorkerDied as died:
             if died.index is None:
                 raise BuildError(
-                    "a decode worker died between images (killed, or out of memory); run the same command "
-                    "again to resume"
+                    "a decode worker ended unexpectedly (terminated, or it died between images); run the same "
+                    "command again to resume"
                 ) from None
             shard, image = images[died.index]
             deaths[shard][image.path] = deaths[shard].get(image.path, 0) + 1
@@ -77,7 +77,7 @@ def _results(
             if deaths[shard][image.path] < 2:
                 name = display_path(source.archive_path(image.path))
                 raise BuildError(
-                    f"a decode worker died while decoding {name!r} (killed, or out of memory: see `dmesg`); "
+                    f"a decode worker died while decoding {name!r} (killed, or out of memory: see dmesg); "
                     "run the same command again to resume (an image that kills a worker twice is skipped)"
                 ) from None
             known[died.index] = Inspection(SKIPPED, reason=KILLED_TWICE)  # and go on with a fresh pool

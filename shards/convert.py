@@ -50,8 +50,8 @@ THUMBNAIL_FACTOR = 8
 _OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-f]+>")
 # Pixels per strip of the 8-bit conversion: bounds flatten_rgb's float32 copies to tens of MB.
 _STRIP_PIXELS = 1 << 20
-# Modes PIL's `reduce` cannot average as colours (palette indices, 1-bit).
-_REDUCE_NEEDS_CONVERT = {"P": "RGB", "PA": "RGBA", "1": "L"}
+# Modes whose pixel values are palette indices, which PIL's `reduce` would average as numbers.
+_INDEXED_MODES = frozenset({"P", "PA"})
 
 
 @dataclass(frozen=True)
@@ -131,10 +131,12 @@ def inspect_bytes(
 
     image.load()
     ImageOps.exif_transpose(image, in_place=True)  # no copy when already upright
+    if image.mode in _INDEXED_MODES:  # palette indices cannot be averaged: convert (in strips) first
+        image = to_rgb8(image)
     colourless = greyscale_file or is_colourless(np.asarray(thumbnail(image)))
     if colourless and not keep_colourless:
         return Inspection(COLOURLESS, colourless=True)
-    rgb = to_rgb8(image)
+    rgb = to_rgb8(image)  # the same image when it is RGB already
     del image  # the decoded original: only its 8-bit RGB copy is needed from here
     if needs_resize:
         assert short_side is not None  # needs_resize implies it
@@ -182,10 +184,8 @@ def to_rgb8(image: Image.Image) -> Image.Image:
 
 def thumbnail(image: Image.Image) -> Image.Image:
     """The ~1/8-scale 8-bit RGB image the colourless check looks at (never smaller than a few pixels a
-    side), reduced from the decoded image before any conversion of it."""
+    side), reduced from the decoded image (any mode but palette) before any conversion of it."""
     factor = max(1, min(THUMBNAIL_FACTOR, min(image.size) // 4))
-    if image.mode in _REDUCE_NEEDS_CONVERT:
-        image = image.convert(_REDUCE_NEEDS_CONVERT[image.mode] if "transparency" not in image.info else "RGBA")
     small = image.reduce(factor) if factor > 1 else image
     return small if small.mode == "RGB" else Image.fromarray(flatten_rgb(small, uint8=True), "RGB")
 

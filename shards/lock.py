@@ -132,8 +132,11 @@ class OutputLock:
         return error
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise BuildError(f"cannot create the lock file {self.path}: {error.strerror or error}") from None
         for _ in range(_OWN_LOCK_TRIES):
             locked = _try_flock(self._fd, fcntl.LOCK_EX)
             if locked is not False:

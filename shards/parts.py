@@ -13,7 +13,9 @@ finish merges by itself; `colorize-shards merge OUT` does it by hand.
 
 from __future__ import annotations
 
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline.shard_list import MANIFEST_FILE
@@ -169,18 +171,25 @@ def merge_parts(out) -> dict:
         )
 
     records: dict[str, dict] = {}
+    owner: dict[str, int] = {}
     for k, (path, part) in parts.items():
         wanted = part["plan"][k - 1 :: n]
         if [record["name"] for record in part["records"]] != wanted:
             raise BuildError(f"{out / PARTS_DIR / path.name}: does not list the shards of part {k} of {n}; rerun it")
-        needs_cls = part["classes"] is not None
         for record in part["records"]:
-            if record["samples"] and (problems := verify_shard(out, record, needs_cls)):
-                raise BuildError(
-                    f"{out / record['name']}: shard of part {k} of {n} changed since that part finished "
-                    f"({problems[0]}); rerun `colorize-shards build SRC {out} --part {k}/{n}`"
-                )
-            records[record["name"]] = record
+            records[record["name"]], owner[record["name"]] = record, k
+    needs_cls = parts[1][1]["classes"] is not None
+    written = [record for record in records.values() if record["samples"]]
+    # Hashing releases the GIL: threads read and hash several shards at once.
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        checked = list(pool.map(lambda record: verify_shard(out, record, needs_cls), written))
+    for record, problems in zip(written, checked, strict=True):
+        if problems:
+            k = owner[record["name"]]
+            raise BuildError(
+                f"{out / record['name']}: shard of part {k} of {n} changed since that part finished "
+                f"({problems[0]}); rerun `colorize-shards build SRC {out} --part {k}/{n}`"
+            )
     part = parts[1][1]
     manifest = assemble_manifest(
         part["source"],
