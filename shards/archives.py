@@ -331,8 +331,16 @@ def _add_member(
     elif present < info.size:  # cut off: what follows in the file belongs to something else
         listing.problems.append({"path": name, "reason": f"truncated: {present} of {info.size} bytes in the archive"})
     else:
-        listing.members[full] = Member(name, start + info.offset_data, info.size)
-        listing.stats[full] = (info.size, int(info.mtime))
+        _add_regular(listing, full, Member(name, start + info.offset_data, info.size), (info.size, int(info.mtime)))
+
+
+def _add_regular(listing: ArchiveListing, path: str, member: Member, stats: tuple[int, int]) -> None:
+    """Record a regular file; an earlier member of the same path is replaced, as extraction would."""
+    if path in listing.members:
+        earlier = listing.members[path].name
+        listing.problems.append({"path": earlier, "reason": "replaced by a later member of the same path"})
+    listing.members[path] = member
+    listing.stats[path] = stats
 
 
 def _folders(paths) -> set[str]:
@@ -458,9 +466,9 @@ def list_zip(path: Path) -> ArchiveListing:
         if info.flag_bits & 0x1:
             listing.problems.append({"path": original, "reason": "encrypted zip member"})
             continue
-        listing.members[name] = Member(
+        member = Member(
             original, info.header_offset, info.compress_size, True, info.compress_type, info.file_size, info.CRC
         )
-        listing.stats[name] = (info.file_size, _zip_mtime(info))
+        _add_regular(listing, name, member, (info.file_size, _zip_mtime(info)))
     _resolve_links(listing)
     return listing

@@ -42,10 +42,11 @@ def read_json(path: Path):
         return None
 
 
-def json_bytes(payload) -> bytes:
-    """Indented, key-sorted UTF-8 JSON with a final newline (stable bytes for equal payloads); lone
-    surrogates (names that are not UTF-8) become `\\udcXX` escapes."""
-    text = json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+def json_bytes(payload, compact: bool = False) -> bytes:
+    """Indented (or, `compact`, one-line), key-sorted UTF-8 JSON with a final newline (stable bytes for
+    equal payloads); lone surrogates (names that are not UTF-8) become `\\udcXX` escapes."""
+    layout: dict = {"separators": (",", ":")} if compact else {"indent": 2}
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, **layout) + "\n"
     return text.encode("utf-8", "backslashreplace")
 
 
@@ -61,7 +62,7 @@ def read_plan_record(out: Path) -> dict | None:
 def write_plan_record(out: Path, record: dict, files: list[list]) -> None:
     """Record the plan that owns OUT and its source files (files first: the plan names them)."""
     progress_dir(out).mkdir(exist_ok=True)
-    write_bytes_atomic(progress_dir(out) / SOURCE_FILES, gzip.compress(json_bytes(files), 1, mtime=0))
+    write_bytes_atomic(progress_dir(out) / SOURCE_FILES, gzip.compress(json_bytes(files, compact=True), 1, mtime=0))
     write_record(progress_dir(out) / PLAN_FILE, record)
 
 
