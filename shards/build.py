@@ -1,77 +1,86 @@
 """`build_shards`: source (folder, tar or zip) → shuffled WebDataset shards + DALI indexes + manifest, resumably.
 
-Steps: scan the source → plan every shard (a pure function of listing + options) → claim OUT →
-skip shards already finished by an earlier run → inspect the images of the remaining shards in a
-process pool (ordered `imap`, so results arrive in plan order whatever the worker count) and write
-each shard as its images come back → write the manifest last, atomically. Workers read their images
+Steps: scan the source → plan every shard (a pure function of listing + options) → lock and claim
+OUT (one writer per OUT, or per part: `shards.lock`) → skip shards already finished by an earlier run
+(verified against their records: `shards.verify`) → inspect the images of the remaining shards in a
+process pool (`shards.pool`: results in plan order whatever the worker count) and write each shard
+as its images come back → write the manifest last, atomically. Workers read their images
 themselves, by path from a folder or by offset from an archive (`shards.sources`). With `part=(K, N)`
 only every N-th shard of the plan is built and a part manifest is written instead (`shards.parts`).
+
+A decode worker that dies (kill -9, the out-of-memory killer, a crash in a decoder) stops the build
+with one line naming the image it was decoding; that image is noted in `.progress/`, and when it
+kills a worker again on a later run it is listed under `skipped` ("killed its decode worker twice")
+and the build goes on with a fresh pool. A rerun resumes as after any other stop.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import multiprocessing
-import signal
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 from tqdm import tqdm
 
-from configs.atomic import write_json_atomic
 from pipeline.shard_list import MANIFEST_FILE
-from shards.convert import COLOURLESS, KEPT, SKIPPED, Inspection, inspect_read
+from shards.convert import COLOURLESS, KEPT, SKIPPED, Inspection
+from shards.errors import BuildError
+from shards.keys import display_path
+from shards.lock import OutputLock, role_of
 from shards.manifest import assemble_manifest
 from shards.options import BuildOptions
-from shards.output_dir import claim_output
-from shards.parts import finish_part, part_shards
-from shards.plan import ShardPlan, plan_digest, plan_shards
-from shards.progress import finished_shard_record, write_shard_record
+from shards.output_dir import claim_output, prepare_output
+from shards.parts import finish_part, mixed_splits, part_shards
+from shards.plan import ShardPlan, plan_digest, plan_shards, source_files
+from shards.pool import Settings, WorkerDied, inspections
+from shards.progress import deaths_path, read_deaths, write_record, write_shard_record
 from shards.scan import scan_source
 from shards.sources import Source
 from shards.tar_writer import ShardWriter
+from shards.verify import finished_shard_record
 
 __all__ = ["BuildOptions", "build_shards"]
 
-# Per-process state of pool workers, set once by `_init_worker` instead of pickled with every task:
-# the source's reader, short_side, quality, keep_colourless.
-_worker_settings: tuple | None = None
+KILLED_TWICE = "killed its decode worker twice (out of memory, or a crash in the decoder): not decoded again"
 
 
-def _init_worker(reader, short_side: int | None, quality: int, keep_colourless: bool) -> None:
-    global _worker_settings
-    _worker_settings = (reader, short_side, quality, keep_colourless)
-
-
-def _init_pool_worker(*settings) -> None:
-    # Ctrl-C is the parent's to handle (it stops the pool); workers would only add tracebacks.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _init_worker(*settings)
-
-
-def _inspect_in_worker(locator) -> Inspection:
-    assert _worker_settings is not None, "_init_worker runs first (pool initializer)"
-    reader, short_side, quality, keep_colourless = _worker_settings
-    result = inspect_read(functools.partial(reader.read, locator), short_side, quality, keep_colourless)
-    if result.status == KEPT and not result.converted and reader.cheap_reread:
-        # The parent re-reads kept source bytes itself (from the page cache): cheaper than shipping
-        # ~100 KB per image through the pool's pipe, which costs a pickle and two copies each way.
-        return dataclasses.replace(result, jpeg=None)
-    return result
-
-
-def _inspections(source: Source, locators: list, options: BuildOptions) -> Generator[Inspection, None, None]:
-    """Inspection of each located file, in order; in a pool of `options.workers` processes when > 1."""
-    settings = (source.reader(), options.short_side, options.quality, options.keep_colourless)
-    if options.workers == 1 or len(locators) <= 1:
-        _init_worker(*settings)
-        yield from map(_inspect_in_worker, locators)
-        return
-    # Chunks amortise inter-process overhead yet stay small enough to keep every worker busy.
-    chunksize = max(1, min(64, len(locators) // (options.workers * 8)))
-    with multiprocessing.Pool(options.workers, initializer=_init_pool_worker, initargs=settings) as pool:
-        yield from pool.imap(_inspect_in_worker, locators, chunksize=chunksize)
+def _results(
+    source: Source, out: Path, pending: list[ShardPlan], options: BuildOptions
+) -> Generator[Inspection, None, None]:
+    """Inspection of every image of `pending`, in plan order; handles decode workers that die."""
+    images = [(shard.name, image) for shard in pending for image in shard.images]
+    locators = [source.files[image.path] for _, image in images]
+    deaths = {shard.name: read_deaths(out, shard.name) for shard in pending}
+    known = {
+        index: Inspection(SKIPPED, reason=KILLED_TWICE)
+        for index, (shard, image) in enumerate(images)
+        if deaths[shard].get(image.path, 0) >= 2
+    }
+    settings = Settings(
+        source.reader(), options.short_side, options.quality, options.keep_colourless, options.max_pixels
+    )
+    position = 0
+    while True:
+        try:
+            for result in inspections(settings, locators, options.workers, position, known):
+                position += 1
+                yield result
+            return
+        except WorkerDied as died:
+            if died.index is None:
+                raise BuildError(
+                    "a decode worker ended unexpectedly (terminated, or it died between images); run the same "
+                    "command again to resume"
+                ) from None
+            shard, image = images[died.index]
+            deaths[shard][image.path] = deaths[shard].get(image.path, 0) + 1
+            write_record(deaths_path(out, shard), deaths[shard])
+            if deaths[shard][image.path] < 2:
+                name = display_path(source.archive_path(image.path))
+                raise BuildError(
+                    f"a decode worker died while decoding {name!r} (killed, or out of memory: see dmesg); "
+                    "run the same command again to resume (an image that kills a worker twice is skipped)"
+                ) from None
+            known[died.index] = Inspection(SKIPPED, reason=KILLED_TWICE)  # and go on with a fresh pool
 
 
 def _write_shard(source: Source, out: Path, shard: ShardPlan, results: Iterator[Inspection], bar: tqdm) -> dict:
@@ -130,9 +139,10 @@ def build_shards(
     `src`: an image folder, or a tar / zip archive read in place (`shards.sources`; `inside` picks a
     folder of it). `part=(K, N)`: build only the K-th of N disjoint parts of the plan and write its
     part manifest; returns the merged manifest when that completed the set, else the part manifest.
-    Raises `BuildError` for a missing/unreadable `src`, an unusable `out`, or an `out` that holds a
-    different build. Undecodable images never raise: they are listed in the manifest's `skipped`.
-    `progress` shows a tqdm bar (images/s) on stderr.
+    Raises `BuildError` for a missing, unreadable or image-free `src`, an unusable `out`, an `out`
+    that holds a different build or is being written by another build, part files of another N, or
+    a decode worker that died. Undecodable images never raise: they are listed in the manifest's
+    `skipped`. `progress` shows a tqdm bar (images/s) on stderr.
     """
     options = options or BuildOptions()
     out = Path(out)
@@ -143,34 +153,38 @@ def build_shards(
     digest = plan_digest(listing, options)
     mine = plan if part is None else part_shards(plan, part)
     owned = None if part is None else {shard.name for shard in mine}
-    claim_output(out, source.location, options.output_options(), digest, owned)
-
-    records: dict[str, dict] = {}
-    pending: list[ShardPlan] = []
-    for shard in mine:
-        record = finished_shard_record(out, shard.name)
-        if record is not None:
-            records[shard.name] = record
-        else:
-            pending.append(shard)
-
-    locators = [source.files[image.path] for shard in pending for image in shard.images]
-    total = sum(len(shard.images) for shard in mine)
-    with tqdm(
-        total=total, initial=total - len(locators), unit="img", desc="shards", disable=not progress, smoothing=0.1
-    ) as bar:
-        results = _inspections(source, locators, options)
-        try:
-            for shard in pending:
-                record = _write_shard(source, out, shard, results, bar)
-                write_shard_record(out, record)
+    prepare_output(out)
+    with OutputLock(out, role_of(part)):
+        if part is not None and (mixed := mixed_splits(out, part)) is not None:
+            raise mixed
+        claim_output(out, source.location, options.output_options(), digest, source_files(listing), owned)
+        needs_cls = listing.classes is not None
+        records: dict[str, dict] = {}
+        pending: list[ShardPlan] = []
+        for shard in mine:
+            record = finished_shard_record(out, shard.name, needs_cls)
+            if record is not None:
                 records[shard.name] = record
-        finally:
-            results.close()  # stops the pool promptly when a shard fails or the user interrupts
+            else:
+                pending.append(shard)
 
-    summary = (source.location, options.output_options(), digest, listing.classes, len(listing.images))
-    if part is not None:
-        return finish_part(out, part, summary, listing.problems, plan, [records[shard.name] for shard in mine])
-    manifest = assemble_manifest(*summary, [records[shard.name] for shard in plan], listing.problems)
-    write_json_atomic(out / MANIFEST_FILE, manifest)
-    return manifest
+        total = sum(len(shard.images) for shard in mine)
+        remaining = sum(len(shard.images) for shard in pending)
+        with tqdm(
+            total=total, initial=total - remaining, unit="img", desc="shards", disable=not progress, smoothing=0.1
+        ) as bar:
+            results = _results(source, out, pending, options)
+            try:
+                for shard in pending:
+                    record = _write_shard(source, out, shard, results, bar)
+                    write_shard_record(out, record)
+                    records[shard.name] = record
+            finally:
+                results.close()  # stops the pool promptly when a shard fails or the user interrupts
+
+        summary = (source.location, options.output_options(), digest, listing.classes, len(listing.images))
+        if part is not None:
+            return finish_part(out, part, summary, listing.problems, plan, [records[shard.name] for shard in mine])
+        manifest = assemble_manifest(*summary, [records[shard.name] for shard in plan], listing.problems)
+        write_record(out / MANIFEST_FILE, manifest)
+        return manifest

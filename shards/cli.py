@@ -11,7 +11,9 @@ from pathlib import Path
 
 from pipeline.shard_list import ShardsDirError
 from shards.errors import BuildError
+from shards.keys import display_path
 from shards.options import (
+    DEFAULT_MAX_PIXELS,
     DEFAULT_QUALITY,
     DEFAULT_SHARD_SAMPLES,
     DEFAULT_VAL_FRACTION,
@@ -46,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--short-side", type=int, default=None, help="downsize images whose shorter side is larger")
     build.add_argument("--quality", type=int, default=DEFAULT_QUALITY, help="JPEG quality of re-encoded images")
     build.add_argument("--keep-colourless", action="store_true", help="keep greyscale/colourless images")
+    build.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="skip images with more pixels (width × height) than this, undecoded; bounds each worker's memory",
+    )
     build.add_argument(
         "--split",
         choices=("train", "val"),
@@ -98,7 +106,7 @@ def _summary(manifest: dict, keep_colourless: bool) -> str:
 
 def _print_skipped(manifest: dict) -> None:
     for item in manifest["skipped"][:10]:
-        print(f"  skipped {item['path']}: {item['reason']}")
+        print(f"  skipped {display_path(item['path'])}: {item['reason']}")
     if len(manifest["skipped"]) > 10:
         print(f"  … {len(manifest['skipped']) - 10} more skipped files listed in the manifest")
 
@@ -114,6 +122,7 @@ def _build(args) -> int:
         short_side=args.short_side,
         quality=args.quality,
         keep_colourless=args.keep_colourless,
+        max_pixels=args.max_pixels,
         split=args.split,
         workers=args.workers,
     )
@@ -132,19 +141,39 @@ def _build(args) -> int:
         merged = f"all {part[1]} parts merged; " if part else ""
         print(
             f"{merged}{_summary(manifest, options.keep_colourless)}; {seconds:.1f} s in this run → "
-            f"{args.out / 'manifest.json'}"
+            f"{display_path(str(args.out / 'manifest.json'))}"
         )
     _print_skipped(manifest)
-    return 0
+    return _nothing_kept(manifest, args.out)
+
+
+def _nothing_kept(manifest: dict, out) -> int:
+    """1 with an error line when a finished build kept no image (nothing to train on), else 0."""
+    if "missing" in manifest or manifest["shards"]:
+        return 0
+    totals = manifest["totals"]
+    print(
+        f"error: no image of the source was kept ({totals['skipped']} skipped, {totals['colourless']} colourless): "
+        f"{display_path(str(out / 'manifest.json'))} lists each with its reason",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _merge(args) -> int:
+    from shards.lock import OutputLock, role_of
     from shards.parts import merge_parts
 
-    manifest = merge_parts(args.out)
-    print(f"{_summary(manifest, manifest['options']['keep_colourless'])} → {args.out / 'manifest.json'}")
+    if not (args.out / "parts").is_dir():
+        manifest = merge_parts(args.out)  # no parts: says so, without creating anything in OUT
+    else:
+        with OutputLock(args.out, role_of(None, merge=True)):
+            manifest = merge_parts(args.out)
+    print(
+        f"{_summary(manifest, manifest['options']['keep_colourless'])} → {display_path(str(args.out / 'manifest.json'))}"
+    )
     _print_skipped(manifest)
-    return 0
+    return _nothing_kept(manifest, args.out)
 
 
 def _verify(args) -> int:
@@ -179,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except (BuildError, ShardsDirError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {display_path(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted (run the same command again to resume)", file=sys.stderr)

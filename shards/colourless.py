@@ -16,7 +16,8 @@ colourless when no more than 0.1 % of its pixels (`MAX_COLOURED_FRACTION`) reach
 
 The Lab math matches `skimage.color.rgb2lab` (sRGB, D65, same constants; the tests compare) but runs on
 uint8 through a 256-entry linearisation table in float32: no per-pixel power, and no torch import in
-the workers.
+the workers. It stays beside the torch reference (`pipeline/lab.py`) only because it pays more than
+20 % of build throughput over it (`colorize-bench shards --colourless table,lab`, BENCHMARKS.md).
 A colourful image is usually decided from every 16th pixel alone (see `is_colourless`).
 """
 

@@ -11,6 +11,15 @@
   EXIF.
 - Files that do not decode are reported with a reason, never raised: one bad file must not stop a
   build of a million.
+
+Memory: a worker holds at most one decoded image at its file's own bit depth, plus its 8-bit RGB
+copy. Everything is decided before any full-size conversion: a file in a greyscale mode is colourless
+from its header alone (nothing decoded unless it is kept on request); an image of more than
+`max_pixels` pixels is skipped from its header (reason "too large"), before decoding; the colourless
+check of a decoded image looks at its 1/8-scale reduction. The 8-bit conversion (`pipeline.image_io.
+flatten_rgb`, which works in float32) runs over strips of ~1 M pixels, so its float copies never
+exceed a few tens of MB whatever the image's size (a 350 KB, 13,000² 16-bit grey PNG once cost 6.8 GB
+converted whole).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from PIL import ExifTags, Image, ImageOps
 from pipeline.image_io import flatten_rgb
 from shards.archives import UnreadableMember
 from shards.colourless import is_colourless
+from shards.options import DEFAULT_MAX_PIXELS
 
 KEPT, COLOURLESS, SKIPPED = "kept", "colourless", "skipped"
 # PIL modes that cannot hold colour: such files are colourless without looking at their pixels.
@@ -38,6 +48,10 @@ _PORTABLE_JPEG_FRAMES = (0xC0, 0xC2)
 # averaging washes out pixel noise that is not colour.
 THUMBNAIL_FACTOR = 8
 _OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-f]+>")
+# Pixels per strip of the 8-bit conversion: bounds flatten_rgb's float32 copies to tens of MB.
+_STRIP_PIXELS = 1 << 20
+# Modes whose pixel values are palette indices, which PIL's `reduce` would average as numbers.
+_INDEXED_MODES = frozenset({"P", "PA"})
 
 
 @dataclass(frozen=True)
@@ -53,7 +67,13 @@ class Inspection:
     converted: bool = False
 
 
-def inspect_read(read: Callable[[], bytes], short_side: int | None, quality: int, keep_colourless: bool) -> Inspection:
+def inspect_read(
+    read: Callable[[], bytes],
+    short_side: int | None,
+    quality: int,
+    keep_colourless: bool,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Inspection:
     """Inspect the bytes `read()` returns (a file, an archive member); never raises for a bad file."""
     try:
         data = read()
@@ -67,7 +87,7 @@ def inspect_read(read: Callable[[], bytes], short_side: int | None, quality: int
         with warnings.catch_warnings():
             # A decompression-bomb warning is not a reason to skip; a decompression-bomb error is.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return inspect_bytes(data, short_side, quality, keep_colourless)
+            return inspect_bytes(data, short_side, quality, keep_colourless, max_pixels)
     except Exception as error:  # noqa: BLE001 - any decoder failure means "this file is not a usable image"
         message = str(error).splitlines()[0] if str(error) else ""
         # PIL names the in-memory file by its address ("<_io.BytesIO object at 0x7f…>"): drop it, so
@@ -76,10 +96,21 @@ def inspect_read(read: Callable[[], bytes], short_side: int | None, quality: int
         return Inspection(SKIPPED, reason=f"undecodable: {type(error).__name__}: {message}".rstrip(": "))
 
 
-def inspect_bytes(data: bytes, short_side: int | None, quality: int, keep_colourless: bool) -> Inspection:
+def inspect_bytes(
+    data: bytes, short_side: int | None, quality: int, keep_colourless: bool, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Inspection:
     """Inspect an encoded image held in memory; raises whatever PIL raises for undecodable data."""
     image: Image.Image = Image.open(io.BytesIO(data))
     width, height = image.size
+    greyscale_file = image.mode in GREYSCALE_MODES
+    if greyscale_file and not keep_colourless:  # decided by the header: nothing to decode
+        return Inspection(COLOURLESS, colourless=True)
+    if width * height > max_pixels:
+        return Inspection(
+            SKIPPED,
+            reason=f"too large: {width}×{height} = {width * height / 1e6:.1f} M pixels, more than the "
+            f"{max_pixels / 1e6:g} M a worker decodes (--max-pixels)",
+        )
     needs_resize = short_side is not None and min(width, height) > short_side
     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
 
@@ -98,13 +129,15 @@ def inspect_bytes(data: bytes, short_side: int | None, quality: int, keep_colour
             return Inspection(COLOURLESS, colourless=True)
         return Inspection(KEPT, jpeg=data, colourless=colourless)
 
-    greyscale_file = image.mode in GREYSCALE_MODES
     image.load()
-    image = ImageOps.exif_transpose(image)
-    rgb = to_rgb8(image)
-    colourless = greyscale_file or is_colourless(np.asarray(thumbnail(rgb)))
+    ImageOps.exif_transpose(image, in_place=True)  # no copy when already upright
+    if image.mode in _INDEXED_MODES:  # palette indices cannot be averaged: convert (in strips) first
+        image = to_rgb8(image)
+    colourless = greyscale_file or is_colourless(np.asarray(thumbnail(image)))
     if colourless and not keep_colourless:
         return Inspection(COLOURLESS, colourless=True)
+    rgb = to_rgb8(image)  # the same image when it is RGB already
+    del image  # the decoded original: only its 8-bit RGB copy is needed from here
     if needs_resize:
         assert short_side is not None  # needs_resize implies it
         rgb = downsize(rgb, short_side)
@@ -134,14 +167,27 @@ def jpeg_frame_marker(data: bytes) -> int | None:
 
 def to_rgb8(image: Image.Image) -> Image.Image:
     """Any decoded PIL image → 8-bit "RGB" (`pipeline.image_io.flatten_rgb`: alpha over white, 16-bit
-    grey scaled)."""
-    return image if image.mode == "RGB" else Image.fromarray(flatten_rgb(image, uint8=True), "RGB")
+    grey scaled), converted in strips of ~1 M pixels so that no full-size float copy is made."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "I":  # flatten_rgb scales 32-bit grey by its maximum: pick it for the whole image
+        top = image.getextrema()[1]  # (min, max) for a one-band image
+        image = image.convert("I;16" if isinstance(top, int | float) and top > 255 else "L")
+    width, height = image.size
+    rows = max(1, _STRIP_PIXELS // width)
+    rgb = Image.new("RGB", image.size)
+    for top in range(0, height, rows):
+        strip = image.crop((0, top, width, min(height, top + rows)))
+        rgb.paste(Image.fromarray(flatten_rgb(strip, uint8=True), "RGB"), (0, top))
+    return rgb
 
 
-def thumbnail(rgb: Image.Image) -> Image.Image:
-    """The ~1/8-scale image the colourless check looks at (never smaller than a few pixels a side)."""
-    factor = max(1, min(THUMBNAIL_FACTOR, min(rgb.size) // 4))
-    return rgb.reduce(factor) if factor > 1 else rgb
+def thumbnail(image: Image.Image) -> Image.Image:
+    """The ~1/8-scale 8-bit RGB image the colourless check looks at (never smaller than a few pixels a
+    side), reduced from the decoded image (any mode but palette) before any conversion of it."""
+    factor = max(1, min(THUMBNAIL_FACTOR, min(image.size) // 4))
+    small = image.reduce(factor) if factor > 1 else image
+    return small if small.mode == "RGB" else Image.fromarray(flatten_rgb(small, uint8=True), "RGB")
 
 
 def downsize(rgb: Image.Image, short_side: int) -> Image.Image:

@@ -10,13 +10,17 @@ source contents, never on timing or worker count):
     format, version           "colorization-shards", 1
     source                    absolute source folder the build read
     options                   BuildOptions without `workers`
-    plan_sha256               digest of the source listing + options (see `plan.plan_digest`)
+    plan_sha256               digest of the options and of every image's path, class, size and mtime
+                              (see `plan.plan_digest`): another source, or other content, differs
     classes                   class names in `cls` order, or null when the source has no classes
     splits                    {"train": samples, "val": samples}
     totals                    {"images", "kept", "converted", "colourless", "skipped", "bytes"}
     shards                    [{name, split, samples, bytes, sha256}], train then val, index order
     skipped                   [{path, reason}] undecodable files (and broken parts of an archive), sorted by path
     colourless                [path] colourless images (dropped unless options.keep_colourless)
+
+A path that is not valid UTF-8 is written losslessly: each undecodable byte is the JSON escape
+`\\udcXX` (Python's `surrogateescape`; `os.fsencode(path)` gives the original bytes back).
 """
 
 from __future__ import annotations

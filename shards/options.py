@@ -13,6 +13,8 @@ DEFAULT_SHARD_SAMPLES = 2000
 # About 10,000 of ImageNet's 1,281,167 train images go to our validation split (10_000 / 1.28 M).
 DEFAULT_VAL_FRACTION = 0.0078
 DEFAULT_QUALITY = 95
+# Largest image (width × height) a decode worker takes on: an RGBA one and its RGB copy are ~0.8 GB.
+DEFAULT_MAX_PIXELS = 100_000_000
 
 
 def default_workers() -> int:
@@ -39,6 +41,9 @@ class BuildOptions:
     split: str | None = None
     """"train" or "val" puts every image into that split (ImageNet's val archive → val shards);
     None splits by `val_fraction`."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Images with more pixels (width × height, read from the header) are skipped as too large
+    without being decoded; bounds each decode worker's memory (and the loader's)."""
     workers: int = field(default_factory=default_workers)
     """Decode processes; has no effect on the output bytes."""
 
@@ -53,6 +58,8 @@ class BuildOptions:
             raise BuildError(f"quality must be an integer in [1, 95], got {self.quality!r}")
         if self.split not in (None, "train", "val"):
             raise BuildError(f"split must be 'train' or 'val', got {self.split!r}")
+        if not isinstance(self.max_pixels, int) or self.max_pixels < 1:
+            raise BuildError(f"max_pixels must be a positive integer, got {self.max_pixels!r}")
         if not isinstance(self.workers, int) or self.workers < 1:
             raise BuildError(f"workers must be a positive integer, got {self.workers!r}")
 
@@ -62,5 +69,7 @@ class BuildOptions:
         del options["workers"]
         if options["split"] is None:  # absent unless set: builds from before the option keep their records
             del options["split"]
+        if options["max_pixels"] == DEFAULT_MAX_PIXELS:  # likewise
+            del options["max_pixels"]
         options["val_fraction"] = float(options["val_fraction"])
         return options

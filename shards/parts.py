@@ -13,7 +13,9 @@ finish merges by itself; `colorize-shards merge OUT` does it by hand.
 
 from __future__ import annotations
 
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline.shard_list import MANIFEST_FILE
@@ -22,7 +24,7 @@ from shards.manifest import assemble_manifest
 from shards.output_dir import differences
 from shards.plan import ShardPlan
 from shards.progress import read_json, read_plan_record, write_record
-from shards.tar_writer import index_path
+from shards.verify import verify_shard
 
 PARTS_DIR = "parts"
 PART_FORMAT = "colorization-shards-part"
@@ -57,6 +59,36 @@ def _found_parts(out: Path) -> dict[tuple[int, int], Path]:
     return found
 
 
+def mixed_splits(out: Path, part: tuple[int, int] | None = None) -> BuildError | None:
+    """The error for part files in `out/parts` of more than one split (None when there is one N):
+    one line naming the files to delete. `part`: the part being built, whose N is taken as meant;
+    without it (merge) the split with the fewest part files is taken as the stale one."""
+    found = _found_parts(out)
+    splits: dict[int, list[Path]] = {}
+    for (_, count), path in sorted(found.items()):
+        splits.setdefault(count, []).append(path)
+    if part is not None:
+        splits.setdefault(part[1], [])
+    if len(splits) < 2:
+        return None
+    if part is not None:
+        stale = sorted(path for count, paths in splits.items() if count != part[1] for path in paths)
+        meant = f"this is part {part[0]} of {part[1]}"
+        other = "; or, if that other split is the one you mean, run this part as --part K/N with its N"
+    else:
+        fewest = min(splits, key=lambda count: (len(splits[count]), count))
+        stale, other = splits[fewest], ""
+        meant = " and ".join(
+            f"{len(paths)} of a split into {count}" for count, paths in splits.items() if count != fewest
+        )
+    names = ", ".join(path.name for path in stale)
+    return BuildError(
+        f"{out / PARTS_DIR}: {names} {'is' if len(stale) == 1 else 'are'} from another split into parts ({meant}); "
+        f"parts of one build must all use the same N: delete the stale file(s) "
+        f"(`rm {' '.join(str(path) for path in stale)}`) and run again{other}"
+    )
+
+
 def finish_part(
     out: Path, part: tuple[int, int], summary: tuple, listing_skipped, plan: list[ShardPlan], records: list[dict]
 ) -> dict:
@@ -81,6 +113,8 @@ def finish_part(
             "records": records,
         },
     )
+    if (mixed := mixed_splits(out, part)) is not None:
+        raise mixed
     found = _found_parts(out)
     missing = [i for i in range(1, n + 1) if (i, n) not in found]
     if not missing:
@@ -103,14 +137,9 @@ def merge_parts(out) -> dict:
             f"{out}: no part manifests in {PARTS_DIR}/ (build the parts first: "
             f"`colorize-shards build SRC {out} --part K/N` for K = 1 … N)"
         )
-    counts = sorted({n for _, n in found})
-    if len(counts) > 1:
-        names = ", ".join(path.name for path in found.values())
-        raise BuildError(
-            f"{out / PARTS_DIR}: parts of splits into {' and '.join(map(str, counts))} ({names}); "
-            f"all parts of one build must use the same N"
-        )
-    n = counts[0]
+    if (mixed := mixed_splits(out)) is not None:
+        raise mixed
+    n = next(iter(found))[1]
     parts = {k: (path, read_json(path)) for (k, _), path in sorted(found.items())}
     reference = read_plan_record(out) or next(iter(parts.values()))[1]
     if not isinstance(reference, dict):
@@ -142,20 +171,25 @@ def merge_parts(out) -> dict:
         )
 
     records: dict[str, dict] = {}
+    owner: dict[str, int] = {}
     for k, (path, part) in parts.items():
         wanted = part["plan"][k - 1 :: n]
         if [record["name"] for record in part["records"]] != wanted:
             raise BuildError(f"{out / PARTS_DIR / path.name}: does not list the shards of part {k} of {n}; rerun it")
         for record in part["records"]:
-            tar = out / record["name"]
-            if record["samples"] and (
-                not tar.is_file() or tar.stat().st_size != record["bytes"] or not index_path(tar).is_file()
-            ):
-                raise BuildError(
-                    f"{tar}: shard of part {k} of {n} is missing or changed since that part "
-                    f"finished; rerun `colorize-shards build SRC {out} --part {k}/{n}`"
-                )
-            records[record["name"]] = record
+            records[record["name"]], owner[record["name"]] = record, k
+    needs_cls = parts[1][1]["classes"] is not None
+    written = [record for record in records.values() if record["samples"]]
+    # Hashing releases the GIL: threads read and hash several shards at once.
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        checked = list(pool.map(lambda record: verify_shard(out, record, needs_cls), written))
+    for record, problems in zip(written, checked, strict=True):
+        if problems:
+            k = owner[record["name"]]
+            raise BuildError(
+                f"{out / record['name']}: shard of part {k} of {n} changed since that part finished "
+                f"({problems[0]}); rerun `colorize-shards build SRC {out} --part {k}/{n}`"
+            )
     part = parts[1][1]
     manifest = assemble_manifest(
         part["source"],

@@ -17,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 from dataclasses import dataclass
 
+from shards.keys import display_path
 from shards.options import BuildOptions
 from shards.scan import SourceImage, SourceListing
 
@@ -65,10 +67,41 @@ def plan_shards(listing: SourceListing, options: BuildOptions) -> list[ShardPlan
 
 
 def plan_digest(listing: SourceListing, options: BuildOptions) -> str:
-    """SHA-256 naming the plan: the listing (paths, classes) and the output options."""
+    """SHA-256 naming the plan: the output options and the listing — each image's path, class, size
+    and modification time, so the same names with other content (a re-encoded copy of the folder, a
+    file replaced since) give another digest."""
     payload = {
         "options": options.output_options(),
         "classes": listing.classes,
-        "images": [[image.path, image.cls] for image in listing.images],
+        "images": [[image.path, image.cls, image.size, image.mtime] for image in listing.images],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def source_files(listing: SourceListing) -> list[list]:
+    """[path, size, mtime] of every image, sorted by path: what `first_difference` compares."""
+    return [[image.path, image.size, image.mtime] for image in listing.images]
+
+
+def _when(mtime: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(mtime))
+
+
+def first_difference(recorded: list[list], current: list[list]) -> str | None:
+    """The first file (by path) that differs between two `source_files` lists, in words; None if equal."""
+    before = {path: (size, mtime) for path, size, mtime in recorded}
+    now = {path: (size, mtime) for path, size, mtime in current}
+    for path in sorted(before.keys() | now.keys()):
+        was, isnow = before.get(path), now.get(path)
+        if was == isnow:
+            continue
+        name = display_path(path)
+        if was is None:
+            return f"{name!r} is in the source but was not when that build began"
+        if isnow is None:
+            return f"{name!r} was in the source when that build began but is gone"
+        return (
+            f"{name!r} is {isnow[0]:,} bytes modified {_when(isnow[1])} but was {was[0]:,} bytes "
+            f"modified {_when(was[1])} when that build began"
+        )
+    return None

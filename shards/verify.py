@@ -1,9 +1,10 @@
-"""`verify_shards`: check a shards folder against its manifest.
+"""`verify_shards`: check a shards folder against its manifest; the same check of one shard
+(`verify_shard`) decides whether a resumed build may keep a shard and whether `merge` accepts a part's.
 
 For every shard in the manifest: the tar exists, has the recorded size and SHA-256, holds the
 recorded number of samples (each with a `.jpg`, and a `.cls` when the build has classes), and its
 `.idx` equals the index DALI's `wds2idx` makes from the tar now. Shard files the manifest does not
-list are reported too.
+list are reported too, and so is a manifest that lists no shard at all (nothing to train on).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from pipeline.shard_list import ShardsDirError, read_manifest
+from pipeline.shard_list import MANIFEST_FILE, ShardsDirError, read_manifest
 from shards.output_dir import SHARD_FILE
-from shards.progress import file_sha256
+from shards.progress import file_sha256, read_json, shard_record_path
 from shards.tar_writer import index_path, make_index
 
 
@@ -65,6 +66,23 @@ def verify_shard(out: Path, entry: dict, needs_cls: bool) -> list[str]:
     return problems
 
 
+def finished_shard_record(out: Path, shard_name: str, needs_cls: bool) -> dict | None:
+    """The progress record of `shard_name` when that shard is finished and intact on disk (size,
+    SHA-256, sample count and index all match: `verify_shard`), else None.
+
+    An empty shard (every image dropped) has a record with 0 samples and no file.
+    """
+    record = read_json(shard_record_path(out, shard_name))
+    if not isinstance(record, dict) or record.get("name") != shard_name:
+        return None
+    if record.get("samples") == 0:
+        return record
+    try:
+        return None if verify_shard(Path(out), record, needs_cls) else record
+    except (KeyError, TypeError):  # a record of another format
+        return None
+
+
 def verify_shards(out) -> list[str]:
     """Every problem found in the shards folder `out`, first shard first (empty list = all good)."""
     out = Path(out)
@@ -81,4 +99,8 @@ def verify_shards(out) -> list[str]:
     for path in sorted(out.iterdir()):
         if SHARD_FILE.match(path.name) and path.name not in listed:
             problems.append(f"{path.name}: not listed in the manifest")
+    if not manifest["shards"]:
+        problems.append(
+            f"{MANIFEST_FILE} lists no shards: no image of the source was kept (see its skipped and colourless lists)"
+        )
     return problems

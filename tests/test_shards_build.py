@@ -235,7 +235,7 @@ def test_out_from_another_source_or_foreign_shards_is_refused(class_source, buil
     other = tmp_path / "other"
     write(other / "a" / "x.jpg", (class_source / "rocket" / "cmyk.jpg").read_bytes())
     line = _cli_error("build", str(other), str(out), "--shard-samples", "8", "--val-fraction", "0.2", "--seed", "3")
-    assert "different source listing" in line
+    assert "other source files (first difference: 'a/x.jpg' is in the source but was not when that build began)" in line
     foreign = tmp_path / "foreign"
     write(foreign / "train-000000.tar", b"x" * 1024)
     assert "something else" in _cli_error("build", str(class_source), str(foreign))

@@ -13,6 +13,12 @@ out (an outer tar of one inner tar per class) and/or as a zip of the folder (JPE
 build from each in turn, `--rounds` times, interleaved (folder, tar, folder, tar, …) so drift in the
 machine's load hits every source alike; the last lines give each source's median and its ratio to the
 folder's. Every archive build must write the folder build's shards (checked).
+
+`--colourless table,lab` times the build side by side with the colourless check's chroma computed
+two ways, interleaved like the sources: `table`, the builder's numpy lookup table
+(`shards.colourless.chroma`), and `lab`, the project's torch reference (`pipeline.lab.rgb_to_lab`,
+one thread per worker). Both must keep the same images (checked). The table stays in the builder only
+while this shows it paying ≥ 20 % of build throughput (issue #23); the figure is in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -29,11 +35,37 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
+
+import shards.colourless
 from shards.build import build_shards
 from shards.demo_images import write_photo_crops
 from shards.options import BuildOptions, default_workers
 
 SOURCES = ("folder", "tar", "zip")
+COLOURLESS = ("table", "lab")
+
+
+def _lab_chroma(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB chroma (float32, H×W) of an H×W×3 uint8 sRGB image, by the torch reference `pipeline.lab`."""
+    import torch
+
+    from pipeline.lab import rgb_to_lab
+
+    lab = rgb_to_lab(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).to(torch.float32) / 255.0)
+    return torch.hypot(lab[1], lab[2]).numpy()
+
+
+def _use_chroma(check: str) -> None:
+    """Make the colourless check (in this process, and in the workers it forks) compute chroma by `check`."""
+    if check == "lab":
+        import torch
+
+        torch.set_num_threads(1)  # the forked decode workers inherit it: one thread each, like the table
+    shards.colourless.chroma = _TABLE_CHROMA if check == "table" else _lab_chroma
+
+
+_TABLE_CHROMA = shards.colourless.chroma
 
 
 def _cpu_seconds() -> float:
@@ -49,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sources",
         default="folder",
         help="comma-separated sources to build from, in turn: folder, tar (ImageNet's nested layout), zip",
+    )
+    parser.add_argument(
+        "--colourless",
+        default="table",
+        help="comma-separated chroma implementations for the colourless check, timed in turn: table (the "
+        "builder's lookup table), lab (the torch reference pipeline/lab.py)",
     )
     parser.add_argument("--rounds", type=int, default=1, help="builds per source, interleaved across sources")
     parser.add_argument("--keep", action="store_true", help="keep the generated images and shards, print where")
@@ -90,6 +128,10 @@ def run(args: argparse.Namespace) -> int:
     if args.images < 1 or args.workers < 1 or args.rounds < 1:
         print("error: --images, --workers and --rounds must be positive", flush=True)
         return 2
+    checks = [name.strip() for name in args.colourless.split(",") if name.strip()]
+    if not checks or any(name not in COLOURLESS for name in checks):
+        print(f"error: --colourless takes a comma-separated list of {', '.join(COLOURLESS)}", flush=True)
+        return 2
     if not sources or any(name not in SOURCES for name in sources):
         print(
             f"error: --sources takes a comma-separated list of {', '.join(SOURCES)}; got {args.sources!r}", flush=True
@@ -110,15 +152,18 @@ def run(args: argparse.Namespace) -> int:
             f" in {time.perf_counter() - start:.1f} s (not timed)",
             flush=True,
         )
-        rates: dict[str, list[float]] = {name: [] for name in sources}
+        variants = [(name, check) for name in sources for check in checks]
+        label = {variant: variant[0] + (f" ({variant[1]} chroma)" if len(checks) > 1 else "") for variant in variants}
+        rates: dict[tuple[str, str], list[float]] = {variant: [] for variant in variants}
         first_shards: dict[str, str] | None = None
         for round_index in range(args.rounds):
-            for name in sources:
-                manifest, seconds, cpu = _timed_build(built_from[name], scratch / "shards", args.workers)
+            for variant in variants:
+                _use_chroma(variant[1])
+                manifest, seconds, cpu = _timed_build(built_from[variant[0]], scratch / "shards", args.workers)
                 totals = manifest["totals"]
-                rates[name].append(totals["images"] / seconds)
+                rates[variant].append(totals["images"] / seconds)
                 print(
-                    f"shards from {name}"
+                    f"shards from {label[variant]}"
                     f"{f' (round {round_index + 1}/{args.rounds})' if args.rounds > 1 else ''}: "
                     f"{totals['images']} images → {totals['kept']} kept, {len(manifest['shards'])} shards, "
                     f"{totals['bytes'] / 1e6:.1f} MB in {seconds:.2f} s with {args.workers} workers: "
@@ -133,15 +178,16 @@ def run(args: argparse.Namespace) -> int:
                 written = {entry["name"]: entry["sha256"] for entry in manifest["shards"]}
                 first_shards = first_shards or written
                 if written != first_shards:
-                    print(f"error: the build from {name} wrote other shards than the build from {sources[0]}")
+                    print(f"error: the build from {label[variant]} wrote other shards than the first build")
                     return 1
-        if len(sources) > 1 or args.rounds > 1:
-            base = statistics.median(rates[sources[0]])
-            for name in sources:
-                median = statistics.median(rates[name])
+        if len(variants) > 1 or args.rounds > 1:
+            base = statistics.median(rates[variants[-1]] if len(checks) > 1 else rates[variants[0]])
+            against = label[variants[-1]] if len(checks) > 1 else label[variants[0]]
+            for variant in variants:
+                median = statistics.median(rates[variant])
                 print(
-                    f"{name}: median {median:.0f} images/s over {args.rounds} run(s) "
-                    f"({', '.join(f'{r:.0f}' for r in rates[name])}) = {100 * median / base:.1f} % of {sources[0]}"
+                    f"{label[variant]}: median {median:.0f} images/s over {args.rounds} run(s) "
+                    f"({', '.join(f'{r:.0f}' for r in rates[variant])}) = {100 * median / base:.1f} % of {against}"
                 )
     finally:
         if args.keep:
