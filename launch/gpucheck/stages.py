@@ -95,15 +95,7 @@ def run_logged(ctx: Context, title: str, command: list[str], grace: float = GRAC
         file.write(f"\n===== {title} (limit {ctx.limit_s:.0f} s): {' '.join(command)}\n")
         file.flush()
         start = file.tell()
-        process = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=ctx.env,
-            stdout=file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        process = _spawn(command, ctx.env, file)
         timed_out = False
         try:
             status: int | None = process.wait(timeout=max(1.0, ctx.limit_s - grace))
@@ -122,6 +114,28 @@ def run_logged(ctx: Context, title: str, command: list[str], grace: float = GRAC
         file.seek(start)
         output = file.read().decode(errors="replace")
     return Finished(status, timed_out, output)
+
+
+def _spawn(command: list[str], env: dict[str, str], log) -> subprocess.Popen:
+    """Start `command` in its own process group, hearing SIGINT even where this process ignores it (a
+    background job's SIGINT is ignored, and the ignoring is inherited): at a limit it must print
+    what it can."""
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        return subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _signal_group(pid: int, sig: int) -> None:
