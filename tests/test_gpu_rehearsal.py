@@ -46,6 +46,7 @@ def test_the_three_calls_run_on_a_cpu_stand_in_of_the_node(tmp_path):
         assert {"nvidia.dali", "webdataset", "wandb", "gradio"} <= set(facts["absent"])
         assert Path(facts["code_root"]).resolve() == (standin / "node").resolve()
         assert facts["code"]["matches"] is True and len(facts["code"]["commit"]) == 40
+        assert facts["train_config"] == "ok"  # call 3's training overrides load
         assert f"check-{command.number}.json" in results["files"]
     kit = next(record for record in results["stages"] if record["name"] == "kit")["figures"]
     assert Path(kit["dali_file"]).resolve().is_relative_to((standin / "tmp").resolve())

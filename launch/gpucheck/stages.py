@@ -22,6 +22,7 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from configs import ConfigError, load_config
 from launch.gpucheck import kit as gpukit
 from launch.gpucheck import provenance
 
@@ -36,6 +37,19 @@ H200_BF16_TFLOPS = 790.0
 CONFIG = "configs/imagenet.yaml"
 ABSENT_ON_NODE = ("nvidia.dali", "webdataset", "wandb", "gradio")
 """Packages the node lacks (DALI and webdataset come with the kit)."""
+TRAIN_STEPS = 200
+TRAIN_LOG_EVERY = 25
+TRAIN_OVERRIDES = (
+    "run.name=gpucheck",
+    f"schedule.nogan_steps={TRAIN_STEPS}",
+    f"schedule.gan_steps={TRAIN_STEPS}",
+    "logging.wandb=disabled",
+    "loss.vgg_weights=none",
+    f"logging.every_steps={TRAIN_LOG_EVERY}",
+    "checkpoint.every_steps=100000",
+    "optim.warmup_steps=100",
+)
+"""The training run's settings beyond the ImageNet config (the facts stage checks they load)."""
 
 
 class StageFailed(RuntimeError):
@@ -216,7 +230,8 @@ def nvidia_smi_query() -> str | None:
 
 def facts(imports: tuple[str, ...]):
     """The node and the code: Python, cores, memory, nvidia-smi, torch and CUDA, the kit's chunks, the
-    stamped commit, which packages are absent, and whether the modules this command needs import."""
+    stamped commit, which packages are absent, whether the modules this command needs import and
+    whether the training run's config (`TRAIN_OVERRIDES`) loads."""
 
     def run(ctx: Context) -> dict:
         finished = run_logged(ctx, "facts", [ctx.python, "-c", _PROBE, ",".join(ABSENT_ON_NODE), *imports])
@@ -237,6 +252,11 @@ def facts(imports: tuple[str, ...]):
         except gpukit.KitError as error:
             figures["kit_chunks"] = str(error)
         broken = {name: error for name, error in probe["imports"].items() if error != "ok"}
+        try:  # the training run's config, checked here so a renamed key shows before call 3
+            load_config(REPO / CONFIG, TRAIN_OVERRIDES)
+            figures["train_config"] = "ok"
+        except ConfigError as error:
+            figures["train_config"] = broken["train config"] = str(error)
         if broken:
             raise StageFailed(f"cannot import {', '.join(broken)}", json.dumps(broken), figures)
         return figures
@@ -424,9 +444,6 @@ def loaders_stage(ctx: Context) -> dict:
 
 # --------------------------------------------------------------------------------------------- train
 
-TRAIN_STEPS = 200
-TRAIN_LOG_EVERY = 25
-
 
 def summarise_training(rows: list[dict]) -> dict:
     """Per phase, from a run's `metrics.jsonl` rows: images/s, step time and data-wait over the logged
@@ -469,14 +486,7 @@ def train_stage(ctx: Context) -> dict:
         CONFIG,
         f"data.shards={ctx.shards}",
         f"run.out_dir={runs}",
-        "run.name=gpucheck",
-        f"schedule.nogan_steps={TRAIN_STEPS}",
-        f"schedule.gan_steps={TRAIN_STEPS}",
-        "logging.wandb=disabled",
-        "loss.vgg_weights=none",
-        f"logging.every_steps={TRAIN_LOG_EVERY}",
-        "checkpoint.every_steps=100000",
-        "optim.warmup_steps=100",
+        *TRAIN_OVERRIDES,
     ]
     started = time.monotonic()
     finished = run_logged(ctx, "train", command)
