@@ -57,8 +57,9 @@ CHUNKS = 3
 """One chunk per device call of the GPU check (`launch.gpucheck.check.COMMANDS`)."""
 PRESET = 9
 """xz preset: -9's 64 MiB dictionary spans DALI's 243 MB operator library better than -6's 8 MiB."""
+DOWNLOAD_TIMEOUT_S = 1800
 PYTHON_TAG = "312"
-"""The device's Python (3.12): extension modules built for any other CPython are dropped."""
+"""The node's Python (3.12): extension modules built for any other CPython are dropped."""
 PLATFORMS = (
     "manylinux_2_28_x86_64",
     "manylinux_2_27_x86_64",
@@ -67,7 +68,7 @@ PLATFORMS = (
     "manylinux1_x86_64",
 )
 WHEELS = (
-    # DALI, the version installed by pyproject, and what its METADATA requires that the device lacks.
+    # DALI, the version installed by pyproject, and what its METADATA requires that the node lacks.
     "nvidia-dali-cuda130==2.4.0",
     "nvidia-nvimgcodec-cu13==0.9.0.20",
     "nvidia-libnvcomp-cu13==5.3.0.16",
@@ -94,7 +95,7 @@ WHEELS = (
     "pytest-timeout==2.4.0",
 )
 """Pinned, so every kit holds the same bytes. Not carried: six, packaging, numpy, pyyaml, wheel and
-typing-extensions (DALI's, libcst's, astunparse's and optree's other needs: the device has them), and
+typing-extensions (DALI's, libcst's, astunparse's and optree's other needs: the node has them), and
 wandb and gradio (training with `logging.wandb=disabled` does not import wandb)."""
 
 NAMESPACE_INIT = '''"""`nvidia` spread over several folders (the GPU kit's and the site's): merge them all."""
@@ -152,7 +153,10 @@ def download_wheels(wheel_dir: Path, specs: Iterable[str] = WHEELS) -> list[Path
             *missing,
         ]
         print(f"downloading {len(missing)} wheel(s) for CPython 3.12 manylinux x86-64 …", flush=True)
-        subprocess.run(command, check=True)
+        try:
+            subprocess.run(command, check=True, timeout=DOWNLOAD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise KitError(f"pip download gave up after {DOWNLOAD_TIMEOUT_S} s (about 270 MB)") from None
     wheels = [find_wheel(wheel_dir, spec) for spec in specs]
     absent = [spec for spec, wheel in zip(specs, wheels, strict=False) if wheel is None]
     if absent:
@@ -375,7 +379,7 @@ def verify(kit_dir: Path = KIT_DIR) -> tuple[dict, list[Path]]:
 
 
 def receive(kit_dir: Path = KIT_DIR) -> str:
-    """One line saying which chunks have arrived intact (for the device calls before the last)."""
+    """One line saying which chunks have arrived intact (each call's facts report it)."""
     manifest = read_manifest(kit_dir)
     chunks = manifest["chunks"]
     states = [
