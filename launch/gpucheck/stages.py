@@ -31,6 +31,8 @@ TAIL_CHARS = 3000
 GRACE_S = 5.0
 """Seconds between the SIGINT at a stage's limit and the SIGKILL."""
 EXTERNAL_TIMEOUT_S = 10
+RETURN_LIMIT_BYTES = 16 * 2**20
+"""The largest file a device call returns from `$OUT`."""
 """Limit for one-shot external programs (`nvidia-smi` queries)."""
 H200_BF16_TFLOPS = 790.0
 """The H200's dense bf16 matrix-product rate measured on such a node (TFLOP/s): each phase's share is reported."""
@@ -290,11 +292,16 @@ def bench_step(title: str, *options: str, profile: bool = False):
             "loss.vgg_weights=none",
         ]
         finished = run_logged(ctx, title, command)
+        too_big = []
         if profile:
             # Traces travel back under this command's prefix: check-2-trace-nogan-b64.json.gz.
             for trace in sorted((ctx.work / "traces").glob("trace-*.json.gz")):
+                if trace.stat().st_size > RETURN_LIMIT_BYTES:
+                    too_big.append(f"{trace.name} ({trace.stat().st_size / 2**20:.1f} MiB) stays on the node")
+                    continue
                 shutil.move(str(trace), ctx.path(f"-{trace.name}"))
-        return figures_or_fail(ctx, finished, path)
+        figures = figures_or_fail(ctx, finished, path)
+        return figures | ({"traces_over_return_limit": too_big} if too_big else {})
 
     return run
 
