@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from configs.atomic import write_json_atomic
+from configs.progress_bar import progress_bar
 from pipeline.shard_list import MANIFEST_FILE
 from shards.convert import COLOURLESS, KEPT, SKIPPED, Inspection, inspect_read
 from shards.manifest import assemble_manifest
@@ -156,7 +157,7 @@ def build_shards(
 
     locators = [source.files[image.path] for shard in pending for image in shard.images]
     total = sum(len(shard.images) for shard in mine)
-    with tqdm(
+    with progress_bar(
         total=total, initial=total - len(locators), unit="img", desc="shards", disable=not progress, smoothing=0.1
     ) as bar:
         results = _inspections(source, locators, options)
