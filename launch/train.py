@@ -8,9 +8,9 @@ Everything is built by the small `build_*` functions below; `train_loop` is the 
 `<run.out_dir>/<run.name>/` (see the README's training section).
 
 Exit status: 0 finished; 1 the run stopped on an error (non-finite loss, unusable checkpoint);
-2 a configuration or data-location mistake; 128 + signal number (143 for SIGTERM, 130 for SIGINT)
-when a signal stopped the run after saving a checkpoint, so job scripts can tell "stopped early,
-resumable" from "finished".
+2 a configuration or data-location mistake; 128 + signal number (143 for SIGTERM, 130 for SIGINT,
+138 for SIGUSR1, launch/slurm.sh's time-limit warning) when a signal stopped the run after saving a
+checkpoint, so job scripts can tell "stopped early, resumable" from "finished".
 """
 
 from __future__ import annotations

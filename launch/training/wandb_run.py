@@ -530,9 +530,16 @@ def quiet_teardown() -> None:
     """Drop W&B's connection to a service that failed. `wandb.teardown()` unregisters W&B's exit hook
     first (which would otherwise print a traceback at exit); what it raises after that, and the
     `SystemExit` it raises for a service that exited non-zero, are W&B's failure already reported."""
+    import logging
+
     import wandb
 
+    # The dead socket also makes asyncio warn ("socket.send() raised exception."): said once above.
+    asyncio_log = logging.getLogger("asyncio")
+    was_disabled, asyncio_log.disabled = asyncio_log.disabled, True
     try:
         wandb.teardown()
     except (Exception, SystemExit):
         pass
+    finally:
+        asyncio_log.disabled = was_disabled
