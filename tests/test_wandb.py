@@ -345,6 +345,33 @@ def test_resumed_online_run_skips_steps_wandb_already_holds(tmp_path):
     assert stable_run_id(tmp_path, resume=True) == first != stable_run_id(tmp_path, resume=False)
 
 
+def test_resumed_online_run_gets_the_steps_wandb_lost_from_metrics_jsonl(tmp_path):
+    """W&B holds steps 1…2 of a run whose last job saved step 5 (its service died with the job before
+    sending 3…5): the resumed job sends 3…5 from metrics.jsonl, then its own steps from 6."""
+    from launch.training.tracking import MetricsFile, read_metrics
+    from launch.training.wandb_run import WandbRun
+
+    metrics = MetricsFile(tmp_path / "metrics.jsonl")
+    for step in range(1, 6):
+        metrics.append({"step": step, "phase": "nogan", "train/l1": 0.1 * step})
+    run = _FakeRun()
+    run.starting_step = 3
+    wb = WandbRun(run, mode="online", run_dir=tmp_path, global_batch=2, start_step=5, write=lambda m: None)
+    wb.backfill(read_metrics(metrics.path))
+    wb.log(6, {"train/l1": 0.6})
+    assert [s for s, _ in run.rows] == [3, 4, 5, 6]
+    assert run.rows[0] == (3, {"step": 3, "samples_seen": 6, "train/l1": pytest.approx(0.3)})
+    empty = _FakeRun()  # W&B lost everything (starting_step 0): steps 1…5 are sent
+    WandbRun(empty, mode="online", run_dir=tmp_path, global_batch=2, start_step=5).backfill(read_metrics(metrics.path))
+    assert [s for s, _ in empty.rows] == [1, 2, 3, 4, 5]
+    for mode, start_step in (("online", 0), ("offline", 5)):  # a fresh run; an offline one (sync replays it)
+        other = _FakeRun()
+        WandbRun(other, mode=mode, run_dir=tmp_path, global_batch=2, start_step=start_step).backfill(
+            read_metrics(metrics.path)
+        )
+        assert other.rows == []
+
+
 def panel_keys(workspace) -> dict[str, list[str]]:
     """Section name → every metric key its panels reference (x-axes included)."""
     out: dict[str, list[str]] = {}

@@ -145,6 +145,7 @@ def open_run(cfg, config: dict[str, Any], run_id: str, mode: str, start_step: in
     wb.ledger = ModelLedger(cfg.run_dir, start_step)
     wb.define_metrics()
     wb.use_dataset(cfg.data.shards)
+    wb.backfill(read_jsonl(cfg.run_dir / "metrics.jsonl"))
     return wb
 
 
@@ -348,7 +349,9 @@ class WandbRun:
         self.run_dir = Path(run_dir)
         self.global_batch = global_batch
         self.write = write or (lambda message: print(message, file=sys.stderr))
-        self.first_step = max(int(getattr(run, "starting_step", 0) or 0), start_step + 1)
+        self.held_until = int(getattr(run, "starting_step", 0) or 0)
+        """W&B's `starting_step` of a resumed online run: it holds the steps below this one."""
+        self.first_step = max(self.held_until, start_step + 1)
         if self.first_step > start_step + 1:
             self.write(
                 f"W&B run {run.id} already holds steps up to {self.first_step - 1}: "
@@ -388,6 +391,22 @@ class WandbRun:
             f"every step: `colorize-wandb sync {self.run_dir}` uploads the run later"
         )
         quiet_teardown()
+
+    def backfill(self, records: list[dict[str, Any]]) -> None:
+        """Send the `metrics.jsonl` rows of the steps a resumed online run lacks: W&B holds the steps
+        below `held_until`, training continues from `first_step`, and the steps between were lost with
+        the previous job's W&B service (Slurm signals it with the job; it exits at once on SIGTERM)."""
+        rows = [r for r in records if self.held_until <= r["step"] < self.first_step]
+        if self.mode != "online" or not rows:  # offline fragments are replayed whole by `colorize-wandb sync`
+            return
+        self.write(
+            f"W&B run {self.run.id} lacks steps {rows[0]['step']}…{rows[-1]['step']} (lost with the last job's "
+            "W&B service): sent from metrics.jsonl"
+        )
+        for record in rows:
+            values = {k: v for k, v in record.items() if k not in ("step", "phase")}
+            row = {keys.STEP: record["step"], keys.SAMPLES_SEEN: record["step"] * self.global_batch, **values}
+            self._send("log", lambda row=row, step=record["step"]: self.run.log(row, step=step))
 
     def hold(self) -> None:
         """Queue calls to W&B until `release()` (a stop saves its checkpoint before W&B is touched)."""
