@@ -11,7 +11,8 @@ Settings chosen for speed, each standard slurm.conf:
   is what makes a requeued job wait ~2 min with Reason=BeginTime.
 - `SchedulerParameters=sched_interval=1,bf_interval=1`: the scheduler looks at pending jobs every
   second, so an eligible job starts at once.
-- `KillWait=10`: SIGKILL follows the SIGTERM of a requeue, scancel or time limit after 10 s (default 30).
+Everything else is Slurm's default, KillWait=30 included: a requeue, scancel or time limit sends
+SIGTERM, and SIGKILL 30 s later.
 """
 
 from __future__ import annotations
@@ -146,7 +147,6 @@ class SlurmCluster:
             "SchedulerParameters=sched_interval=1,bf_interval=1",
             "MpiDefault=none",
             "ReturnToService=2",
-            "KillWait=10",
             "MinJobAge=600",
             "JobRequeue=1",
         ]

@@ -372,6 +372,22 @@ def test_resumed_online_run_gets_the_steps_wandb_lost_from_metrics_jsonl(tmp_pat
         assert other.rows == []
 
 
+def test_wandb_that_cannot_start_is_one_line_and_no_run(tmp_path, monkeypatch):
+    import wandb
+
+    from configs import load_config
+    from launch.training import wandb_run
+
+    def refuse(**kwargs):
+        raise wandb.errors.CommError("could not reach api.wandb.ai")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    cfg = load_config(None, [f"run.out_dir={tmp_path}"])
+    said: list[str] = []
+    assert wandb_run.open_run(cfg, {}, "abc12345", "online", 0, said.append) is None
+    assert said == ["W&B did not start (CommError: could not reach api.wandb.ai); training goes on without it"]
+
+
 def panel_keys(workspace) -> dict[str, list[str]]:
     """Section name → every metric key its panels reference (x-axes included)."""
     out: dict[str, list[str]] = {}
