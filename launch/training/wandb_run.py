@@ -404,9 +404,7 @@ class WandbRun:
             "W&B service): sent from metrics.jsonl"
         )
         for record in rows:
-            values = {k: v for k, v in record.items() if k not in ("step", "phase")}
-            row = {keys.STEP: record["step"], keys.SAMPLES_SEEN: record["step"] * self.global_batch, **values}
-            self._send("log", lambda row=row, step=record["step"]: self.run.log(row, step=step))
+            self._send_row(record["step"], {k: v for k, v in record.items() if k not in ("step", "phase")})
 
     def hold(self) -> None:
         """Queue calls to W&B until `release()` (a stop saves its checkpoint before W&B is touched)."""
@@ -447,6 +445,9 @@ class WandbRun:
         if "eval/ab_l1" in scalars:
             self.last_eval = (step, {k: scalars[k] for k in keys.EVAL if k in scalars})
         self.check_data_wait(scalars.get("data/wait_fraction"))
+        self._send_row(step, values)
+
+    def _send_row(self, step: int, values: dict[str, Any]) -> None:
         row = {keys.STEP: step, keys.SAMPLES_SEEN: step * self.global_batch, **values}
         self._send("log", lambda: self.run.log(row, step=step))
 
