@@ -5,6 +5,7 @@ sweeps, alerts. W&B's files are read with W&B's own reader (`wandb leet inspect 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -250,9 +251,13 @@ def test_a_run_killed_before_its_first_checkpoint_keeps_its_wandb_run_id(shards,
     assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
     run_id = (run_dir / "wandb-run-id").read_text().strip()
 
-    resumed = run_train(["--config", str(config), "--resume", "schedule.nogan_steps=2"])
+    env = subprocess_env()
+    del env["WANDB_SILENT"]  # W&B as a user sees it: its own "run `wandb sync`" hint is not printed, ours is
+    resumed = run_train(["--config", str(config), "--resume", "schedule.nogan_steps=2"], env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "no checkpoint under" in resumed.stderr
+    assert not re.search(r"^wandb: ", resumed.stderr, flags=re.M)  # no W&B banner, so no "wandb sync" hint
+    assert f"colorize-wandb sync {run_dir}" in resumed.stderr
     assert (run_dir / "wandb-run-id").read_text().strip() == run_id
     fragments = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(fragments) == 2 and all(f.name.endswith(f"-{run_id}") for f in fragments)
