@@ -33,8 +33,10 @@
 #SBATCH --output=slurm-%j.out
 set -euo pipefail
 
-CONFIG=${1:?usage: sbatch [options] launch/slurm.sh CONFIG.yaml [key=value ...]}
+USAGE="usage: sbatch [options] launch/slurm.sh CONFIG.yaml [key=value ...]"
+CONFIG=${1:?$USAGE}
 shift
+: "${SLURM_JOB_ID:?launch/slurm.sh runs as a Slurm batch job: $USAGE}"
 
 # Slurm runs a copy of this script from its spool directory: the repository is found from the path it
 # was submitted with (scontrol's Command, relative to the submit directory).

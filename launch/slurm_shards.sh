@@ -27,7 +27,7 @@ shift 2
 [[ ${1:-} == --parts && ${2:-} =~ ^[1-9][0-9]*$ ]] || { echo "$USAGE" >&2; exit 2; }
 N=$2
 shift 2
-K=${SLURM_ARRAY_TASK_ID:?launch/slurm_shards.sh runs as a job array: sbatch --array=1-$N …}
+K=${SLURM_ARRAY_TASK_ID:?launch/slurm_shards.sh runs as a Slurm job array: $USAGE}
 if ((K < 1 || K > N)); then
   echo "launch/slurm_shards.sh: array index $K is outside the parts 1…$N; submit with --array=1-$N (or a subset)" >&2
   exit 2
