@@ -11,7 +11,9 @@ PIP_QUIET := { grep -v 'is neither a file nor a directory' || true; }
 
 .PHONY: install test test-fast test-gpu lint demo clean gpu-kit gpu-check gpu-rehearse
 
+# Slurm and munge for the real-cluster tests (root + apt-get; instant when already installed).
 install: $(STAMP)
+	@bash tests/install_slurm.sh
 
 # Reinstall only when the project's dependency list changes, so a second `make install` is instant.
 $(STAMP): pyproject.toml

@@ -8,9 +8,9 @@ Everything is built by the small `build_*` functions below; `train_loop` is the 
 `<run.out_dir>/<run.name>/` (see the README's training section).
 
 Exit status: 0 finished; 1 the run stopped on an error (non-finite loss, unusable checkpoint);
-2 a configuration or data-location mistake; 128 + signal number (143 for SIGTERM, 130 for SIGINT)
-when a signal stopped the run after saving a checkpoint, so job scripts can tell "stopped early,
-resumable" from "finished".
+2 a configuration or data-location mistake; 128 + signal number (143 for SIGTERM, 130 for SIGINT,
+138 for SIGUSR1, launch/slurm.sh's time-limit warning) when a signal stopped the run after saving a
+checkpoint, so job scripts can tell "stopped early, resumable" from "finished".
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ class Run:
 # Building
 
 
-def build_accelerator(cfg: Config, wandb_mode: str) -> Accelerator:
-    """Accelerate for this process: CPU or CUDA, bf16 autocast on CUDA unless told otherwise, W&B when on."""
+def build_accelerator(cfg: Config) -> Accelerator:
+    """Accelerate for this process: CPU or CUDA, bf16 autocast on CUDA unless told otherwise."""
     if cfg.run.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("run.device = 'cuda' but CUDA is not available on this machine")
     cpu = cfg.run.device == "cpu" or not torch.cuda.is_available()
@@ -96,7 +96,6 @@ def build_accelerator(cfg: Config, wandb_mode: str) -> Accelerator:
     return Accelerator(
         cpu=cpu,
         mixed_precision=precision,
-        log_with="wandb" if wandb_mode != "disabled" else None,
         project_dir=str(cfg.run_dir),
     )
 
@@ -150,29 +149,15 @@ def build_sample_batch(cfg: Config, accelerator: Accelerator, has_val: bool):
             close()
 
 
-def build_logger(cfg: Config, accelerator: Accelerator, wandb_mode: str, start_step: int) -> RunLogger:
-    """Start the W&B run (rank 0; one stable id per training run, see wandb_run.py) and the metrics
-    file / progress bar."""
-    wb = None
-    if wandb_mode != "disabled":
-        run_id = wandb_run.stable_run_id(cfg.run_dir, resume=start_step > 0) if accelerator.is_main_process else None
-        init = wandb_run.init_kwargs(cfg.logging, cfg.run.name, cfg.run_dir, run_id or "", wandb_mode)
-        config = wandb_run.flat_config(config_to_dict(cfg))
-        accelerator.init_trackers(cfg.logging.project, config=config, init_kwargs={"wandb": init})
-        if accelerator.is_main_process:
-            wb = wandb_run.WandbRun(
-                accelerator.get_tracker("wandb", unwrap=True),
-                mode=wandb_mode,
-                run_dir=cfg.run_dir,
-                global_batch=cfg.data.batch_size,
-                start_step=start_step,
-                alert_wait_fraction=cfg.logging.alert_wait_fraction,
-                alert_wait_logs=cfg.logging.alert_wait_logs,
-            )
-            wb.ledger = wandb_run.ModelLedger(cfg.run_dir, start_step)
-            wb.define_metrics()
-            wb.use_dataset(cfg.data.shards)
-    logger = RunLogger(accelerator, cfg.run_dir, cfg.total_steps, start_step, wandb_mode, wb)
+def build_logger(cfg: Config, accelerator: Accelerator, wandb_mode: str, start_step: int, resume: bool) -> RunLogger:
+    """The metrics file and progress bar, then (rank 0, W&B on) the W&B run: one id per training run,
+    created with the run directory before the first step and kept by every --resume (wandb_run.py)."""
+    logger = RunLogger(accelerator, cfg.run_dir, cfg.total_steps, start_step)
+    if wandb_mode == "disabled" or not accelerator.is_main_process:
+        return logger
+    run_id = wandb_run.stable_run_id(cfg.run_dir, resume=resume)
+    config = wandb_run.flat_config(config_to_dict(cfg))
+    logger.wandb = wandb_run.open_run(cfg, config, run_id, wandb_mode, start_step, logger.write)
     if wandb_mode == "offline":
         logger.write(f"W&B is offline (no credentials): upload later with `colorize-wandb sync {cfg.run_dir}`")
     return logger
@@ -180,12 +165,23 @@ def build_logger(cfg: Config, accelerator: Accelerator, wandb_mode: str, start_s
 
 def build_run(cfg: Config, resume: bool) -> Run:
     """Build everything, restore the latest checkpoint when resuming, and return the ready Run."""
+    # Stop signals are caught from here on: one that comes while things are built (a Slurm time-limit
+    # warning included) stops the run after its first step, with a checkpoint.
+    stop = StopRequest().install()
+    try:
+        return _build_run(cfg, resume, stop)
+    except BaseException:
+        stop.restore()
+        raise
+
+
+def _build_run(cfg: Config, resume: bool, stop: StopRequest) -> Run:
     # Missing or incomplete shards are a user mistake: say so before anything is built or written.
     split_shards(cfg.data.shards, "train", need_index=cfg.data.backend == "dali")
     wandb_mode = resolve_wandb_mode(cfg.logging.wandb)
     if wandb_mode != "disabled":
         keep_wandb_files_in(cfg.run_dir)
-    accelerator = build_accelerator(cfg, wandb_mode)
+    accelerator = build_accelerator(cfg)
     cfg, scaling = scale_to_processes(cfg, accelerator.num_processes)
     checkpoint = latest_checkpoint(cfg.run_dir / "checkpoints") if resume else None
     if checkpoint is not None:  # before config.yaml is rewritten for a different number of processes
@@ -214,8 +210,10 @@ def build_run(cfg: Config, resume: bool) -> Run:
         gan=gan,
         loader=loader,
         # A finished run resumed (e.g. a second `make demo`) has nothing to log: no empty W&B run.
-        logger=build_logger(cfg, accelerator, wandb_mode if state.step < cfg.total_steps else "disabled", state.step),
-        stop=StopRequest().install(),
+        logger=build_logger(
+            cfg, accelerator, wandb_mode if state.step < cfg.total_steps else "disabled", state.step, resume
+        ),
+        stop=stop,
         sample_batch=build_sample_batch(cfg, accelerator, has_val),
         val_loader=build_val_loader(cfg, accelerator, has_val),
     )
@@ -373,6 +371,8 @@ def train_loop(run: Run) -> int:
         #    since the last sync point raises here, before anything below saves.
         timer.sync(phase)
         values, stop = monitor.read(run.stop.requested)
+        if stop:  # the stop's checkpoint is saved before anything reaches W&B (which may be gone)
+            run.logger.hold_wandb()
 
         # 5. Validation metrics and pictures of the fixed val batch.
         record: dict[str, float] = {}
@@ -391,6 +391,7 @@ def train_loop(run: Run) -> int:
         # 7. Checkpoints: on schedule, at the NoGAN → GAN switch, at the end, and when asked to stop.
         if save_due or stop:
             save(run, step, phase)
+        run.logger.release_wandb()
         if is_phase_switch(step, cfg.schedule):
             run.logger.write(f"step {step}: NoGAN phase done, checkpoint saved; GAN phase starts")
         if stop:
@@ -434,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     finally:
         run.stop.restore()
-        run.logger.close()
+        run.logger.close(preempted=run.stop.requested)
         run.accelerator.end_training()
     return status
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from configs.progress_bar import progress_bar
 from pipeline.shard_list import MANIFEST_FILE
 from shards.convert import COLOURLESS, KEPT, SKIPPED, Inspection
 from shards.errors import BuildError
@@ -170,7 +171,7 @@ def build_shards(
 
         total = sum(len(shard.images) for shard in mine)
         remaining = sum(len(shard.images) for shard in pending)
-        with tqdm(
+        with progress_bar(
             total=total, initial=total - remaining, unit="img", desc="shards", disable=not progress, smoothing=0.1
         ) as bar:
             results = _results(source, out, pending, options)

@@ -67,6 +67,9 @@ def tiny_config(path: Path, shards: Path, out_dir: Path, **sections) -> Path:
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for a child training process: offline W&B, single-threaded BLAS, no GPU."""
     env = dict(os.environ)
+    # W&B in this test process (`colorize-wandb sync` in-process) leaves its service's address here;
+    # a child would log through that service instead of starting its own.
+    env.pop("WANDB_SERVICE", None)
     env.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
     env.update(extra)
     return env

@@ -29,7 +29,7 @@ def gan():
             "optim.grad_clip=1.0",
         ],
     )
-    return build_gan(cfg, build_accelerator(cfg, "disabled"))
+    return build_gan(cfg, build_accelerator(cfg))
 
 
 @pytest.fixture

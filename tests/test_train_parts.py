@@ -249,7 +249,7 @@ def test_one_bf16_cuda_step_of_each_phase_is_finite():
         None,
         ["run.device=cuda", "model.features=8", "model.disc_features=16", "loss.vgg_weights=none", "data.batch_size=2"],
     )
-    accelerator = build_accelerator(cfg, "disabled")
+    accelerator = build_accelerator(cfg)
     assert accelerator.mixed_precision == "bf16"
     gan = build_gan(cfg, accelerator)
     assert all(o.defaults["fused"] for o in (gan.opt_nogan, gan.opt_G, gan.opt_D))
@@ -362,7 +362,7 @@ def test_cudnn_autotunes_unless_determinism_is_asked(monkeypatch):
     monkeypatch.setattr(train, "Accelerator", lambda **kwargs: kwargs)  # no CUDA here to start
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
-    assert train.build_accelerator(load_config(None, ["run.device=cuda"]), "disabled")["mixed_precision"] == "bf16"
+    assert train.build_accelerator(load_config(None, ["run.device=cuda"]))["mixed_precision"] == "bf16"
     assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
-    train.build_accelerator(load_config(None, ["run.device=cuda", "run.deterministic=true"]), "disabled")
+    train.build_accelerator(load_config(None, ["run.device=cuda", "run.deterministic=true"]))
     assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic

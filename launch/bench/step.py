@@ -240,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     # Both phases are timed whatever the config's schedule says, so both need the feature loss decided
     # by weight alone.
     cfg = replace(cfg, schedule=replace(cfg.schedule, nogan_steps=1, gan_steps=1))
-    accelerator = build_accelerator(cfg, "disabled")
+    accelerator = build_accelerator(cfg)
     cfg, _ = scale_to_processes(cfg, accelerator.num_processes)
     gan = build_gan(cfg, accelerator)
     device = accelerator.device
