@@ -92,6 +92,11 @@ WHEELS = (
     # The project's fallback loader and shard reader, and the pytest timeout plugin pyproject configures.
     "webdataset==1.0.2",
     "braceexpand==0.1.7",
+    # The torch loader's JPEG decode (CPU and nvJPEG; images need no FFmpeg): 0.16 is the first release
+    # with image decoding and supports torch >= 2.11, the node's. PSNR in evaluation: torchmetrics.
+    "torchcodec==0.16.0",
+    "torchmetrics==1.9.0",
+    "lightning-utilities==0.15.3",
     "pytest-timeout==2.4.0",
 )
 """Pinned, so every kit holds the same bytes. Not carried: six, packaging, numpy, pyyaml, wheel and

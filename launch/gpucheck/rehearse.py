@@ -5,13 +5,14 @@
 Rebuilds in a temp folder what the node would see, call by call, without a GPU or a download:
 - a kit packed as `make gpu-kit` packs one (`launch.gpucheck.kit.pack`: three equal chunks, the
   manifest, the code stamp) but from what this Python has installed, at a fast xz preset: DALI,
-  nvImageCodec and nvJPEG (what importing DALI and a CPU JPEG decode load), webdataset, braceexpand;
+  nvImageCodec and nvJPEG (what importing DALI and a CPU JPEG decode load), webdataset, braceexpand,
+  torchcodec, torchmetrics and lightning_utilities;
 - a node tree that, before each call, receives exactly what the call carries: the working tree
   (tracked and untracked-not-ignored files) copied again, plus the call's `carry` paths, while the
   ignored files earlier calls carried stay, as on a node still warm;
 - a `python3` without the packages the node lacks: a fresh virtual environment whose site is this
   Python's seen through a folder of links that leaves out DALI and its libraries, nvJPEG, webdataset,
-  braceexpand, wandb and gradio (and the project's editable install). They import from the unpacked
+  braceexpand, torchcodec, torchmetrics, wandb and gradio (and the project's editable install). They import from the unpacked
   kit or not at all. CUDA is hidden too (`CUDA_VISIBLE_DEVICES=`): the GPU stages never run here.
 Then it runs each call's command as `launch.gpucheck.plan` gives it, with `$OUT` a fresh folder per
 call, and checks that it exits 0 within its timeout, carries at most 60 MiB, writes `check-N.json`
@@ -45,10 +46,19 @@ REPO = Path(__file__).resolve().parents[2]
 NVIDIA_PACKAGES = ("dali", "nvimgcodec")
 """The stand-in kit's folders under `nvidia/`: what importing DALI and a CPU JPEG decode load."""
 NVJPEG = "nvidia/cu13/lib/libnvjpeg.so.13"
-MODULES = ("webdataset", "braceexpand")
+MODULES = ("webdataset", "braceexpand", "torchcodec", "torchmetrics", "lightning_utilities")
 NOT_ON_NODE = ("nvidia/dali", "nvidia/nvimgcodec", "nvidia/libnvcomp", "nvidia/nvjpeg2k", "nvidia/nvtiff", NVJPEG)
 """Paths below the site that the stand-in's Python leaves out (the kit's packages)."""
-NOT_ON_NODE_TOP = ("wandb", "webdataset", "braceexpand", "gradio", "__editable__")
+NOT_ON_NODE_TOP = (
+    "wandb",
+    "webdataset",
+    "braceexpand",
+    "torchcodec",
+    "torchmetrics",
+    "lightning_utilities",
+    "gradio",
+    "__editable__",
+)
 """Top-level site entries (by name prefix: modules, packages, their dist-info) it leaves out too."""
 NOT_ON_NODE_DISTS = (
     "nvidia_dali",
@@ -86,6 +96,9 @@ def installed_kit_sources(staging: Path) -> list[tuple[Path, str]]:
         origin = Path(spec.origin)
         path = origin.parent if origin.name == "__init__.py" else origin
         sources.append((path, path.name))
+        libs = path.with_name(path.name + ".libs")  # a wheel's bundled shared libraries (auditwheel)
+        if libs.is_dir():
+            sources.append((libs, libs.name))
     return sources
 
 

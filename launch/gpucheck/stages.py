@@ -37,8 +37,8 @@ RETURN_LIMIT_BYTES = 16 * 2**20
 H200_BF16_TFLOPS = 790.0
 """The H200's dense bf16 matrix-product rate measured on such a node (TFLOP/s): each phase's share is reported."""
 CONFIG = "configs/imagenet.yaml"
-ABSENT_ON_NODE = ("nvidia.dali", "webdataset", "wandb", "gradio")
-"""Packages the node lacks (DALI and webdataset come with the kit)."""
+ABSENT_ON_NODE = ("nvidia.dali", "webdataset", "torchcodec", "torchmetrics", "wandb", "gradio")
+"""Packages the node lacks (DALI, webdataset, torchcodec and torchmetrics come with the kit)."""
 TRAIN_STEPS = 200
 TRAIN_LOG_EVERY = 25
 TRAIN_OVERRIDES = (
