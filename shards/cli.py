@@ -135,6 +135,11 @@ def _build(args) -> int:
             f"{args.out / 'manifest.json'}"
         )
     _print_skipped(manifest)
+    if "missing" not in manifest:
+        print(
+            f"next: colorize-train --config configs/demo.yaml data.shards={args.out} run.name={args.out.name}"
+            "   (configs/imagenet.yaml for an ImageNet-sized set)"
+        )
     return 0
 
 
