@@ -54,7 +54,7 @@ def test_a_mistyped_override_is_one_line_naming_it_with_close_keys(shards, tmp_p
 @pytest.mark.slow
 def test_train_py_names_the_override_too(shards, tmp_path):
     config = tiny_config(tmp_path / "tiny.yaml", shards, tmp_path / "runs")
-    result = run_train(["--config", str(config), "--resume", "run.nmae=x"])
+    result = run_train(["--config", str(config), "logging.every_steps=2", "--resume", "run.nmae=x"])
     assert result.returncode == 2
     assert error_lines(result.stderr) == [
         "error: override run.nmae=x: unknown key 'run.nmae'; did you mean 'run.name' or 'run.seed'?"
