@@ -6,7 +6,7 @@
 Also runs as `python launch/train.py ...` (one process) and as `launch.train.main([...])` in-process.
 `colorize-train` (launch/apps/train_cli.py) checks the config before it starts the processes.
 Everything is built by the small `build_*` functions below; `train_loop` is the loop. Outputs go to
-`<run.out_dir>/<run.name>/` (see the README's training section).
+`<run.out_dir>/<run.name>/` (see docs/training.md).
 
 Exit status: 0 finished; 1 the run stopped on an error (non-finite loss, unusable checkpoint);
 2 a configuration or data-location mistake; 128 + signal number (143 for SIGTERM, 130 for SIGINT)
