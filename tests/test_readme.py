@@ -95,6 +95,10 @@ def check_arguments(command: str) -> None:
 
         with mock.patch.object(argparse.ArgumentParser, "parse_args", parse_then_stop), pytest.raises(_Parsed):
             SCRIPTS[program].load()(args)
+    elif program == "sbatch":
+        script = REPO / next(arg for arg in args if not arg.startswith("-"))
+        assert script.is_file(), f"{command}: no {script}"
+        subprocess.run(["bash", "-n", str(script)], check=True)
     elif program == "wandb":
         assert shutil.which("wandb", path=str(VENV_BIN)), "wandb is not installed"
         for arg in args:

@@ -90,11 +90,31 @@ def test_overrides_before_config_are_named(shards, tmp_path):
 
 
 @pytest.mark.slow
-def test_an_earlier_run_is_refused_kept_or_moved_aside_and_the_run_ends_with_next_steps(shards, tmp_path):
-    config = tiny_config(tmp_path / "tiny.yaml", shards, tmp_path / "runs")
-    run_dir = tmp_path / "runs" / "tiny"
-    first = run_train(["--config", str(config)])
+def test_from_a_shards_build_to_a_trained_run_and_over_it_again(tmp_path):
+    # The build's last line is the command that trains on its output.
+    from shards.demo_images import write_demo_images
+
+    write_demo_images(tmp_path / "photos", count=24, seed=0)
+    out = tmp_path / "my-shards"
+    build = subprocess.run(
+        [str(VENV_BIN / "python"), "-m", "shards.cli", "build", str(tmp_path / "photos"), str(out), "--quiet"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    last = build.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"next: colorize-train --config configs/demo.yaml data.shards={out} run.name=my-shards")
+
+    # That command as printed, made tiny by overrides after it, trains and ends with what to do next.
+    command = shlex.split(last.removeprefix("next: ").split("   (")[0])
+    tiny = ["model.features=8", "model.disc_features=8", "data.batch_size=2", "data.compile_lab=false"]
+    tiny += ["schedule.nogan_steps=2", "schedule.gan_steps=2", "logging.wandb=disabled", "logging.sample_count=2"]
+    tiny += [f"run.out_dir={tmp_path / 'runs'}"]
+    first = colorize_train(*command[1:], *tiny)
     assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "my-shards"
     weights = run_dir / "generator.safetensors"
     assert error_lines(first.stderr)[-2:] == [
         f"done: 4 steps; generator exported to {weights}",
@@ -107,16 +127,16 @@ def test_an_earlier_run_is_refused_kept_or_moved_aside_and_the_run_ends_with_nex
         f"error: {run_dir} already holds a run (checkpoints, metrics.jsonl, generator.safetensors): "
         "add --resume to continue it, or --overwrite to move it aside and start over"
     ]
-    refused = colorize_train("--config", str(config))
+    refused = colorize_train(*command[1:], *tiny)
     assert refused.returncode == 2 and error_lines(refused.stderr) == expected, refused.stderr[-3000:]
-    refused = run_train(["--config", str(config), "schedule.gan_steps=3"])
+    refused = run_train([*command[1:], *tiny, "schedule.gan_steps=3"])
     assert refused.returncode == 2 and error_lines(refused.stderr) == expected
     assert (run_dir / "metrics.jsonl").read_bytes() == metrics and weights.read_bytes() == exported
 
     # --overwrite (here among the overrides) moves the earlier run aside, whole, and starts over.
-    again = run_train(["--config", str(config), "logging.every_steps=2", "--overwrite", "schedule.gan_steps=1"])
+    again = run_train([*command[1:], *tiny, "--overwrite", "schedule.gan_steps=1"])
     assert again.returncode == 0, again.stderr[-3000:]
-    old = tmp_path / "runs" / "tiny.old-1"
+    old = tmp_path / "runs" / "my-shards.old-1"
     assert f"--overwrite: moved the earlier run to {old}" in again.stderr
     assert (old / "metrics.jsonl").read_bytes() == metrics and (old / "generator.safetensors").read_bytes() == exported
     assert error_lines(again.stderr)[-2].startswith("done: 3 steps")
@@ -169,36 +189,6 @@ def test_ctrl_c_saves_and_prints_one_line(shards, tmp_path, accelerate_config):
 def test_resume_and_overwrite_together_are_refused():
     result = colorize_train("--config", "configs/demo.yaml", "--resume", "--overwrite")
     assert result.returncode == 2 and "give one of them" in result.stderr
-
-
-@pytest.mark.slow
-def test_a_shards_build_ends_with_the_command_that_trains_on_it(tmp_path):
-    from shards.demo_images import write_demo_images
-
-    write_demo_images(tmp_path / "photos", count=24, seed=0)
-    out = tmp_path / "my-shards"
-    build = subprocess.run(
-        [str(VENV_BIN / "python"), "-m", "shards.cli", "build", str(tmp_path / "photos"), str(out), "--quiet"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert build.returncode == 0, build.stderr
-    last = build.stdout.strip().splitlines()[-1]
-    assert last.startswith(f"next: colorize-train --config configs/demo.yaml data.shards={out} run.name=my-shards")
-    # The command as printed, made tiny by overrides after it, trains on those shards.
-    command = shlex.split(last.removeprefix("next: ").split("   (")[0])
-    tiny = ["model.features=8", "model.disc_features=8", "data.batch_size=2", "data.compile_lab=false"]
-    tiny += [
-        "schedule.nogan_steps=1",
-        "schedule.gan_steps=1",
-        "logging.wandb=disabled",
-        f"run.out_dir={tmp_path / 'runs'}",
-    ]
-    trained = colorize_train(*command[1:], *tiny)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    assert (tmp_path / "runs" / "my-shards" / "generator.safetensors").is_file()
 
 
 def test_help_shows_both_halves_of_the_command_line():
