@@ -8,6 +8,9 @@ DEMO_RUN ?= runs/demo
 PYTEST_ARGS ?=
 # This machine's pip config names local mirrors that may be absent; hide only those warnings.
 PIP_QUIET := { grep -v 'is neither a file nor a directory' || true; }
+# setuptools' "Editable installation" notice (our flat layout of six top-level packages gets its import
+# finder, not a path entry) says nothing to act on; pip re-emits it as a warning, filtered by message.
+EDITABLE_QUIET := PYTHONWARNINGS='ignore:Editable installation'
 
 .PHONY: install test test-fast test-gpu lint demo clean gpu-kit gpu-check gpu-rehearse
 
@@ -19,7 +22,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 2>&1 | $(PIP_QUIET); exit $${PIPESTATUS[0]}
-	$(PY) -m pip install -q -e '.[ui,dev]' 2>&1 | $(PIP_QUIET); exit $${PIPESTATUS[0]}
+	$(EDITABLE_QUIET) $(PY) -m pip install -q -e '.[ui,dev]' 2>&1 | $(PIP_QUIET); exit $${PIPESTATUS[0]}
 	bash tests/install_browser.sh
 	touch $(STAMP)
 

@@ -3,13 +3,15 @@
 `load_config(path, overrides)` reads a YAML file whose keys must mirror the dataclasses below
 exactly, applies dotted `key=value` overrides (values parsed as YAML scalars/lists), checks every
 value's type and range, and returns a `Config`. Any mistake raises `ConfigError` with one line naming
-the dotted key and the file. `dump_config` writes the resolved tree back to YAML; loading that file
+the dotted key and where it came from: the file, or the override itself (`override data.batch_sise=4:
+unknown key 'data.batch_sise'; did you mean 'data.batch_size'?`). `dump_config` writes the resolved tree back to YAML; loading that file
 gives an equal object.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -297,7 +299,7 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{source}: {key} must be a list of {len(args)} values, got {value!r}")
         return tuple(_convert(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+    if _is_section(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key} must be a mapping of {tp.__name__} fields, got {value!r}")
         return _build(tp, value, f"{key}.", source)
@@ -326,12 +328,36 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     raise TypeError(f"config field {key} has an unsupported annotation {tp!r}")
 
 
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _dotted_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of the tree under `cls`, sections and leaves (`data`, `data.batch_size`, …)."""
+    keys = []
+    for name, tp in typing.get_type_hints(cls).items():
+        keys.append(prefix + name)
+        if _is_section(tp):
+            keys.extend(_dotted_keys(tp, f"{prefix}{name}."))
+    return keys
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    """`unknown key 'k'` with the closest known keys, or the section's keys when none is close."""
+    close = difflib.get_close_matches(key, _dotted_keys(Config), n=3, cutoff=0.6)
+    if close:
+        names = [repr(k) for k in close]
+        choices = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+        return f"unknown key '{key}'; did you mean {choices}?"
+    return f"unknown key '{key}' (known: {', '.join(sorted(known))})"
+
+
 def _build(cls: type, values: dict, prefix: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = [f.name for f in dataclasses.fields(cls)]
     for key in values:
         if key not in names:
-            raise ConfigError(f"{source}: unknown key '{prefix}{key}' (known: {', '.join(sorted(names))})")
+            raise ConfigError(f"{source}: {_unknown_key(prefix + key, names)}")
     kwargs = {k: _convert(v, hints[k], f"{prefix}{k}", source) for k, v in values.items()}
     return cls(**kwargs)
 
@@ -349,33 +375,49 @@ def config_to_dict(cfg: Any) -> dict:
     return plain(cfg)
 
 
-def _apply_override(tree: dict, override: str, source: str) -> None:
+def _apply_override(tree: dict, override: str) -> str:
+    """Set one `key=value` in the YAML tree; returns the dotted key. The key and the value's type are
+    checked here against the dataclasses, so a mistake names the override rather than the file."""
+    source = f"override {override}"
     if "=" not in override:
-        raise ConfigError(f"{source}: override {override!r} is not of the form key=value")
+        raise ConfigError(f"override {override!r} is not of the form key=value")
     dotted, raw = override.split("=", 1)
     dotted = dotted.strip()
     parts = dotted.split(".")
     if not dotted or any(not p for p in parts):
-        raise ConfigError(f"{source}: override {override!r} has an empty key")
+        raise ConfigError(f"override {override!r} has an empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: override {dotted} has an unparsable value {raw!r} ({exc.problem})") from None
+        raise ConfigError(f"{source}: unparsable value {raw!r} ({exc.problem})") from None
+    tp: Any = Config
+    for i, part in enumerate(parts):
+        if not _is_section(tp):
+            raise ConfigError(f"{source}: '{'.'.join(parts[:i])}' is not a section")
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            raise ConfigError(f"{source}: {_unknown_key('.'.join(parts[: i + 1]), list(hints))}")
+        tp = hints[part]
+    _convert(value, tp, dotted, source)
     node = tree
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{source}: override {dotted}: '{part}' is not a section")
+        child = node.get(part)
+        if not isinstance(child, dict):  # absent, or the file's own value there is wrong and replaced
+            child = node[part] = {}
         node = child
     node[parts[-1]] = value
+    return dotted
 
 
-def validate(cfg: Config, source: str = "<config>") -> Config:
-    """Range checks that types alone cannot express; raises ConfigError naming the key."""
+def validate(cfg: Config, source: str = "<config>", overridden: dict[str, str] | None = None) -> Config:
+    """Range checks that types alone cannot express; raises ConfigError naming the key and where its
+    value came from: `source`, or the override that set it (`overridden`: dotted key → override)."""
+    overridden = overridden or {}
 
     def need(ok: bool, key: str, why: str) -> None:
         if not ok:
-            raise ConfigError(f"{source}: {key} = {_get(cfg, key)!r} {why}")
+            where = f"override {overridden[key]}" if key in overridden else source
+            raise ConfigError(f"{where}: {key} = {_get(cfg, key)!r} {why}")
 
     need(cfg.data.size > 0 and cfg.data.size % 256 == 0, "data.size", "must be a positive multiple of 256")
     need(cfg.data.batch_size > 0, "data.batch_size", "must be positive")
@@ -418,8 +460,9 @@ def _get(cfg: Any, dotted: str) -> Any:
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read `path` (YAML; None = defaults only), apply `key=value` overrides, check, return a Config.
 
-    Raises ConfigError (one line, naming the dotted key and the file) for a missing or unparsable
-    file, an unknown key, a wrong type, a malformed override, or an out-of-range value.
+    Raises ConfigError (one line, naming the dotted key and the file or the override) for a missing or
+    unparsable file, an unknown key (with the closest known keys), a wrong type, a malformed override,
+    or an out-of-range value.
     """
     source = str(path) if path is not None else "<defaults>"
     tree: dict = {}
@@ -436,10 +479,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections")
         tree = loaded or {}
-    for override in overrides:
-        _apply_override(tree, override, f"{source} (override)")
+    overridden = {_apply_override(tree, override): override for override in overrides}
     cfg = _build(Config, tree, "", source)
-    return validate(cfg, source)
+    return validate(cfg, source, overridden)
 
 
 def scale_to_processes(cfg: Config, processes: int) -> tuple[Config, list[str]]:

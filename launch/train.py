@@ -1,11 +1,12 @@
 """Train the colorization GAN: NoGAN (generator only), then GAN (PatchGAN discriminator), in one run.
 
-    accelerate launch [--config_file configs/accelerate/1gpu.yaml] launch/train.py \
-        --config configs/demo.yaml [key=value ...] [--resume]
+    colorize-train [accelerate launch options] --config configs/demo.yaml [key=value ...] [--resume | --overwrite]
+    accelerate launch [--config_file configs/accelerate/1gpu.yaml] launch/train.py --config ... (the same)
 
 Also runs as `python launch/train.py ...` (one process) and as `launch.train.main([...])` in-process.
+`colorize-train` (launch/apps/train_cli.py) checks the config before it starts the processes.
 Everything is built by the small `build_*` functions below; `train_loop` is the loop. Outputs go to
-`<run.out_dir>/<run.name>/` (see the README's training section).
+`<run.out_dir>/<run.name>/` (see docs/training.md).
 
 Exit status: 0 finished; 1 the run stopped on an error (non-finite loss, unusable checkpoint);
 2 a configuration or data-location mistake; 128 + signal number (143 for SIGTERM, 130 for SIGINT,
@@ -15,7 +16,6 @@ checkpoint, so job scripts can tell "stopped early, resumable" from "finished".
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import signal
 import sys
@@ -36,9 +36,11 @@ from launch.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from launch.training.command_line import parse_args
 from launch.training.errors import TrainingError
 from launch.training.gan import ColorizationGAN, build_gan
 from launch.training.monitor import LossMonitor
+from launch.training.run_dir import check_fresh_start, set_aside
 from launch.training.samples import sample_grid, save_png
 from launch.training.schedule import NOGAN, is_phase_switch, phase_at
 from launch.training.signals import StopRequest
@@ -163,25 +165,33 @@ def build_logger(cfg: Config, accelerator: Accelerator, wandb_mode: str, start_s
     return logger
 
 
-def build_run(cfg: Config, resume: bool) -> Run:
-    """Build everything, restore the latest checkpoint when resuming, and return the ready Run."""
+def build_run(cfg: Config, resume: bool, overwrite: bool = False) -> Run:
+    """Build everything, restore the latest checkpoint when resuming, and return the ready Run.
+    `overwrite`: an earlier run in the run directory is first moved aside (see run_dir.py)."""
     # Stop signals are caught from here on: one that comes while things are built (a Slurm time-limit
     # warning included) stops the run after its first step, with a checkpoint.
     stop = StopRequest().install()
     try:
-        return _build_run(cfg, resume, stop)
+        return _build_run(cfg, resume, overwrite, stop)
     except BaseException:
         stop.restore()
         raise
 
 
-def _build_run(cfg: Config, resume: bool, stop: StopRequest) -> Run:
-    # Missing or incomplete shards are a user mistake: say so before anything is built or written.
+def _build_run(cfg: Config, resume: bool, overwrite: bool, stop: StopRequest) -> Run:
+    # Missing or incomplete shards, or a fresh start over an earlier run, are user mistakes: say so
+    # before anything is built or written (every rank checks before they meet, so all see the same).
     split_shards(cfg.data.shards, "train", need_index=cfg.data.backend == "dali")
+    check_fresh_start(cfg.run_dir, resume, overwrite)
     wandb_mode = resolve_wandb_mode(cfg.logging.wandb)
+    accelerator = build_accelerator(cfg)
+    if overwrite:
+        moved = set_aside(cfg.run_dir) if accelerator.is_main_process else None
+        if moved is not None:
+            print(f"--overwrite: moved the earlier run to {moved}", file=sys.stderr)
+        accelerator.wait_for_everyone()
     if wandb_mode != "disabled":
         keep_wandb_files_in(cfg.run_dir)
-    accelerator = build_accelerator(cfg)
     cfg, scaling = scale_to_processes(cfg, accelerator.num_processes)
     checkpoint = latest_checkpoint(cfg.run_dir / "checkpoints") if resume else None
     if checkpoint is not None:  # before config.yaml is rewritten for a different number of processes
@@ -401,15 +411,13 @@ def train_loop(run: Run) -> int:
     return 0
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="run config YAML, e.g. configs/demo.yaml")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of the run")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.batch_size=64")
-    args, extra = parser.parse_known_args(argv)
-    # A W&B sweep agent passes its parameters as --key=value (`${args}` in configs/sweeps/*.yaml).
-    args.overrides = [*args.overrides, *wandb_run.agent_overrides(extra)]
-    return args
+def closing_lines(run: Run) -> list[str]:
+    """What a finished run says last: where the generator is and what to run next."""
+    weights = run.run_dir / "generator.safetensors"
+    return [
+        f"done: {run.state.step} steps; generator exported to {weights}",
+        f"next: colorize PHOTOS --weights {weights}   (or the web page: colorize-ui --weights {weights})",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,13 +425,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         cfg = load_config(args.config, args.overrides)
-        run = build_run(cfg, args.resume)
+        run = build_run(cfg, args.resume, args.overwrite)
     except (ConfigError, ShardsDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before the stop handler is installed: nothing has been trained yet
+        print("interrupted while starting; nothing was trained", file=sys.stderr)
+        return 130
     try:
         status = train_loop(run)
     except (TrainingError, BadShardError) as exc:
@@ -437,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         run.stop.restore()
         run.logger.close(preempted=run.stop.requested)
         run.accelerator.end_training()
+    if status == 0 and run.accelerator.is_main_process:
+        print("\n".join(closing_lines(run)), file=sys.stderr)
     return status
 
 

@@ -144,7 +144,13 @@ def _build(args) -> int:
             f"{display_path(str(args.out / 'manifest.json'))}"
         )
     _print_skipped(manifest)
-    return _nothing_kept(manifest, args.out)
+    status = _nothing_kept(manifest, args.out)
+    if status == 0 and "missing" not in manifest:
+        print(
+            f"next: colorize-train --config configs/demo.yaml data.shards={args.out} run.name={args.out.name}"
+            "   (configs/imagenet.yaml for an ImageNet-sized set)"
+        )
+    return status
 
 
 def _nothing_kept(manifest: dict, out) -> int:
