@@ -41,6 +41,7 @@ NOT_RUN = {
     "colorize-wandb dashboard": "writes a W&B workspace (network)",
     "wandb sweep": "creates a sweep on W&B (network)",
     "G_1_2000000_gan.pth": "the seed project's checkpoint is not shipped",
+    "sbatch": "needs a Slurm cluster (tests/test_slurm.py submits the scripts to a real one)",
 }
 """Substring of a README command → why it is not run here."""
 
