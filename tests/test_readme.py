@@ -33,7 +33,8 @@ NOT_RUN = {
     "make demo": "the whole demo, minutes; the README's first session runs its steps one by one",
     "make test": "this test suite",
     "make gpu-kit": "downloads wheels (network)",
-    "make gpu-check": "the GPU device check (tests/test_gpucheck.py runs its dry run)",
+    "make gpu-rehearse": "packs a stand-in kit and runs the three calls, minutes (tests/test_gpu_rehearsal.py runs it)",
+    "make gpu-check": "the GPU check's three commands in a row (tests/test_gpu_rehearsal.py runs them on a stand-in)",
     "colorize-ui": "serves until stopped (tests/test_ui.py starts a real server)",
     "/data/": "ImageNet is not on this machine",
     "8gpu.yaml": "needs eight GPUs",
@@ -41,6 +42,7 @@ NOT_RUN = {
     "colorize-wandb dashboard": "writes a W&B workspace (network)",
     "wandb sweep": "creates a sweep on W&B (network)",
     "G_1_2000000_gan.pth": "the seed project's checkpoint is not shipped",
+    "sbatch": "needs a Slurm cluster (tests/test_slurm.py submits the scripts to a real one)",
 }
 """Substring of a README command → why it is not run here."""
 
