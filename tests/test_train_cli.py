@@ -142,9 +142,12 @@ def test_from_a_shards_build_to_a_trained_run_and_over_it_again(tmp_path):
     assert error_lines(again.stderr)[-2].startswith("done: 3 steps")
 
 
-def _interrupt_training(args: list[str], run_dir: Path) -> tuple[int, str]:
-    """Start `colorize-train ARGS` in its own process group, wait until a step is logged, then press
-    Ctrl-C as a terminal does (SIGINT to the whole group); returns (exit status, stderr)."""
+def _interrupt_training(
+    args: list[str], run_dir: Path, signum: int = signal.SIGINT, whole_group: bool = True
+) -> tuple[int, str]:
+    """Start `colorize-train ARGS` in its own process group, wait until a step is logged, then send
+    `signum` to the whole group (Ctrl-C, as a terminal does) or to the launcher alone; returns (exit
+    status, stderr)."""
     env = subprocess_env()
     del env["OMP_NUM_THREADS"]  # unset, as in a user's shell: accelerate then picks the thread count
     proc = subprocess.Popen(
@@ -161,7 +164,10 @@ def _interrupt_training(args: list[str], run_dir: Path) -> tuple[int, str]:
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 1):
         assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
         time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGINT)
+    if whole_group:
+        os.killpg(proc.pid, signum)
+    else:
+        os.kill(proc.pid, signum)
     _, stderr = proc.communicate(timeout=240)
     # The launcher waited for its training processes: none is left when it returns.
     with pytest.raises(ProcessLookupError):
@@ -183,6 +189,22 @@ def test_ctrl_c_saves_and_prints_one_line(shards, tmp_path, accelerate_config):
     assert "--num_cpu_threads_per_process" not in stderr  # accelerate's note on its own choice is dropped
     assert stderr.count("stopped by SIGINT; checkpoint saved, resume with --resume") == 1
     assert not [line for line in after_training.splitlines()[1:] if line.strip() and not line.startswith("train:")]
+    assert any((run_dir / "checkpoints").iterdir())
+
+
+@pytest.mark.slow
+def test_the_time_limit_warning_sent_to_the_launcher_alone_reaches_both_processes(shards, tmp_path):
+    """SIGUSR1 (the warning launch/slurm.sh asks for before a time limit) to colorize-train itself: it
+    passes the signal on, both training processes save, and the status says "stopped by SIGUSR1"."""
+    config = tiny_config(
+        tmp_path / "tiny.yaml", shards, tmp_path / "runs", schedule={"nogan_steps": 2000, "gan_steps": 0}
+    )
+    run_dir = tmp_path / "runs" / "tiny"
+    args = ["--config_file", CPU2, "--config", str(config)]
+    status, stderr = _interrupt_training(args, run_dir, signal.SIGUSR1, whole_group=False)
+    assert status == 128 + signal.SIGUSR1, stderr[-3000:]
+    assert stderr.count("stopped by SIGUSR1; checkpoint saved, resume with --resume") == 1
+    assert "Traceback" not in stderr
     assert any((run_dir / "checkpoints").iterdir())
 
 

@@ -15,10 +15,10 @@ returns while the training process is still saving (`simple_launcher` and `multi
 accelerate/commands/launch.py; `--quiet` only turns the first case into a bare exit 1). Here:
 - the config, the shards and the run directory are checked in this process first: a mistake is one
   `error:` line and exit 2, before any training process starts;
-- SIGINT and SIGTERM reach the training processes, which finish their step, save, and say so in one
-  line; this process waits for them;
+- SIGINT, SIGTERM and SIGUSR1 reach the training processes, which finish their step, save, and say so
+  in one line; this process waits for them;
 - the exit status is the training processes' (0 done, 1 error, 2 config mistake, 130 / 143 stopped by
-  SIGINT / SIGTERM after saving), with no launcher traceback.
+  SIGINT / SIGTERM, 138 SIGUSR1, after saving), with no launcher traceback.
 """
 
 from __future__ import annotations
@@ -112,9 +112,10 @@ def _quiet_launcher_logs() -> None:
 
 
 def _forward_signals() -> None:
-    """SIGINT / SIGTERM to this process go on to the training processes instead of stopping it, so it
-    waits for them to save. (With several processes torchrun installs its own handlers, which forward
-    the signal and then raise SignalException once the ranks have stopped.)"""
+    """SIGINT / SIGTERM / SIGUSR1 to this process go on to the training processes instead of stopping
+    it, so it waits for them to save. (With several processes torchrun installs its own handlers for
+    SIGINT and SIGTERM, which forward the signal and then raise SignalException once the ranks have
+    stopped; SIGUSR1, the time-limit warning, it leaves to ours.)"""
     import psutil
 
     def forward(signum: int, frame) -> None:
@@ -124,8 +125,8 @@ def _forward_signals() -> None:
             except psutil.NoSuchProcess:
                 pass
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, forward)
 
 
 def _status(code: int) -> int:
