@@ -332,6 +332,16 @@ def upload(local: Path, path: str, metadata: dict[str, str] | None = None) -> No
     retrying(path, lambda: client().upload_file(str(local), url.bucket, url.key, **extra))
 
 
+def download(path: str, local: Path, retry_seconds: float = 0.0) -> bool:
+    """Copy the object `path` to the local file `local`; False when there is no such object."""
+    url = ObjectUrl.parse(path)
+    try:
+        retrying(path, lambda: client().download_file(url.bucket, url.key, str(local)), retry_seconds)
+    except NoSuchObject:
+        return False
+    return True
+
+
 def put_bytes(path: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
     """Write `data` as the object `path` in one request."""
     url = ObjectUrl.parse(path)
