@@ -18,6 +18,10 @@ round; in later rounds, the batches each source queued while the others ran). A 
 drifts over a minute (a shared virtual machine) then shifts every source alike instead of skewing
 the ratios; each rate is its total images over its total timed seconds.
 
+`--also-shards LOCATION` times every backend on the same shards at another location too (an
+`s3://` prefix beside a local copy, `launch/bench/pull.py`), in the same rounds; each source's bytes/s
+and the store link 8,000 images/s per GPU would need are printed with the figures.
+
 Without `--shards`, ImageNet-like shards are generated first (untimed): `--images` JPEGs at quality
 90, longer side 450–500 px, from real photos with grain (`shards.demo_images.write_photo_crops`),
 built with `shards.build.build_shards`.
@@ -39,6 +43,8 @@ import torch
 
 from configs import DataConfig
 from configs.atomic import write_text_atomic
+from launch.bench import pull
+from pipeline.location import is_remote
 
 CEILING = "decode ceiling"
 CEILING_TEXT = {
@@ -48,7 +54,17 @@ CEILING_TEXT = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shards", type=Path, help="shards directory (default: generate ImageNet-like shards)")
+    parser.add_argument(
+        "--shards", help="shards directory or s3://bucket/prefix (default: generate ImageNet-like shards)"
+    )
+    parser.add_argument(
+        "--also-shards",
+        action="append",
+        default=[],
+        metavar="LOCATION",
+        help="the same shards elsewhere (e.g. s3://bucket/prefix beside a local copy): every backend is "
+        "also timed on them, in the same rounds, as BACKEND@s3 or BACKEND@local (repeatable)",
+    )
     parser.add_argument("--split", default="train", help="split to read (default train)")
     parser.add_argument(
         "--backends",
@@ -122,7 +138,9 @@ def measure_in_rounds(
     return {name: images / elapsed for name, (images, elapsed) in totals.items()}
 
 
-def decode_ceiling(shards_dir: Path, split: str, batch_size: int, threads: int, device: torch.device | None = None):
+def decode_ceiling(
+    shards_dir: str | Path, split: str, batch_size: int, threads: int, device: torch.device | None = None
+):
     """Endless iterator over batches of DALI read + full JPEG decode only: no crop, flip, Lab or copy out.
 
     CPU (`device` None or cpu): libjpeg-turbo on DALI's threads. CUDA: the `mixed` decoder on
@@ -242,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run(args, backends, shards_dir: Path) -> int:
+def _run(args, backends, shards_dir: str | Path) -> int:
     from pipeline import make_loader
     from pipeline.loader_base import BadShardError
     from pipeline.shard_list import ShardsDirError
@@ -251,12 +269,16 @@ def _run(args, backends, shards_dir: Path) -> int:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     try:
-        sources = {}
-        for name in backends:
+        sources, locations = {}, {}
+        everywhere = [(loc, b) for loc in [str(shards_dir), *args.also_shards] for b in backends]
+        # `baseline` (the seed's loader) reads local files only.
+        for location, name in [(loc, b) for loc, b in everywhere if not (b == "baseline" and is_remote(loc))]:
+            source = pull.source_name(name, location, str(shards_dir))
+            locations[source] = location
             # torch-cpu: the torch backend decoding in its workers, whatever the device.
             torch_cpu = name == "torch-cpu"
             cfg = DataConfig(
-                shards=str(shards_dir),
+                shards=location,
                 backend="torch" if torch_cpu else name,
                 size=args.size,
                 crop=args.crop,
@@ -264,7 +286,7 @@ def _run(args, backends, shards_dir: Path) -> int:
                 num_threads=args.threads,
                 decode_device="cpu" if torch_cpu else "auto",
             )
-            sources[name] = iter(make_loader(cfg, 0, 1, device, split=args.split, endless=True))
+            sources[source] = iter(make_loader(cfg, 0, 1, device, split=args.split, endless=True))
         sources[CEILING] = decode_ceiling(shards_dir, args.split, args.batch_size, args.threads, device)
         print(
             f"timing {', '.join(sources)}: {args.rounds} round(s) of {args.seconds / args.rounds:.1f} s each …",
@@ -279,9 +301,12 @@ def _run(args, backends, shards_dir: Path) -> int:
     ceiling = rates.pop(CEILING)
     results: dict[str, dict] = {name: {"images_per_s": round(rate, 1)} for name, rate in rates.items()}
     baseline_rate = results.get("baseline", {}).get("images_per_s")
-    for r in results.values():
+    for name, r in results.items():
         r["ratio_vs_baseline"] = round(r["images_per_s"] / baseline_rate, 2) if baseline_rate else None
         r["fraction_of_decode_ceiling"] = round(r["images_per_s"] / ceiling, 3)
+        # What one rank pulls from where its shards live; the same backend on the primary shards.
+        r["bytes_per_s"] = round(r["images_per_s"] * pull.mean_sample_bytes(locations[name], args.split))
+        r["fraction_of_primary"] = round(r["images_per_s"] / results[name.split("@")[0]]["images_per_s"], 3)
     machine = _machine() | {
         "load_average_before": round(load_before, 2),
         "load_average_after": round(os.getloadavg()[0], 2),
@@ -300,18 +325,25 @@ def _run(args, backends, shards_dir: Path) -> int:
             "warmup": args.warmup,
             "device": args.device,
             "shards": str(shards_dir),
+            "also_shards": args.also_shards,
         },
         "machine": machine,
+        "sizing": (sizing := pull.sizing(pull.mean_sample_bytes(str(shards_dir), args.split))),
     }
-    print(f"\n{'backend':10s} {'images/s':>10s} {'× baseline':>10s} {'of decode':>10s}")
+    print(f"\n{'backend':10s} {'images/s':>10s} {'× baseline':>10s} {'of decode':>10s} {'MB/s':>8s}")
     for name, r in results.items():
         ratio = f"{r['ratio_vs_baseline']:.2f}" if r["ratio_vs_baseline"] is not None else "-"
-        print(f"{name:10s} {r['images_per_s']:10.1f} {ratio:>10s} {100 * r['fraction_of_decode_ceiling']:9.0f}%")
+        print(
+            f"{name:10s} {r['images_per_s']:10.1f} {ratio:>10s} {100 * r['fraction_of_decode_ceiling']:9.0f}% "
+            f"{r['bytes_per_s'] / 1e6:8.1f}"
+            + (f"   {100 * r['fraction_of_primary']:.0f}% of {name.split('@')[0]}" if "@" in name else "")
+        )
     print(f"{'decode':10s} {ceiling:10.1f}   (ceiling: {CEILING_TEXT[device.type]})")
     print(
         f"machine: {machine['cpu']}, {machine['cores']} cores, load average {load_before:.1f} → "
         f"{machine['load_average_after']:.1f}"
     )
+    print(f"sizing: {pull.sizing_line(sizing)}")
     if args.json:
         write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
     return 0
