@@ -40,6 +40,10 @@ class StoreError(ShardsDirError):
     """An object store that refuses or cannot be reached, or an object it does not hold; one line
     naming the object."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message  # kept whole: webdataset appends to the `args` of errors it passes on
+
 
 class NoSuchObject(StoreError):
     """The bucket exists but the object does not."""
@@ -130,13 +134,20 @@ def _cause(exc: BaseException) -> BaseException:
 
 def transient(exc: BaseException) -> bool:
     """Whether `exc` may pass when the store is back: no answer, a broken connection, a 5xx."""
-    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, ResponseStreamingError
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        HTTPClientError,
+        IncompleteReadError,
+        ResponseStreamingError,
+    )
     from urllib3.exceptions import HTTPError
 
     exc = _cause(exc)
     if isinstance(exc, ClientError):
         return _status(exc) >= 500 or _error_code(exc) in {"SlowDown", "ServiceUnavailable", "InternalError"}
-    return isinstance(exc, (ConnectionError, HTTPClientError, ResponseStreamingError, HTTPError, OSError))
+    kinds = (ConnectionError, HTTPClientError, IncompleteReadError, ResponseStreamingError, HTTPError, OSError)
+    return isinstance(exc, kinds)
 
 
 def describe(exc: BaseException, url: str | Path | ObjectUrl) -> StoreError:

@@ -167,6 +167,8 @@ class _Readers(IterableDataset):
         for source in sources:
             try:
                 stream = open_stream(source["url"], self.cfg.read_retry_seconds)
+            except StoreError as exn:  # the store did not answer for data.read_retry_seconds, or refused
+                raise StoreReadError(exn.message) from None
             except OSError as exn:  # a local shard gone since the manifest was read
                 exn.args = (*exn.args, source["url"])
                 if self._handler(exn):
@@ -181,7 +183,7 @@ class _Readers(IterableDataset):
         """webdataset's error hook for unreadable tars: stop naming the shard, or go on. The object
         store failing is never skipped: `StoreReadError` (retries are over when it gets here)."""
         if isinstance(exn, StoreError):
-            raise StoreReadError(exn.args[0]) from None
+            raise StoreReadError(exn.message) from None
         if self.cfg.on_bad_sample == "skip":
             self._errors += 1
             return True
