@@ -195,6 +195,32 @@ def test_parts_into_s3_merge_into_the_one_machine_manifest(aws, server, tiny, tm
 # Reading through an outage
 
 
+# The remote loader runs in a child process started with the AWS environment: DataLoader workers come
+# from a fork server, which keeps the environment of the moment it started (possibly before this test).
+# It reads 3 batches, says so, waits for a line on stdin (the store is killed meanwhile), reads on
+# and saves every batch and the seconds the batches after the kill took.
+READ_THROUGH_OUTAGE = """
+import sys, time, torch
+from configs import DataConfig
+from pipeline import make_loader
+
+def main():
+    shards, backend, out = sys.argv[1:4]
+    cfg = DataConfig(shards=shards, backend=backend, batch_size=2, num_threads=1, shuffle_buffer=8,
+                     compile_lab=False, read_retry_seconds=120)
+    batches = iter(make_loader(cfg, 0, 1, torch.device("cpu"), split="train", seed=0))
+    got = [next(batches) for _ in range(3)]
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start = time.monotonic()
+    got += [next(batches) for _ in range(27)]
+    torch.save({"batches": got, "waited": time.monotonic() - start}, out)
+
+if __name__ == "__main__":
+    main()
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["dali", "torch"])
 def test_loader_waits_for_a_restarted_store_and_goes_on_exactly(aws, server, colour_photos, tmp_path, backend):
@@ -203,33 +229,37 @@ def test_loader_waits_for_a_restarted_store_and_goes_on_exactly(aws, server, col
     local = tmp_path / "coded"
     write_test_shards(local, colour_photos)
     url = upload_folder(server, local, f"coded-{backend}")
-
-    def loader(shards: str):
-        cfg = DataConfig(
-            shards=shards,
-            backend=backend,
-            batch_size=2,
-            num_threads=1,
-            shuffle_buffer=8,
-            compile_lab=False,
-            read_retry_seconds=120,
-        )
-        return iter(make_loader(cfg, 0, 1, CPU, split="train", seed=0))
-
-    # 30 batches of 2 from 48 samples: past what the readers hold ahead when the store is killed
-    # after 3 (DALI's read-ahead and shuffle buffer, the torch worker's shard and prefetch).
-    expected = [next(batches) for batches in [loader(str(local))] for _ in range(30)]
-    remote = loader(url)
-    got = [next(remote) for _ in range(3)]
+    script, out = tmp_path / "read_through_outage.py", tmp_path / "batches.pt"
+    script.write_text(READ_THROUGH_OUTAGE)
+    child = subprocess.Popen(
+        [sys.executable, str(script), url, backend, str(out)],
+        cwd=REPO,
+        env=subprocess_env(**aws),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and child.stdin is not None
+    assert child.stdout.readline().strip() == "ready"
     server.kill()
     restart = threading.Thread(target=server.start)
     restart.start()
-    start = time.monotonic()
-    got += [next(remote) for _ in range(27)]
-    waited = time.monotonic() - start
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    assert child.wait(timeout=300) == 0
     restart.join()
-    assert waited > 3, f"the batches after the kill came in {waited:.1f} s: the outage was not read through"
-    for i, ((L, ab), (L2, ab2)) in enumerate(zip(expected, got, strict=True)):
+
+    # 30 batches of 2 from 48 samples: past what the readers hold ahead when the store is killed
+    # after 3 (DALI's read-ahead and shuffle buffer, the torch worker's shard and prefetch).
+    cfg = DataConfig(
+        shards=str(local), backend=backend, batch_size=2, num_threads=1, shuffle_buffer=8, compile_lab=False
+    )
+    expected = [
+        next(batches) for batches in [iter(make_loader(cfg, 0, 1, CPU, split="train", seed=0))] for _ in range(30)
+    ]
+    saved = torch.load(out, weights_only=True)
+    assert saved["waited"] > 3, f"the batches after the kill came in {saved['waited']:.1f} s: no outage read through"
+    for i, ((L, ab), (L2, ab2)) in enumerate(zip(expected, saved["batches"], strict=True)):
         assert torch.equal(L, L2) and torch.equal(ab, ab2), f"batch {i}"
 
 
