@@ -50,7 +50,9 @@ class DataConfig:
     """Which shards to read and how to turn them into (L, ab) batches."""
 
     shards: str = "demo-data/shards"
-    """Shards directory written by `colorize-shards build` (holds manifest.json)."""
+    """Shards location written by `colorize-shards build` (holds manifest.json): a local directory,
+    or an object-store prefix `s3://bucket/prefix` (endpoint and credentials from the standard AWS
+    environment: docs/object-storage.md)."""
     backend: Literal["dali", "torch", "baseline"] = "dali"
     """`dali` (GPU nvJPEG when CUDA, CPU otherwise), `torch` (webdataset + torchvision), `baseline`
     (the seed project's PIL + skimage loader, the benchmark's yardstick; called `seed` before)."""
@@ -83,6 +85,9 @@ class DataConfig:
     """`torch` backend: where JPEGs are decoded. `auto`: on the GPU when the loader's device is CUDA
     (batched nvJPEG in the main process; workers only read bytes), else in the DataLoader workers;
     `cpu`: always in the workers. DALI always decodes on the GPU when the device is CUDA."""
+    read_retry_seconds: float = 300.0
+    """`s3://` shards: how long reads keep retrying (with backoff) while the object store does not
+    answer, before the run stops with an error naming the object (resume from the last checkpoint)."""
     compile_lab: bool = True
     """`dali` and `torch` backends decoding on the CPU: fuse the RGB → Lab step with torch.compile
     (polynomial form, ≤ 1e-4 off; a few seconds to compile on first use); false = the reference colour
@@ -424,6 +429,7 @@ def validate(cfg: Config, source: str = "<config>", overridden: dict[str, str] |
     need(cfg.data.num_threads > 0, "data.num_threads", "must be positive")
     need(cfg.data.prefetch > 0, "data.prefetch", "must be positive")
     need(cfg.data.shuffle_buffer > 0, "data.shuffle_buffer", "must be positive")
+    need(cfg.data.read_retry_seconds >= 0, "data.read_retry_seconds", "must be >= 0")
     lo, hi = cfg.data.crop_scale
     need(0 < lo <= hi <= 1, "data.crop_scale", "must satisfy 0 < low <= high <= 1")
     lo, hi = cfg.data.crop_ratio

@@ -30,6 +30,10 @@ shared virtual machine) then shifts every source alike instead of skewing the ra
 total images over its total timed seconds. With `--json`, the figures so far are rewritten after
 every round (`complete` false until the last), so a run cut short keeps what it measured.
 
+`--also-shards LOCATION` times every backend on the same shards at another location too (an
+`s3://` prefix beside a local copy, `launch/bench/pull.py`), in the same rounds; each source's bytes/s
+and the store link 8,000 images/s per GPU would need are printed with the figures.
+
 Without `--shards`, ImageNet-like shards are generated first (untimed): `--images` JPEGs at quality
 90, longer side 450–500 px, from real photos with grain (`shards.demo_images.write_photo_crops`),
 built with `shards.build.build_shards`.
@@ -52,6 +56,8 @@ import torch
 
 from configs import ConfigError, DataConfig, load_config
 from configs.atomic import write_text_atomic
+from launch.bench import pull
+from pipeline.location import is_remote
 
 CEILING = "ceiling"
 HW_DECODER_LOADS = (0.0, 0.65, 1.0)
@@ -64,7 +70,17 @@ CEILING_TEXT = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shards", type=Path, help="shards directory (default: generate ImageNet-like shards)")
+    parser.add_argument(
+        "--shards", help="shards directory or s3://bucket/prefix (default: generate ImageNet-like shards)"
+    )
+    parser.add_argument(
+        "--also-shards",
+        action="append",
+        default=[],
+        metavar="LOCATION",
+        help="the same shards elsewhere (e.g. s3://bucket/prefix beside a local copy): every backend is "
+        "also timed on them, in the same rounds, as BACKEND@s3 or BACKEND@local (repeatable)",
+    )
     parser.add_argument("--split", default="train", help="split to read (default train)")
     parser.add_argument(
         "--backends",
@@ -198,7 +214,11 @@ def training_decode(cfg: DataConfig, split: str) -> str:
 
 
 def decode_ceiling(
-    shards_dir: Path, split: str, cfg: DataConfig, device: torch.device | None = None, hw_decoder_load: float = 0.65
+    shards_dir: str | Path,
+    split: str,
+    cfg: DataConfig,
+    device: torch.device | None = None,
+    hw_decoder_load: float = 0.65,
 ):
     """Endless iterator over batches of DALI read + the training pipeline's JPEG decode only: no resize,
     flip, Lab or copy out (module doc). Batch, threads, shuffle buffer and prefetch are `cfg`'s.
@@ -359,7 +379,7 @@ def _run(args, backends, data: DataConfig) -> int:
     from pipeline.shard_list import ShardsDirError
 
     device = torch.device(args.device)
-    shards_dir = Path(data.shards)
+    shards_dir = data.shards  # a folder or s3://bucket/prefix
     torch.set_num_threads(data.num_threads)
     load_before = os.getloadavg()[0]
     monitor = None
@@ -380,9 +400,11 @@ def _run(args, backends, data: DataConfig) -> int:
         "rounds": args.rounds,
         "warmup": args.warmup,
         "device": args.device,
-        "shards": str(shards_dir),
+        "shards": shards_dir,
+        "also_shards": args.also_shards,
     }
     ceilings = ceiling_names(device)
+    locations: dict[str, str] = {}
     text = CEILING_TEXT[device.type].format(decode=training_decode(data, args.split))
 
     def report_for(rates: dict[str, float], utilisation: dict, rounds_done: int) -> dict:
@@ -395,6 +417,9 @@ def _run(args, backends, data: DataConfig) -> int:
         for name, r in results.items():
             r["ratio_vs_baseline"] = round(r["images_per_s"] / baseline_rate, 2) if baseline_rate else None
             r["fraction_of_decode_ceiling"] = round(r["images_per_s"] / best, 3)
+            # What one rank pulls from where its shards live; the same backend on the primary shards.
+            r["bytes_per_s"] = round(r["images_per_s"] * pull.mean_sample_bytes(locations[name], args.split))
+            r["fraction_of_primary"] = round(r["images_per_s"] / results[name.split("@")[0]]["images_per_s"], 3)
             if device.type == "cuda":
                 r["jpeg_engine_utilisation"] = utilisation.get(name)
         return {
@@ -411,6 +436,7 @@ def _run(args, backends, data: DataConfig) -> int:
             },
             "hardware_decoder": hardware_decoder_verdict(monitor, utilisation, device),
             "settings": settings,
+            "sizing": pull.sizing(pull.mean_sample_bytes(shards_dir, args.split)),
             "complete": rounds_done == args.rounds,
             "rounds_done": rounds_done,
         }
@@ -421,13 +447,20 @@ def _run(args, backends, data: DataConfig) -> int:
 
     try:
         sources = {}
-        for name in backends:
+        everywhere = [(loc, b) for loc in [shards_dir, *args.also_shards] for b in backends]
+        # `baseline` (the seed's loader) reads local files only.
+        for location, name in [(loc, b) for loc, b in everywhere if not (b == "baseline" and is_remote(loc))]:
+            source = pull.source_name(name, location, shards_dir)
+            locations[source] = location
             # torch-cpu: the torch backend decoding in its workers, whatever the device.
             torch_cpu = name == "torch-cpu"
             cfg = dataclasses.replace(
-                data, backend="torch" if torch_cpu else name, decode_device="cpu" if torch_cpu else "auto"
+                data,
+                shards=location,
+                backend="torch" if torch_cpu else name,
+                decode_device="cpu" if torch_cpu else "auto",
             )
-            sources[name] = iter(make_loader(cfg, 0, 1, device, split=args.split, endless=True))
+            sources[source] = iter(make_loader(cfg, 0, 1, device, split=args.split, endless=True))
         for name, load in ceilings.items():
             sources[name] = decode_ceiling(
                 shards_dir, args.split, data, device, hw_decoder_load=0.65 if load is None else load
@@ -454,12 +487,13 @@ def _run(args, backends, data: DataConfig) -> int:
         "load_average_after": round(os.getloadavg()[0], 2),
     }
     machine = report["machine"]
-    print(f"\n{'backend':10s} {'images/s':>10s} {'× baseline':>10s} {'of decode':>10s} {'NVJPG max':>10s}")
+    print(f"\n{'backend':10s} {'images/s':>10s} {'× baseline':>10s} {'of decode':>10s} {'MB/s':>8s} {'NVJPG max':>10s}")
     for name, r in report["backends"].items():
         ratio = f"{r['ratio_vs_baseline']:.2f}" if r["ratio_vs_baseline"] is not None else "-"
         print(
             f"{name:10s} {r['images_per_s']:10.1f} {ratio:>10s} {100 * r['fraction_of_decode_ceiling']:9.0f}% "
-            f"{_percent(r.get('jpeg_engine_utilisation')):>10s}"
+            f"{r['bytes_per_s'] / 1e6:8.1f} {_percent(r.get('jpeg_engine_utilisation')):>10s}"
+            + (f"   {100 * r['fraction_of_primary']:.0f}% of {name.split('@')[0]}" if "@" in name else "")
         )
     for name, c in report["ceilings"].items():
         print(f"{name}: {c['images_per_s']:.1f} images/s, NVJPG max {_percent(c['jpeg_engine_utilisation'])}")
@@ -471,6 +505,7 @@ def _run(args, backends, data: DataConfig) -> int:
         f"machine: {machine['cpu']}, {machine['cores']} cores, load average {load_before:.1f} → "
         f"{machine['load_average_after']:.1f}"
     )
+    print(f"sizing: {pull.sizing_line(report['sizing'])}")
     if args.json:
         write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
     return 0

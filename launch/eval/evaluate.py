@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="colorize-eval", description="Score a generator on held-out shards beside the grey baseline."
     )
     parser.add_argument("--weights", required=True, help="generator.safetensors (ours) or a seed G_*.pth")
-    parser.add_argument("--shards", required=True, help="shards directory (holds manifest.json)")
+    parser.add_argument("--shards", required=True, help="shards directory or s3://bucket/prefix (holds manifest.json)")
     parser.add_argument("--split", default="val", help="split to score (default: val)")
     parser.add_argument("--limit", type=int, default=None, help="score at most this many images (default: all)")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")

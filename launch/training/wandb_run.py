@@ -171,16 +171,21 @@ def agent_overrides(extra_args: list[str]) -> list[str]:
 
 
 def dataset_artifact(shards_dir: str | Path):
-    """A `dataset` artifact for the shards in `shards_dir`, by reference: `manifest.json` is its one
-    uploaded file; every shard is a `file://` reference carrying the manifest's SHA-256 and size (W&B
-    does not read or upload the shards). Counts go to the metadata."""
+    """A `dataset` artifact for the shards in `shards_dir` (a folder or an `s3://` prefix), by
+    reference: `manifest.json` is its one uploaded file; every shard is a `file://` (or `s3://`)
+    reference carrying the manifest's SHA-256 and size (W&B does not read or upload the shards). Counts,
+    and an object store's bucket and prefix, go to the metadata."""
     import wandb
 
-    shards_dir = Path(shards_dir).resolve()
-    manifest_path = shards_dir / "manifest.json"
-    if not manifest_path.is_file():
+    from pipeline.location import ObjectUrl, ShardsDirError, base_name, is_remote, join, read_bytes
+
+    remote = is_remote(shards_dir)
+    shards_dir = str(shards_dir).rstrip("/") if remote else Path(shards_dir).resolve()
+    try:
+        manifest_bytes = read_bytes(join(shards_dir, "manifest.json"))
+    except (OSError, ShardsDirError):
         return None
-    manifest = json.loads(manifest_path.read_text())
+    manifest = json.loads(manifest_bytes)
     totals = manifest.get("totals", {})
     metadata = {
         "source": manifest.get("source"),
@@ -191,16 +196,21 @@ def dataset_artifact(shards_dir: str | Path):
         "skipped": totals.get("skipped", len(manifest.get("skipped", []))),
         "keep_colourless": manifest.get("options", {}).get("keep_colourless"),
     }
+    if remote:
+        url = ObjectUrl.parse(shards_dir)
+        metadata |= {"bucket": url.bucket, "prefix": url.key}
     artifact = wandb.Artifact(
-        f"shards-{_safe_name(shards_dir.name)}",
+        f"shards-{_safe_name(base_name(shards_dir))}",
         type="dataset",
         metadata=metadata,
         description=f"WebDataset shards in {shards_dir} (by reference)",
     )
-    artifact.add_file(str(manifest_path), name="manifest.json")
+    with artifact.new_file("manifest.json", mode="wb") as file:
+        file.write(manifest_bytes)
     for shard in manifest.get("shards", []):
         # checksum=False: W&B would otherwise read every byte; the manifest's SHA-256 is the checksum.
-        (entry,) = artifact.add_reference(f"file://{shards_dir / shard['name']}", name=shard["name"], checksum=False)
+        ref = join(shards_dir, shard["name"]) if remote else f"file://{join(shards_dir, shard['name'])}"
+        (entry,) = artifact.add_reference(str(ref), name=shard["name"], checksum=False)
         entry.size = shard.get("bytes")
         entry.extra["sha256"] = shard.get("sha256")
         entry.extra["split"] = shard.get("split")
