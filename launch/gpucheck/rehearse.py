@@ -57,6 +57,12 @@ NOT_ON_NODE_TOP = (
     "torchmetrics",
     "lightning_utilities",
     "gradio",
+    # Not known to be on the node, and not needed by what the calls run (imported only for s3:// shards,
+    # by the W&B guard and by colorize-train): hidden, so an import at module level shows.
+    "boto3",
+    "botocore",
+    "s3transfer",
+    "psutil",
     "__editable__",
 )
 """Top-level site entries (by name prefix: modules, packages, their dist-info) it leaves out too."""
