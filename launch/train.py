@@ -49,7 +49,7 @@ from launch.training.tracking import RunLogger, keep_wandb_files_in, resolve_wan
 from models.export import save_generator
 from pipeline import make_loader
 from pipeline.loader_base import BadShardError, Loader
-from pipeline.shard_list import ShardsDirError, split_shards
+from pipeline.shard_list import ShardsDirError, read_manifest, split_shards
 
 
 @dataclass
@@ -112,11 +112,9 @@ def build_loaders(cfg: Config, accelerator: Accelerator) -> tuple[Loader, bool]:
         split="train",
         seed=cfg.run.seed,
     )
-    try:
-        split_shards(cfg.data.shards, "val", need_index=False)
-        has_val = True
-    except ShardsDirError:
-        has_val = False
+    # Whether the manifest lists a val split; a val shard it lists but the store cannot give is an error
+    # (make_loader's), not "no val split".
+    has_val = any(entry.get("split") == "val" for entry in read_manifest(cfg.data.shards)["shards"])
     return loader, has_val
 
 
