@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.location import is_remote, join
+from pipeline.location import base_name, is_remote, join
 from pipeline.shard_list import MANIFEST_FILE, ShardsDirError
 from shards.errors import BuildError
 from shards.keys import display_path
@@ -161,7 +161,7 @@ def _build(args) -> int:
     status = _nothing_kept(manifest, args.out)
     if status == 0 and "missing" not in manifest:
         print(
-            f"next: colorize-train --config configs/demo.yaml data.shards={args.out} run.name={args.out.name}"
+            f"next: colorize-train --config configs/demo.yaml data.shards={args.out} run.name={base_name(args.out)}"
             "   (configs/imagenet.yaml for an ImageNet-sized set)"
         )
     return status
