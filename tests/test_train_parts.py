@@ -335,7 +335,7 @@ def test_eval_runs_only_the_generator_under_autocast():
     run = types.SimpleNamespace(
         val_loader=batches,
         accelerator=accelerator,
-        gan=types.SimpleNamespace(G=generator),
+        gan=types.SimpleNamespace(G=generator, ema=None),
         cfg=types.SimpleNamespace(logging=types.SimpleNamespace(eval_batches=0)),
         logger=types.SimpleNamespace(write=lambda message: None),
     )
