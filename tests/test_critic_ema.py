@@ -13,33 +13,19 @@ import torch
 from torch import nn
 
 from configs import load_config
+from launch.bench.step import synthetic_batch
 from launch.training.ema import GeneratorEMA, ema_decay_at
+
+from _train_helpers import small_gan
 
 
 @pytest.fixture
 def gan():
-    from launch.train import build_accelerator
-    from launch.training.gan import build_gan
-
-    cfg = load_config(
-        None,
-        [
-            "run.device=cpu",
-            "model.features=8",
-            "model.disc_features=8",
-            "model.ema_decay=0.9",
-            "data.batch_size=2",
-            "loss.feature_weight_nogan=0",
-            "schedule.critic_steps=2",
-        ],
-    )
-    return build_gan(cfg, build_accelerator(cfg))
+    return small_gan("model.ema_decay=0.9", "schedule.critic_steps=2")
 
 
 @pytest.fixture
 def batch():
-    from launch.bench.step import synthetic_batch
-
     return synthetic_batch(2, 256, torch.device("cpu"))
 
 
