@@ -125,6 +125,13 @@ class ModelConfig:
     """Wrap both networks in `torch.compile`."""
     sync_batchnorm: bool = False
     """Convert BatchNorm to SyncBatchNorm in multi-process CUDA runs (ignored on CPU)."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the generator's weights with this decay per G update, in
+    [0, 1); 0 = none. The n-th update (from 0) uses min(ema_decay, (1 + n) / (10 + n)), so the first
+    updates are not dominated by the initial weights. When on, the average is evaluated beside the
+    raw generator (`eval/ema/*`) and is the exported `generator.safetensors`. With
+    `optim.reference_batch`, the decay is written for that batch and rescaled like the steps
+    (decay^(G / reference_batch)): the average then spans the same number of images."""
 
 
 @dataclass
@@ -183,7 +190,8 @@ class OptimConfig:
     """0: learning rates and step counts are used as written. > 0: they are written for this global
     batch, and a run whose global batch G differs rescales them when it starts (and prints so):
     every lr × √(G / reference_batch) (Adam's square-root rule), `schedule.*_steps` and
-    `optim.warmup_steps` × reference_batch / G (rounded up), so the run sees the same number of samples."""
+    `optim.warmup_steps` × reference_batch / G (rounded up), so the run sees the same number of samples,
+    and `model.ema_decay` ^ (G / reference_batch), so the generator's average spans as many."""
 
 
 @dataclass
@@ -192,6 +200,10 @@ class ScheduleConfig:
 
     nogan_steps: int = 100
     """Generator-only steps (L1 + feature loss)."""
+    critic_steps: int = 0
+    """Critic warm-up steps between NoGAN and GAN: D alone learns the frozen generator's colours
+    against the real ones (DeOldify's critic pretraining), so the GAN phase starts with a critic that
+    knows G's artefacts. 0 = none (GAN follows NoGAN directly)."""
     gan_steps: int = 100
     """Adversarial steps (one D step then one G step each)."""
 
@@ -263,7 +275,7 @@ class Config:
 
     @property
     def total_steps(self) -> int:
-        return self.schedule.nogan_steps + self.schedule.gan_steps
+        return self.schedule.nogan_steps + self.schedule.critic_steps + self.schedule.gan_steps
 
     @property
     def run_dir(self) -> Path:
@@ -436,6 +448,7 @@ def validate(cfg: Config, source: str = "<config>", overridden: dict[str, str] |
     need(0 < lo <= hi, "data.crop_ratio", "must satisfy 0 < low <= high")
     need(cfg.model.features > 0, "model.features", "must be positive")
     need(cfg.model.disc_features > 0, "model.disc_features", "must be positive")
+    need(0 <= cfg.model.ema_decay < 1, "model.ema_decay", "must lie in [0, 1) (0 = no EMA generator)")
     for name in ("l1_weight", "feature_weight_nogan", "feature_weight_gan", "adversarial_weight"):
         need(getattr(cfg.loss, name) >= 0, f"loss.{name}", "must be >= 0")
     for name in ("nogan", "generator", "discriminator"):
@@ -447,7 +460,13 @@ def validate(cfg: Config, source: str = "<config>", overridden: dict[str, str] |
     need(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
     need(cfg.optim.reference_batch >= 0, "optim.reference_batch", "must be >= 0")
     need(cfg.schedule.nogan_steps >= 0, "schedule.nogan_steps", "must be >= 0")
+    need(cfg.schedule.critic_steps >= 0, "schedule.critic_steps", "must be >= 0")
     need(cfg.schedule.gan_steps >= 0, "schedule.gan_steps", "must be >= 0")
+    need(
+        cfg.schedule.critic_steps == 0 or cfg.schedule.gan_steps > 0,
+        "schedule.critic_steps",
+        "warms the critic up for a GAN phase: set schedule.gan_steps > 0 too, or critic_steps to 0",
+    )
     need(cfg.total_steps > 0, "schedule.nogan_steps", "and schedule.gan_steps must not both be 0")
     for name in ("every_steps", "sample_every_steps", "eval_every_steps", "sample_count"):
         need(getattr(cfg.logging, name) > 0, f"logging.{name}", "must be positive")
@@ -495,7 +514,7 @@ def scale_to_processes(cfg: Config, processes: int) -> tuple[Config, list[str]]:
     learning rates and step counts rescaled by `optim.reference_batch` (see its docstring). Returns
     the resolved config (unit `global`, reference 0, so saving and reloading it changes nothing) and
     lines saying what was changed and why. Raises ConfigError when the batch does not split."""
-    data, optim, schedule = cfg.data, cfg.optim, cfg.schedule
+    data, model, optim, schedule = cfg.data, cfg.model, cfg.optim, cfg.schedule
     notes: list[str] = []
     batch = data.per_process_batch(processes) * processes
     if data.batch_size_unit == "per_process":
@@ -511,18 +530,31 @@ def scale_to_processes(cfg: Config, processes: int) -> tuple[Config, list[str]]:
             name: dataclasses.replace(getattr(optim, name), lr=getattr(optim, name).lr * lr_factor)
             for name in ("nogan", "generator", "discriminator")
         }
-        new_schedule = ScheduleConfig(nogan_steps=steps(schedule.nogan_steps), gan_steps=steps(schedule.gan_steps))
+        new_schedule = ScheduleConfig(
+            nogan_steps=steps(schedule.nogan_steps),
+            critic_steps=steps(schedule.critic_steps),
+            gan_steps=steps(schedule.gan_steps),
+        )
+        critic = f" + {new_schedule.critic_steps:,} critic" if new_schedule.critic_steps else ""
         notes.append(
             f"optim.reference_batch {reference} → global batch {batch}: learning rates × √({batch}/{reference}) = "
             f"{lr_factor:.3f} (nogan {scaled_adam['nogan'].lr:.3g}, generator {scaled_adam['generator'].lr:.3g}, "
             f"discriminator {scaled_adam['discriminator'].lr:.3g}); steps × {reference}/{batch}: "
-            f"{new_schedule.nogan_steps:,} NoGAN + {new_schedule.gan_steps:,} GAN, warm-up {steps(optim.warmup_steps):,}"
+            f"{new_schedule.nogan_steps:,} NoGAN{critic} + {new_schedule.gan_steps:,} GAN, "
+            f"warm-up {steps(optim.warmup_steps):,}"
         )
+        if model.ema_decay > 0:
+            # One update now stands for batch/reference updates at the reference batch.
+            model = dataclasses.replace(model, ema_decay=model.ema_decay ** (batch / reference))
+            notes.append(
+                f"model.ema_decay ^ ({batch}/{reference}) = {model.ema_decay:.6g}: the same images per average"
+            )
         optim = dataclasses.replace(optim, **scaled_adam, warmup_steps=steps(optim.warmup_steps))
         schedule = new_schedule
     resolved = dataclasses.replace(
         cfg,
         data=dataclasses.replace(data, batch_size=batch, batch_size_unit="global"),
+        model=model,
         optim=dataclasses.replace(optim, reference_batch=0),
         schedule=schedule,
     )

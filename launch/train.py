@@ -1,4 +1,5 @@
-"""Train the colorization GAN: NoGAN (generator only), then GAN (PatchGAN discriminator), in one run.
+"""Train the colorization GAN: NoGAN (generator only), a critic warm-up (discriminator only, when
+configured), then GAN (PatchGAN discriminator), in one run.
 
     colorize-train [accelerate launch options] --config configs/demo.yaml [key=value ...] [--resume | --overwrite]
     accelerate launch [--config_file configs/accelerate/1gpu.yaml] launch/train.py --config ... (the same)
@@ -31,6 +32,7 @@ from launch.eval.evaluate import evaluate_batches
 from launch.training import wandb_run
 from launch.training.checkpoint import (
     TrainingState,
+    check_ema,
     check_processes,
     latest_checkpoint,
     load_checkpoint,
@@ -42,7 +44,7 @@ from launch.training.gan import ColorizationGAN, build_gan
 from launch.training.monitor import LossMonitor
 from launch.training.run_dir import check_fresh_start, set_aside
 from launch.training.samples import sample_grid, save_png
-from launch.training.schedule import NOGAN, is_phase_switch, phase_at
+from launch.training.schedule import CRITIC, NOGAN, TITLES, is_phase_start, is_phase_switch, phase_at
 from launch.training.signals import StopRequest
 from launch.training.timing import StepTimer
 from launch.training.tracking import RunLogger, keep_wandb_files_in, resolve_wandb_mode
@@ -203,9 +205,12 @@ def _build_run(cfg: Config, resume: bool, overwrite: bool, stop: StopRequest) ->
     loader, has_val = build_loaders(cfg, accelerator)
     state = TrainingState()
     accelerator.register_for_checkpointing(state)
+    if gan.ema is not None:  # after the state, so checkpoints of runs without an average still load
+        accelerator.register_for_checkpointing(gan.ema)
     # Each rank gets its own random stream (dropout); a resume then overwrites it with the saved one.
     set_seed(cfg.run.seed + accelerator.process_index)
     if checkpoint is not None:
+        check_ema(checkpoint, cfg.model.ema_decay)
         load_checkpoint(accelerator, checkpoint, loader)
         if accelerator.is_main_process:
             print(f"resumed from {checkpoint} (step {state.step}, phase {state.phase})", file=sys.stderr)
@@ -269,29 +274,38 @@ def write_samples(run: Run, step: int, *, grid: bool, table: bool) -> None:
 
 def run_eval(run: Run, step: int) -> dict[str, float]:
     """Score the val split on all ranks (a collective): eval/* beside the grey baseline, ab-L1 in CIELAB
-    units and PSNR in dB. Only the generator runs under autocast, and its eager forward (a compiled
-    generator is compiled for the training step); the CPU RNG is forked, so evaluating does not
-    shift the training run's random stream (a resumed run must match an uninterrupted one)."""
+    units and PSNR in dB, and eval/ema/* for the generator's average on the same images when it is
+    kept. Only the generators run under autocast, and their eager forward (a compiled generator is
+    compiled for the training step); the CPU RNG is forked, so evaluating does not shift the training
+    run's random stream (a resumed run must match an uninterrupted one)."""
     if run.val_loader is None:
         return {}
-    acc = run.accelerator
+    acc, ema = run.accelerator, run.gan.ema
     generator = acc.unwrap_model(run.gan.G)
 
-    def predict(L: torch.Tensor) -> torch.Tensor:
-        with acc.autocast():
-            return generator.forward(L)
+    def predictor(module: torch.nn.Module):
+        def predict(L: torch.Tensor) -> torch.Tensor:
+            with acc.autocast():
+                return module.forward(L)
 
+        return predict
+
+    others = {}
+    if ema is not None:
+        ema.synchronise(acc.num_processes)  # rank 0's BatchNorm statistics on every rank
+        others["ema"] = predictor(ema.module)
     was_training = generator.training
     generator.eval()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             scores = evaluate_batches(
-                predict,
+                predictor(generator),
                 run.val_loader,
                 metrics=("ab_l1", "psnr"),
                 max_batches=run.cfg.logging.eval_batches or None,
                 reduce=(lambda t: acc.reduce(t, reduction="sum")) if acc.num_processes > 1 else None,
                 device=acc.device,
+                others=others,
             )["metrics"]
     finally:
         generator.train(was_training)
@@ -301,21 +315,29 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
         "eval/psnr": scores["psnr"]["model"],
         "eval/psnr_grey": scores["psnr"]["grey"],
     }
+    average = ""
+    if ema is not None:
+        values |= {"eval/ema/ab_l1": scores["ab_l1"]["ema"], "eval/ema/psnr": scores["psnr"]["ema"]}
+        average = f"; EMA ab-L1 {values['eval/ema/ab_l1']:.3f}, PSNR {values['eval/ema/psnr']:.2f} dB"
     run.logger.write(
         f"step {step}: eval ab-L1 {values['eval/ab_l1']:.3f} (grey {values['eval/ab_l1_grey']:.3f}), "
-        f"PSNR {values['eval/psnr']:.2f} dB (grey {values['eval/psnr_grey']:.2f})"
+        f"PSNR {values['eval/psnr']:.2f} dB (grey {values['eval/psnr_grey']:.2f}){average}"
     )
     return values
 
 
 def save(run: Run, step: int, phase: str) -> None:
-    """Checkpoint (all ranks) and export the generator beside it (rank 0)."""
+    """Checkpoint (all ranks) and export the generator beside it (rank 0): the generator's average when
+    it is kept (the metadata's `weights` says "ema", with its decay and updates), else the generator."""
     save_checkpoint(run.accelerator, run.checkpoint_root, step, run.loader, run.cfg.checkpoint.keep_last)
     if run.accelerator.is_main_process:
+        ema = run.gan.ema
+        meta: dict = {"step": step, "phase": phase, "weights": "raw"}
         generator = run.accelerator.unwrap_model(run.gan.G)
-        weights = save_generator(
-            run.run_dir / "generator.safetensors", generator, run.cfg.model, {"step": step, "phase": phase}
-        )
+        if ema is not None:
+            generator = ema.module
+            meta |= {"weights": "ema", "ema": {"decay": ema.decay, "updates": ema.updates}}
+        weights = save_generator(run.run_dir / "generator.safetensors", generator, run.cfg.model, meta)
         log_model_artifact(run, weights, step, phase)
 
 
@@ -326,9 +348,8 @@ def log_model_artifact(run: Run, weights: Path, step: int, phase: str) -> None:
         return
     assert wb.ledger is not None  # build_logger sets it with the run
     eval_values = wb.last_eval[1] if wb.last_eval and wb.last_eval[0] == step else {}
-    aliases = wb.ledger.aliases(
-        eval_values, nogan_final=is_phase_switch(step, run.cfg.schedule), final=step == run.cfg.total_steps
-    )
+    nogan_final = is_phase_switch(step, run.cfg.schedule) and phase_at(step - 1, run.cfg.schedule) == NOGAN
+    aliases = wb.ledger.aliases(eval_values, nogan_final=nogan_final, final=step == run.cfg.total_steps)
     wb.ledger.record(weights, step, phase, aliases, eval_values)
     wb.log_model(weights, step, phase, aliases, eval_values)
 
@@ -357,9 +378,11 @@ def train_loop(run: Run) -> int:
         L, ab = next(batches)
         timer.data_ready()
 
-        # 2. One optimiser step of the phase: G alone, or D then G. Losses stay on the device.
+        # 2. One optimiser step of the phase: G alone, D alone, or D then G. Losses stay on the device.
         lrs = gan.set_learning_rates(state.step)
-        terms = gan.nogan_step(L, ab) if phase == NOGAN else gan.gan_step(L, ab)
+        update = gan.nogan_step if phase == NOGAN else gan.critic_step if phase == CRITIC else gan.gan_step
+        terms = update(L, ab)
+        first_of_phase = is_phase_start(state.step, cfg.schedule)
         state.step, state.phase = state.step + 1, phase
         monitor.update(state.step, terms)
         timer.end_step()
@@ -367,7 +390,9 @@ def train_loop(run: Run) -> int:
         # 3. Only some steps read numbers back. Every rank decides alike (a stop request alone can
         #    end a one-process run at any step; several processes agree on it at the next sync point).
         step = state.step
-        log_due = step % every.every_steps == 0 or step == total
+        # Each phase's first step is logged too: its curves start where the phase does (the critic's
+        # accuracy before it has learned anything).
+        log_due = step % every.every_steps == 0 or step == total or first_of_phase
         sample_due = step % every.sample_every_steps == 0 or step == total
         eval_due = step % every.eval_every_steps == 0 or step == total
         save_due = step % cfg.checkpoint.every_steps == 0 or is_phase_switch(step, cfg.schedule) or step == total
@@ -396,12 +421,13 @@ def train_loop(run: Run) -> int:
             run.logger.log(step, phase, record)
         run.logger.progress(step, phase, {**values, **record})
 
-        # 7. Checkpoints: on schedule, at the NoGAN → GAN switch, at the end, and when asked to stop.
+        # 7. Checkpoints: on schedule, at each phase switch, at the end, and when asked to stop.
         if save_due or stop:
             save(run, step, phase)
         run.logger.release_wandb()
         if is_phase_switch(step, cfg.schedule):
-            run.logger.write(f"step {step}: NoGAN phase done, checkpoint saved; GAN phase starts")
+            following = TITLES[phase_at(step, cfg.schedule)]
+            run.logger.write(f"step {step}: {TITLES[phase]} phase done, checkpoint saved; {following} phase starts")
         if stop:
             signal_name = run.stop.signal_name or "SIGTERM"  # a rank that got no signal follows the others
             run.logger.write(f"step {step}: stopped by {signal_name}; checkpoint saved, resume with --resume")

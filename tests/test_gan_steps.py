@@ -12,24 +12,12 @@ import torch
 
 from configs import load_config
 
+from _train_helpers import small_gan
+
 
 @pytest.fixture
 def gan():
-    from launch.train import build_accelerator
-    from launch.training.gan import build_gan
-
-    cfg = load_config(
-        None,
-        [
-            "run.device=cpu",
-            "model.features=8",
-            "model.disc_features=8",
-            "data.batch_size=2",
-            "loss.feature_weight_nogan=0",
-            "optim.grad_clip=1.0",
-        ],
-    )
-    return build_gan(cfg, build_accelerator(cfg))
+    return small_gan("optim.grad_clip=1.0")
 
 
 @pytest.fixture

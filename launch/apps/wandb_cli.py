@@ -156,8 +156,9 @@ def build_workspace(entity: str, project: str, name: str = "Colorization"):
             panels=[
                 line("NoGAN losses (G only)", keys.NOGAN_LOSSES),
                 line("GAN: generator", ("train/g_adv", "train/l1", "train/g_total")),
-                line("GAN: discriminator", ("train/d_real", "train/d_fake", "train/d_total")),
+                line("critic warm-up and GAN: discriminator", keys.CRITIC_LOSSES),
                 line("D outputs (mean probability)", keys.D_OUTPUTS, range_y=(0.0, 1.0)),
+                line("D accuracy (share of patches classified right)", keys.D_ACCURACY, range_y=(0.0, 1.0)),
                 line("learning rates", keys.LEARNING_RATES),
             ],
         ),
@@ -175,8 +176,8 @@ def build_workspace(entity: str, project: str, name: str = "Colorization"):
             name="eval/",
             is_open=True,
             panels=[
-                line("ab-L1 (CIELAB units) vs grey baseline", ("eval/ab_l1", "eval/ab_l1_grey")),
-                line("PSNR (dB) vs grey baseline", ("eval/psnr", "eval/psnr_grey")),
+                line("ab-L1 (CIELAB units): generator, EMA, grey", ("eval/ab_l1", "eval/ema/ab_l1", "eval/ab_l1_grey")),
+                line("PSNR (dB): generator, EMA, grey", ("eval/psnr", "eval/ema/psnr", "eval/psnr_grey")),
             ],
         ),
         ws.Section(

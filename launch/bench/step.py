@@ -2,14 +2,16 @@
 full schedule.
 
 Builds the GAN exactly as `launch/train.py` does (`launch.training.gan.build_gan`), feeds a fixed
-synthetic batch already on the device (so no data wait), and times `--steps` NoGAN steps and
-`--steps` GAN steps after `--warmup` untimed ones, reading the losses back once at the end as the
-loop does on a logging step. The VGG feature loss is built with random weights (same cost as
+synthetic batch already on the device (so no data wait), and times `--steps` steps of each phase
+(NoGAN, critic warm-up, GAN) after `--warmup` untimed ones, reading the losses back once at the end as
+the loop does on a logging step. With `model.ema_decay` > 0 (the ImageNet config's), the NoGAN and
+GAN steps include the update of the generator's average, and that update is also timed alone
+(`ema_update_ms`); `model.ema_decay=0` measures the steps without it. The VGG feature loss is built with random weights (same cost as
 ImageNet weights, no download). Per phase it reports images/s, step time, FLOPs per image (so
 TFLOP/s and, with `--peak-tflops`, the share of the device's peak), the warm-up's time beyond its
 steps' own (with `--compile`: mostly compilation), how many graphs torch.compile built in warm-up and
 after it, and on CUDA the peak memory allocated and reserved. Then the hours `--schedule` would take
-on 1 and on 8 devices at the measured per-device rate (from the first batch size).
+on 1 and on 8 devices at the measured per-device rates (from the first batch size).
 
 `--batch-sizes 64,128,256` repeats the measurement at each batch size in one process (the networks
 are built once; smallest first, so a run cut short or out of memory keeps the small ones).
@@ -32,7 +34,7 @@ from pathlib import Path
 import torch
 
 from configs import ConfigError, load_config, scale_to_processes
-from launch.training.schedule import GAN, NOGAN
+from launch.training.schedule import CRITIC, GAN, NOGAN, PHASES, TITLES, phase_steps
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,11 +91,34 @@ def synthetic_batch(batch: int, size: int, device: torch.device, seed: int = 0) 
 
 
 def projected_hours(schedule_cfg, images_per_s: dict[str, float]) -> float:
-    """Hours for one device to run the schedule's NoGAN and GAN samples at the measured phase rates."""
+    """Hours for one device to run the schedule's samples of each phase (NoGAN, critic warm-up, GAN)
+    at the measured phase rates (a phase the schedule does not run needs none)."""
     batch = schedule_cfg.data.batch_size
-    nogan = schedule_cfg.schedule.nogan_steps * batch / images_per_s[NOGAN]
-    gan = schedule_cfg.schedule.gan_steps * batch / images_per_s[GAN]
-    return (nogan + gan) / 3600.0
+    seconds = 0.0
+    for phase in PHASES:
+        steps = phase_steps(phase, schedule_cfg.schedule)
+        if steps:
+            seconds += steps * batch / images_per_s[phase]
+    return seconds / 3600.0
+
+
+def schedule_text(schedule) -> str:
+    """`50,000 NoGAN + 10,000 critic warm-up + 75,000 GAN steps` (phases of 0 steps left out)."""
+    parts = [f"{phase_steps(p, schedule):,} {TITLES[p]}" for p in PHASES if phase_steps(p, schedule) or p != CRITIC]
+    return " + ".join(parts) + " steps"
+
+
+def time_ema_update(gan, steps: int, warmup: int, device: torch.device) -> float:
+    """Milliseconds per update of the generator's average alone (after `warmup` untimed ones)."""
+    assert gan.ema is not None
+    for _ in range(warmup):
+        gan.ema.update()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        gan.ema.update()
+    _sync(device)
+    return 1000 * (time.perf_counter() - start) / steps
 
 
 def _time_phase(step_fn, L, ab, steps: int, device: torch.device) -> float:
@@ -239,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     # Both phases are timed whatever the config's schedule says, so both need the feature loss decided
     # by weight alone.
-    cfg = replace(cfg, schedule=replace(cfg.schedule, nogan_steps=1, gan_steps=1))
+    cfg = replace(cfg, schedule=replace(cfg.schedule, nogan_steps=1, critic_steps=1, gan_steps=1))
     accelerator = build_accelerator(cfg)
     cfg, _ = scale_to_processes(cfg, accelerator.num_processes)
     gan = build_gan(cfg, accelerator)
@@ -249,7 +274,8 @@ def run(args: argparse.Namespace) -> int:
         f"device {device_name}, precision {accelerator.mixed_precision}, batch {', '.join(map(str, sizes))} at "
         f"{cfg.data.size}², features {cfg.model.features}/{cfg.model.disc_features}, "
         f"feature loss {'on' if gan.feature_loss is not None else 'off'} (NoGAN weight {cfg.loss.feature_weight_nogan}, "
-        f"GAN weight {cfg.loss.feature_weight_gan}), compile {'on' if cfg.model.compile else 'off'}"
+        f"GAN weight {cfg.loss.feature_weight_gan}), compile {'on' if cfg.model.compile else 'off'}, "
+        f"EMA generator {f'on (decay {cfg.model.ema_decay:g})' if gan.ema is not None else 'off'}"
     )
     report: dict = {
         "device": device_name,
@@ -259,6 +285,7 @@ def run(args: argparse.Namespace) -> int:
         "compile": cfg.model.compile,
         "features": cfg.model.features,
         "feature_loss": gan.feature_loss is not None,
+        "ema_decay": cfg.model.ema_decay,
         "phases": {},
         "runs": [],
         "complete": False,
@@ -283,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
         run_record: dict = {"batch": batch, "phases": {}}
         report["runs"].append(run_record)
         try:
-            for phase, fn in ((NOGAN, gan.nogan_step), (GAN, gan.gan_step)):
+            for phase, fn in ((NOGAN, gan.nogan_step), (CRITIC, gan.critic_step), (GAN, gan.gan_step)):
                 row = run_record["phases"][phase] = measure_phase(fn, L, ab, args, flops_per_image, phase, gan)
                 share, peak = row["peak_fraction"], row["peak_memory_gib"]
                 print(
@@ -301,10 +328,14 @@ def run(args: argparse.Namespace) -> int:
             save()
             break
     report["phases"] = report["runs"][0]["phases"]
+    if gan.ema is not None:
+        report["ema_update_ms"] = time_ema_update(gan, args.steps, args.warmup, device)
+        print(f"EMA update alone: {report['ema_update_ms']:.2f} ms (included in each NoGAN and GAN step above)")
+        save()
     print("data wait  0 (synthetic batch already on the device; see `colorize-bench train` for the loader)")
     rates = {phase: row["images_per_s"] for phase, row in report["phases"].items()}
     report["projection"] = {"config": args.schedule}
-    if len(rates) == 2:
+    if len(rates) == len(PHASES):
         for devices in (1, 8):
             # Each device at the measured rate (ideal data-parallel scaling), the schedule as a run on that
             # many processes would resolve it (a per-process batch grows the global batch).
@@ -313,8 +344,8 @@ def run(args: argparse.Namespace) -> int:
             report["projection"][f"hours_{devices}_device{'s' if devices > 1 else ''}"] = hours
             s = scaled.schedule
             print(
-                f"projected for {args.schedule} on {devices} device{'s' if devices > 1 else ''} ({s.nogan_steps:,} NoGAN "
-                f"+ {s.gan_steps:,} GAN steps × batch {scaled.data.batch_size}): {hours:,.1f} h"
+                f"projected for {args.schedule} on {devices} device{'s' if devices > 1 else ''} ({schedule_text(s)} "
+                f"× batch {scaled.data.batch_size}): {hours:,.1f} h"
                 + (" on this device" if devices == 1 else " at this device's rate each")
             )
     report["complete"] = True

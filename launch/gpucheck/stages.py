@@ -40,10 +40,13 @@ CONFIG = "configs/imagenet.yaml"
 ABSENT_ON_NODE = ("nvidia.dali", "webdataset", "torchcodec", "torchmetrics", "wandb", "gradio")
 """Packages the node lacks (DALI, webdataset, torchcodec and torchmetrics come with the kit)."""
 TRAIN_STEPS = 200
+TRAIN_CRITIC_STEPS = 100
+"""Critic warm-up steps of the training run (the ImageNet config's 10,000 would not fit; these are cheap)."""
 TRAIN_LOG_EVERY = 25
 TRAIN_OVERRIDES = (
     "run.name=gpucheck",
     f"schedule.nogan_steps={TRAIN_STEPS}",
+    f"schedule.critic_steps={TRAIN_CRITIC_STEPS}",
     f"schedule.gan_steps={TRAIN_STEPS}",
     "logging.wandb=disabled",
     "loss.vgg_weights=none",
@@ -456,7 +459,7 @@ def summarise_training(rows: list[dict]) -> dict:
     """Per phase, from a run's `metrics.jsonl` rows: images/s, step time and data-wait over the logged
     windows after the phase's first (which holds start-up or the phase switch), and first/last losses."""
     figures: dict = {"logged_rows": len(rows), "last_step": rows[-1].get("step") if rows else None, "phases": {}}
-    for phase in ("nogan", "gan"):
+    for phase in ("nogan", "critic", "gan"):
         logged = [row for row in rows if row.get("phase") == phase]
         timed = [row for row in logged if "perf/images_per_s" in row]
         steady = timed[1:]
@@ -470,7 +473,7 @@ def summarise_training(rows: list[dict]) -> dict:
             if values:
                 summary[f"{name}_mean"] = round(sum(values) / len(values), 4)
                 summary[f"{name}_max"] = round(max(values), 4)
-        for key in ("train/l1", "train/g_total", "train/d_total"):
+        for key in ("train/l1", "train/g_total", "train/d_total", "train/d_acc_fake"):
             values = [row[key] for row in logged if key in row]
             if values:
                 summary[key] = {"first": values[0], "last": values[-1]}
@@ -480,7 +483,8 @@ def summarise_training(rows: list[dict]) -> dict:
 
 def train_stage(ctx: Context) -> dict:
     """A short real training run on one GPU (`accelerate launch launch/train.py`, the ImageNet config,
-    DALI, bf16): `TRAIN_STEPS` NoGAN then `TRAIN_STEPS` GAN steps; per-phase figures from its metrics."""
+    DALI, bf16): `TRAIN_STEPS` NoGAN, `TRAIN_CRITIC_STEPS` critic warm-up, then `TRAIN_STEPS` GAN steps;
+    per-phase figures from its metrics."""
     runs = ctx.work / "runs"
     command = [
         ctx.python,
@@ -502,7 +506,10 @@ def train_stage(ctx: Context) -> dict:
     if metrics.is_file():
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         shutil.copyfile(metrics, ctx.path("-train-metrics.jsonl"))
-    figures = {"seconds": round(time.monotonic() - started, 1), "steps": [TRAIN_STEPS, TRAIN_STEPS]}
+    figures = {
+        "seconds": round(time.monotonic() - started, 1),
+        "steps": [TRAIN_STEPS, TRAIN_CRITIC_STEPS, TRAIN_STEPS],
+    }
     figures |= summarise_training(rows)
     if not finished.ok:
         raise StageFailed(

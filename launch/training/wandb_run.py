@@ -226,9 +226,15 @@ def model_artifact_name(run_id: str) -> str:
     return f"generator-{run_id}"
 
 
+def exported_ab_l1(eval_values: dict[str, float]) -> float | None:
+    """The val ab-L1 of what was exported: the generator's average (`eval/ema/ab_l1`) when the run
+    keeps one (it is then the export), else the generator's (`eval/ab_l1`)."""
+    return eval_values.get("eval/ema/ab_l1", eval_values.get("eval/ab_l1"))
+
+
 class ModelLedger:
-    """`models.jsonl`: which exports were logged with which aliases. Decides `best` (lowest
-    `eval/ab_l1` of an export) across resumes: lines past the resumed step are dropped like
+    """`models.jsonl`: which exports were logged with which aliases. Decides `best` (lowest val
+    ab-L1 of an export, `exported_ab_l1`) across resumes: lines past the resumed step are dropped like
     `metrics.jsonl`'s."""
 
     def __init__(self, run_dir: Path, start_step: int) -> None:
@@ -241,8 +247,8 @@ class ModelLedger:
         self.entries = kept
 
     def best_ab_l1(self) -> float:
-        values = [e["eval"]["eval/ab_l1"] for e in self.entries if "eval/ab_l1" in e.get("eval", {})]
-        return min(values, default=math.inf)
+        values = [exported_ab_l1(e.get("eval", {})) for e in self.entries]
+        return min((v for v in values if v is not None), default=math.inf)
 
     def aliases(self, eval_values: dict[str, float], nogan_final: bool, final: bool) -> list[str]:
         aliases = ["latest"]
@@ -250,7 +256,7 @@ class ModelLedger:
             aliases.append("nogan-final")
         if final:
             aliases.append("final")
-        ab_l1 = eval_values.get("eval/ab_l1")
+        ab_l1 = exported_ab_l1(eval_values)
         if ab_l1 is not None and ab_l1 < self.best_ab_l1():
             aliases.append("best")
         return aliases
