@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 from itertools import islice
 from pathlib import Path
 
@@ -169,6 +170,29 @@ def test_two_ranks_read_disjoint_samples_that_cover_the_split(shards, backend):
     per_rank = [keys_of(make_loader(cfg, r, 2, CPU, split="train", endless=False)) for r in (0, 1)]
     assert set(per_rank[0]).isdisjoint(per_rank[1])
     assert sorted(per_rank[0] + per_rank[1]) == sorted(all_keys(manifest, "train"))
+
+
+@pytest.fixture(scope="module")
+def five_shards(tmp_path_factory, colour_photos):
+    """5 train shards of 3 samples, 1 val shard of 1."""
+    out = tmp_path_factory.mktemp("five")
+    return out, write_test_shards(out, colour_photos, train=(3,) * 5, val=(1,))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["shards", "five_shards"])
+def test_two_ranks_of_two_torch_workers_read_every_sample_exactly_once(which, request):
+    # Four readers. With 3 shards, each reads every 4th sample of all of them; with 5 shards, shards
+    # are dealt out to the ranks, then to their workers. Either way the four read each sample once.
+    root, manifest = request.getfixturevalue(which)
+    cfg = cfg_for(root, backend="torch", batch_size=4, num_threads=2)
+    read: Counter[str] = Counter()
+    for rank in (0, 1):
+        loader = make_loader(cfg, rank, 2, CPU, split="train", endless=False)
+        keys = keys_of(loader)
+        assert len(keys) == loader.samples_per_epoch
+        read.update(keys)
+    assert read == Counter(all_keys(manifest, "train"))
 
 
 @pytest.mark.slow
