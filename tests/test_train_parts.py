@@ -26,6 +26,11 @@ def test_phases_and_switch():
     assert [d for d in range(6) if is_phase_switch(d, cfg.schedule)] == [3]
     no_gan = load_config(None, ["schedule.nogan_steps=3", "schedule.gan_steps=0"])
     assert not any(is_phase_switch(d, no_gan.schedule) for d in range(5))
+    # One step of each phase still switches once; a run without NoGAN never does.
+    one_each = load_config(None, ["schedule.nogan_steps=1", "schedule.gan_steps=1"])
+    assert [d for d in range(3) if is_phase_switch(d, one_each.schedule)] == [1]
+    gan_only = load_config(None, ["schedule.nogan_steps=0", "schedule.gan_steps=2"])
+    assert not any(is_phase_switch(d, gan_only.schedule) for d in range(3))
 
 
 def test_warmup_restarts_each_phase():
@@ -312,6 +317,56 @@ def test_a_checkpoint_resumes_only_with_the_number_of_processes_that_wrote_it(tm
     check_processes(tmp_path, 2)
     with pytest.raises(TrainingError, match=r"written by a run of 2 processes, this run has 4: resume with 2"):
         check_processes(tmp_path, 4)
+
+
+class _LoaderPosition:
+    """What a checkpoint needs of a data loader: its position as a state dict."""
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches = state["batches"]
+
+
+def test_a_checkpoint_restores_weights_optimiser_progress_and_loader_position(tmp_path):
+    from accelerate import Accelerator
+
+    from launch.training.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(torch.nn.Linear(4, 2))
+    optimizer = accelerator.prepare(torch.optim.Adam(model.parameters(), lr=0.1))
+    state, loader = TrainingState(), _LoaderPosition(0)
+    accelerator.register_for_checkpointing(state)
+
+    def train_step():
+        optimizer.zero_grad()
+        model(torch.randn(8, 4)).square().mean().backward()
+        optimizer.step()
+
+    root = tmp_path / "checkpoints"
+    (root / "step_7.tmp").mkdir(parents=True)  # left by a run killed while saving step 7
+    (root / "step_7.tmp" / "half-written").write_bytes(b"")
+    for step in (3, 5, 7, 7):  # step 7 twice: a resumed run saves a step it saved before
+        train_step()
+        state.step, state.phase, loader.batches = step, GAN if step > 3 else NOGAN, 10 * step
+        saved = save_checkpoint(accelerator, root, step, loader, keep_last=2)
+    assert saved == root / "step_7" and sorted(p.name for p in root.iterdir()) == ["step_5", "step_7"]
+    assert not (saved / "half-written").exists()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = optimizer.state_dict()["state"][0]["exp_avg"].clone()
+
+    train_step()  # everything moves on, then the checkpoint takes it back
+    state.step, state.phase, loader.batches = 8, NOGAN, 0
+    load_checkpoint(accelerator, saved, loader)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], moments)
+    assert (state.step, state.phase, loader.batches) == (7, GAN, 70)
 
 
 def test_eval_runs_only_the_generator_under_autocast():
