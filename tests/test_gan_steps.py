@@ -14,23 +14,20 @@ import torch
 from configs import load_config
 
 
-@pytest.fixture
-def gan():
+def tiny_gan(*overrides: str):
+    """A ColorizationGAN of width-8 networks on the CPU, batch 2, gradients clipped at 1, VGG (when
+    used) with random weights: nothing is downloaded."""
     from launch.train import build_accelerator
     from launch.training.gan import build_gan
 
-    cfg = load_config(
-        None,
-        [
-            "run.device=cpu",
-            "model.features=8",
-            "model.disc_features=8",
-            "data.batch_size=2",
-            "loss.feature_weight_nogan=0",
-            "optim.grad_clip=1.0",
-        ],
-    )
+    base = ["run.device=cpu", "model.features=8", "model.disc_features=8", "data.batch_size=2"]
+    cfg = load_config(None, [*base, "loss.vgg_weights=none", "optim.grad_clip=1.0", *overrides])
     return build_gan(cfg, build_accelerator(cfg, "disabled"))
+
+
+@pytest.fixture
+def gan():
+    return tiny_gan("loss.feature_weight_nogan=0")
 
 
 @pytest.fixture
@@ -154,24 +151,8 @@ def test_a_few_gan_steps_teach_d_to_tell_real_from_fake(gan, batch):
 
 @pytest.fixture
 def gan_with_features():
-    """A GAN whose NoGAN loss has a non-zero VGG feature term (random VGG weights: nothing downloaded)."""
-    from launch.train import build_accelerator
-    from launch.training.gan import build_gan
-
-    cfg = load_config(
-        None,
-        [
-            "run.device=cpu",
-            "model.features=8",
-            "model.disc_features=8",
-            "data.batch_size=2",
-            "loss.l1_weight=100",
-            "loss.feature_weight_nogan=2.5",
-            "loss.vgg_weights=none",
-            "optim.grad_clip=1.0",
-        ],
-    )
-    return build_gan(cfg, build_accelerator(cfg, "disabled"))
+    """A GAN whose NoGAN loss has a non-zero VGG feature term."""
+    return tiny_gan("loss.l1_weight=100", "loss.feature_weight_nogan=2.5")
 
 
 def adam_step(generator: torch.nn.Module, loss_of, cfg) -> torch.nn.Module:
