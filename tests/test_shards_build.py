@@ -18,7 +18,7 @@ from PIL import Image
 
 from shards.build import BuildOptions, build_shards
 from shards.keys import sample_key
-from shards.plan import plan_shards, split_of
+from shards.plan import first_difference, plan_shards, split_of
 from shards.scan import scan_source
 from shards.verify import verify_shards
 
@@ -133,6 +133,27 @@ def test_split_stays_put_when_files_are_added(class_source, tmp_path, colour_pho
     after = {image.path: shard.split for shard in plan for image in shard.images}
     assert len(after) == len(before) + 24
     assert {path: after[path] for path in before} == before
+
+
+def test_the_val_split_takes_val_fraction_of_the_keys():
+    keys = [f"n{i:05d}/img_{i}.jpg" for i in range(20_000)]
+    for fraction in (0.0, 0.05, 0.2, 0.5, 1.0):
+        share = sum(split_of(key, fraction) == "val" for key in keys) / len(keys)
+        assert share == pytest.approx(fraction, abs=0.01), fraction
+
+
+def test_first_difference_names_the_first_file_added_gone_or_changed():
+    recorded = [["a.jpg", 10, 0], ["b.jpg", 2_000, 86_400], ["c.jpg", 30, 0]]
+    assert first_difference(recorded, [list(row) for row in recorded]) is None
+    gone = "'b.jpg' was in the source when that build began but is gone"
+    assert first_difference(recorded, [recorded[0], recorded[2]]) == gone
+    added = "'a2.jpg' is in the source but was not when that build began"
+    assert first_difference(recorded, [recorded[0], ["a2.jpg", 5, 0], *recorded[1:]]) == added
+    changed = [recorded[0], ["b.jpg", 1_500, 3_600], recorded[2]]
+    assert first_difference(recorded, changed) == (
+        "'b.jpg' is 1,500 bytes modified 1970-01-01 01:00:00 UTC but was 2,000 bytes modified "
+        "1970-01-02 00:00:00 UTC when that build began"
+    )
 
 
 def test_output_is_identical_with_any_worker_count(class_source, built, tmp_path):
