@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -109,6 +110,18 @@ def test_keys_and_classes_round_trip_through_webdataset(class_source, built):
     assert sample_key("n01440764/n01440764_10026.JPEG").startswith("n01440764_n01440764_10026-")
 
 
+def test_shard_members_carry_no_time_owner_or_mode_of_the_machine_that_built_them(built):
+    # What makes shards byte-identical across machines and runs: USTAR members, time 0, owner 0 and
+    # no owner names, mode 0644, plain files.
+    out, manifest = built
+    for entry in manifest["shards"]:
+        with tarfile.open(out / entry["name"]) as tar:
+            members = tar.getmembers()
+        assert members and all(m.isreg() for m in members)
+        assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {(0, 0, 0, "", "", 0o644)}
+        assert (out / entry["name"]).read_bytes()[257:263] == b"ustar\x00"  # the first header's format
+
+
 def test_keys_are_unique_and_safe_even_for_look_alike_paths():
     paths = ["a/b_c.jpg", "a_b/c.jpg", "x.jpg", "x.png", "img.v2.final.jpg", "ünï cödé/ph oto.JPEG"]
     keys = [sample_key(p) for p in paths]
@@ -197,6 +210,7 @@ def test_killed_build_resumes_to_byte_identical_shards(tmp_path, colour_photos, 
 
     rerun = subprocess.run([*CLI, "build", str(built_from), str(killed), *args], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
+    assert len(rerun.stdout.splitlines()) == 1, rerun.stdout  # --quiet: the summary line alone
     assert first.stat().st_mtime_ns == first_stamp  # a finished shard is not redone
     assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]
 
