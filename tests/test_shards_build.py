@@ -122,6 +122,20 @@ def test_shard_members_carry_no_time_owner_or_mode_of_the_machine_that_built_the
         assert (out / entry["name"]).read_bytes()[257:263] == b"ustar\x00"  # the first header's format
 
 
+def test_a_key_is_the_safe_path_without_extension_cut_to_60_and_64_bits_of_its_hash():
+    # Keys are stable: shards built by another version of the builder must carry the same keys.
+    def key(readable: str, path: str) -> str:
+        return f"{readable}-{hashlib.sha256(path.encode()).hexdigest()[:16]}"
+
+    for path, readable in (
+        ("n01440764/n01440764_10026.JPEG", "n01440764_n01440764_10026"),
+        ("img.v2.final.jpg", "img_v2_final"),  # only the last extension goes
+        ("dir.v1/readme", "dir_v1_readme"),  # a dot in a folder's name is no extension
+        ("x" * 80 + "/photo.jpg", "x" * 60),
+    ):
+        assert sample_key(path) == key(readable, path), path
+
+
 def test_keys_are_unique_and_safe_even_for_look_alike_paths():
     paths = ["a/b_c.jpg", "a_b/c.jpg", "x.jpg", "x.png", "img.v2.final.jpg", "ünï cödé/ph oto.JPEG"]
     keys = [sample_key(p) for p in paths]
