@@ -1,5 +1,6 @@
 """Strict YAML config loading: every mistake names its dotted key and the file."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,139 @@ def test_defaults_when_no_file():
     cfg = load_config(None)
     assert cfg.loss.l1_weight == 100.0 and cfg.optim.nogan.lr == 1e-4
     assert cfg.optim.generator.betas == (0.5, 0.999)
+
+
+# What a run gets for every key its file leaves out: the seed's networks and losses, pix2pix's GAN
+# optimisers, the training views, the cadence of logs and checkpoints. A new key may join; a default
+# that changes should change here too, on purpose.
+DEFAULTS = {
+    "run.seed": 0,
+    "run.device": "auto",
+    "run.mixed_precision": "auto",
+    "run.deterministic": False,
+    "data.backend": "dali",
+    "data.size": 256,
+    "data.crop": "random_resized",
+    "data.crop_scale": (0.35, 1.0),
+    "data.crop_ratio": (0.75, 1.3333333),
+    "data.flip": True,
+    "data.batch_size": 32,
+    "data.batch_size_unit": "global",
+    "data.num_threads": 2,
+    "data.prefetch": 2,
+    "data.shuffle_buffer": 1024,
+    "data.on_bad_sample": "error",
+    "data.decode_device": "auto",
+    "data.compile_lab": True,
+    "model.generator": "seed_unet",
+    "model.discriminator": "patchgan70",
+    "model.features": 64,
+    "model.disc_features": 64,
+    "model.channels_last": True,
+    "model.compile": False,
+    "model.sync_batchnorm": False,
+    "loss.l1_weight": 100.0,
+    "loss.feature_weight_nogan": 1.0,
+    "loss.feature_weight_gan": 0.0,
+    "loss.adversarial_weight": 1.0,
+    "loss.vgg_layer_weights": (30.0, 70.0, 10.0),
+    "loss.vgg_input": "rgb",
+    "loss.vgg_weights": "imagenet",
+    "optim.nogan.lr": 1e-4,
+    "optim.nogan.betas": (0.9, 0.999),
+    "optim.nogan.weight_decay": 0.0,
+    "optim.generator.lr": 2e-4,
+    "optim.generator.betas": (0.5, 0.999),
+    "optim.generator.weight_decay": 0.0,
+    "optim.discriminator.lr": 2e-4,
+    "optim.discriminator.betas": (0.5, 0.999),
+    "optim.discriminator.weight_decay": 0.0,
+    "optim.grad_clip": 0.0,
+    "optim.warmup_steps": 0,
+    "optim.reference_batch": 0,
+    "schedule.nogan_steps": 100,
+    "schedule.gan_steps": 100,
+    "logging.alert_wait_fraction": 0.25,
+    "logging.alert_wait_logs": 20,
+    "logging.every_steps": 10,
+    "logging.sample_every_steps": 500,
+    "logging.eval_every_steps": 2000,
+    "logging.eval_batches": 8,
+    "logging.sample_count": 8,
+    "checkpoint.every_steps": 1000,
+    "checkpoint.keep_last": 3,
+}
+
+
+def value_at(cfg: Config, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def test_every_default_is_the_documented_one():
+    cfg = load_config(None)
+    assert {key: value_at(cfg, key) for key in DEFAULTS} == DEFAULTS
+    assert load_config(None, ["run.out_dir=/data/runs", "run.name=x"]).run_dir == Path("/data/runs/x")
+
+
+# (key, values accepted at the edge of the range, values just past it)
+RANGES = [
+    ("data.size", ["256", "512"], ["0", "255", "300", "-256"]),
+    ("data.batch_size", ["1"], ["0"]),
+    ("data.num_threads", ["1"], ["0"]),
+    ("data.prefetch", ["1"], ["0"]),
+    ("data.shuffle_buffer", ["1"], ["0"]),
+    ("data.crop_scale", ["[0.01, 0.01]", "[1, 1]"], ["[0, 1]", "[0.6, 0.5]", "[0.5, 1.01]"]),
+    ("data.crop_ratio", ["[0.5, 0.5]", "[0.1, 9]"], ["[0, 1]", "[2, 1.5]"]),
+    ("model.features", ["1"], ["0"]),
+    ("model.disc_features", ["1"], ["0"]),
+    *[(f"loss.{name}", ["0"], ["-0.001"]) for name in ("l1_weight", "feature_weight_nogan", "feature_weight_gan")],
+    ("loss.adversarial_weight", ["0"], ["-0.001"]),
+    *[(f"optim.{name}.lr", ["1e-9"], ["0"]) for name in ("nogan", "generator", "discriminator")],
+    *[
+        (f"optim.{name}.betas", ["[0, 0]", "[0.99, 0.999]"], ["[1, 0.9]", "[0.9, 1]", "[-0.1, 0.9]", "[0.9, -0.1]"])
+        for name in ("nogan", "generator", "discriminator")
+    ],
+    *[(f"optim.{name}.weight_decay", ["0"], ["-1e-9"]) for name in ("nogan", "generator", "discriminator")],
+    ("optim.grad_clip", ["0"], ["-0.5"]),
+    ("optim.warmup_steps", ["0"], ["-1"]),
+    ("optim.reference_batch", ["0"], ["-1"]),
+    ("schedule.nogan_steps", ["0"], ["-1"]),
+    ("schedule.gan_steps", ["0"], ["-1"]),
+    *[
+        (f"logging.{name}", ["1"], ["0"])
+        for name in ("every_steps", "sample_every_steps", "eval_every_steps", "sample_count")
+    ],
+    ("logging.eval_batches", ["0"], ["-1"]),
+    ("checkpoint.every_steps", ["1"], ["0"]),
+    ("checkpoint.keep_last", ["1"], ["0"]),
+]
+
+
+@pytest.mark.parametrize("key, accepted, refused", RANGES, ids=[r[0] for r in RANGES])
+def test_each_range_check_takes_its_edge_and_names_the_first_value_past_it(key, accepted, refused):
+    for text in accepted:
+        load_config(None, [f"{key}={text}"])
+    for text in refused:
+        with pytest.raises(ConfigError) as err:
+            load_config(None, [f"{key}={text}"])
+        value = value_at(load_config(None, [f"{key}={accepted[0]}"]), key)
+        shown = yaml.safe_load(text)
+        shown = tuple(float(v) for v in shown) if isinstance(value, tuple) else type(value)(shown)
+        assert f"{key} = {shown!r}" in str(err.value), text
+
+
+def test_a_run_needs_some_steps():
+    load_config(None, ["schedule.nogan_steps=0", "schedule.gan_steps=1"])
+    with pytest.raises(ConfigError, match="schedule.nogan_steps = 0 and schedule.gan_steps must not both be 0"):
+        load_config(None, ["schedule.nogan_steps=0", "schedule.gan_steps=0"])
+
+
+def test_batch_split_needs_at_least_one_process():
+    assert load_config(None, ["data.batch_size=6"]).data.per_process_batch(1) == 6
+    with pytest.raises(ValueError, match="must be >= 1, got 0"):
+        load_config(None).data.per_process_batch(0)
 
 
 def test_unknown_key_is_named_with_file(tmp_path):
@@ -100,6 +234,31 @@ def test_malformed_overrides_raise(override):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data..size=256", "override 'data..size=256' has an empty key"),
+        ("data.size=[1,", "override data.size has an unparsable value '[1,'"),
+    ],
+)
+def test_malformed_overrides_are_named(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_an_override_value_may_hold_an_equals_sign_and_an_optional_takes_a_value_or_null():
+    cfg = load_config(None, ["run.name=a=b", "logging.entity=team"])
+    assert cfg.run.name == "a=b" and cfg.logging.entity == "team"
+    assert load_config(None, ["logging.entity=null"]).logging.entity is None
+
+
+def test_a_choice_outside_the_list_names_the_choices():
+    with pytest.raises(
+        ConfigError, match=re.escape("data.backend = 'tensorflow' is not one of 'dali' | 'torch' | 'baseline'")
+    ):
+        load_config(None, ["data.backend=tensorflow"])
+
+
 def test_override_unknown_key_is_named():
     with pytest.raises(ConfigError, match="data.bacth_size"):
         load_config(None, ["data.bacth_size=4"])
@@ -114,6 +273,10 @@ def test_missing_file_is_named(tmp_path):
 def test_invalid_yaml_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"run.yaml: not valid YAML at line \d"):
         load_config(write(tmp_path, "data:\n  size: [256\n"))
+    with pytest.raises(ConfigError, match=r"run.yaml: not valid YAML at line 4$"):  # the line of the mistake
+        load_config(write(tmp_path, "run:\n  name: x\n  seed: 1\n   oops: 2\n"))
+    with pytest.raises(ConfigError, match=r"run.yaml: the top level must be a mapping of sections"):
+        load_config(write(tmp_path, "- data\n- model\n"))
 
 
 def test_exponent_floats_read_as_numbers(tmp_path):

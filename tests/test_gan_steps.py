@@ -1,4 +1,5 @@
-"""The two updates of `ColorizationGAN` on the CPU: each changes only what it should.
+"""The two updates of `ColorizationGAN` on the CPU: each changes only what it should, and each
+trains the right way: D learns to tell real from fake, the NoGAN step follows its whole loss.
 
 Small networks (width 8) at 256², the generator's smallest input side.
 """
@@ -15,9 +16,15 @@ from configs import load_config
 from _train_helpers import small_gan
 
 
+def tiny_gan(*overrides: str):
+    """`small_gan` with gradients clipped at 1 and VGG (when used) with random weights: nothing is
+    downloaded."""
+    return small_gan("loss.vgg_weights=none", "optim.grad_clip=1.0", *overrides)
+
+
 @pytest.fixture
 def gan():
-    return small_gan("optim.grad_clip=1.0")
+    return tiny_gan("loss.feature_weight_nogan=0")
 
 
 @pytest.fixture
@@ -111,3 +118,81 @@ def test_learning_rates_follow_the_phase(gan):
     assert gan.opt_nogan.param_groups[0]["lr"] == 1e-3
     assert gan.set_learning_rates(2) == {"train/lr_g": 2e-3, "train/lr_d": 3e-3}
     assert (gan.opt_G.param_groups[0]["lr"], gan.opt_D.param_groups[0]["lr"]) == (2e-3, 3e-3)
+
+
+# ------------------------------------------------------------------------ does each update learn right?
+
+
+def d_outputs(gan, L: torch.Tensor, ab: torch.Tensor) -> tuple[float, float]:
+    """D's mean probability of "real" on the real colours and on G's colours of one batch, read from
+    copies of G and D in training mode (batch statistics, as in the update), leaving the GAN as it was."""
+    G, D = copy.deepcopy(gan.G), copy.deepcopy(gan.D_module)
+    with torch.no_grad():
+        fake = G(L)
+        probabilities = torch.sigmoid(D(torch.cat([L, L]), torch.cat([fake, ab])))
+    batch = L.shape[0]
+    return probabilities[batch:].mean().item(), probabilities[:batch].mean().item()
+
+
+def test_a_few_gan_steps_teach_d_to_tell_real_from_fake(gan, batch):
+    real_before, fake_before = d_outputs(gan, *batch)
+    for _ in range(4):
+        gan.gan_step(*batch)
+    real_after, fake_after = d_outputs(gan, *batch)
+    # D learns to call the true colours real and G's colours fake: its output rises on one and falls
+    # on the other (a D trained the wrong way round moves both the other way).
+    assert real_after > real_before + 0.05, (real_before, real_after)
+    assert fake_after < fake_before - 0.05, (fake_before, fake_after)
+    assert real_after > fake_after
+
+
+@pytest.fixture
+def gan_with_features():
+    """A GAN whose NoGAN loss has a non-zero VGG feature term."""
+    return tiny_gan("loss.l1_weight=100", "loss.feature_weight_nogan=2.5")
+
+
+def adam_step(generator: torch.nn.Module, loss_of, cfg) -> torch.nn.Module:
+    """A copy of `generator` after one step of a fresh Adam (cfg.optim.nogan, clipped at grad_clip) on
+    the loss `loss_of(copy, fake)`, where fake = copy(L) is drawn with the dropout masks of seed 0."""
+    G = copy.deepcopy(generator)
+    optimizer = torch.optim.Adam(G.parameters(), lr=cfg.optim.nogan.lr, betas=cfg.optim.nogan.betas)
+    torch.manual_seed(0)
+    loss_of(G).backward()
+    torch.nn.utils.clip_grad_norm_(G.parameters(), cfg.optim.grad_clip)
+    optimizer.step()
+    return G
+
+
+def share_apart(a: torch.nn.Module, b: torch.nn.Module, tolerance: float = 1e-6) -> float:
+    """The share of parameter elements of `a` and `b` further apart than `tolerance`."""
+    pairs = list(zip(a.parameters(), b.parameters(), strict=True))
+    apart = sum(((p - q).abs() > tolerance).sum().item() for p, q in pairs)
+    return apart / sum(p.numel() for p, _ in pairs)
+
+
+@pytest.mark.slow
+def test_nogan_step_trains_g_on_the_weighted_sum_of_l1_and_feature_loss(gan_with_features, batch):
+    from losses import ab_l1
+
+    gan, (L, ab) = gan_with_features, batch
+    cfg, vgg = gan.cfg, gan.feature_loss
+    before = copy.deepcopy(gan.G)
+    torch.manual_seed(0)  # G's dropout masks, the same in the references below
+    terms = gan.nogan_step(L, ab)
+
+    # The logged total is the weighted sum of the two terms, and the feature term is really there.
+    assert terms["train/feature"].item() > 0
+    expected_total = 100 * terms["train/l1"] + 2.5 * terms["train/feature"]
+    assert terms["train/g_total"].item() == pytest.approx(expected_total.item(), rel=1e-5)
+
+    # G moved as one Adam step on that sum moves it, and not as a step on the L1 term alone. (Adam's
+    # first step is ±lr per weight, the sign of its gradient: a different gradient flips many signs.)
+    def weighted_sum(G):
+        fake = G(L)
+        return 100 * ab_l1(fake, ab) + 2.5 * vgg(L, fake, ab)
+
+    apart_from_weighted_sum = share_apart(gan.G, adam_step(before, weighted_sum, cfg))
+    apart_from_l1_only = share_apart(gan.G, adam_step(before, lambda G: 100 * ab_l1(G(L), ab), cfg))
+    assert apart_from_weighted_sum < 1e-4
+    assert apart_from_l1_only > 0.05

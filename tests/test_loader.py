@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 from itertools import islice
 from pathlib import Path
 
@@ -90,6 +91,56 @@ def test_three_backends_produce_the_same_lab_from_the_same_pixels(tmp_path, colo
     assert seed_item.transform is not None
 
 
+# Saturated colours, each a flat 256×256 JPEG: every decoder (libjpeg-turbo in DALI and torchcodec,
+# PIL's) gives a flat image the same pixels, and no resize is needed, so each backend's Lab can be held
+# to the reference's precision. A scale error of under 1 % in ab (a /127 for /128) moves these
+# saturated ab by several 1e-3.
+SATURATED = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "cyan": (0, 255, 255),
+    "magenta": (255, 0, 255),
+    "yellow": (255, 255, 0),
+    "orange": (255, 128, 0),
+    "violet": (128, 0, 255),
+}
+
+
+@pytest.fixture(scope="module")
+def saturated_shards(tmp_path_factory):
+    """(shards dir, {colour: (L_net, ab_net) of its decoded pixel by `pipeline/lab.py` in float64})."""
+    flat = {name: np.full((256, 256, 3), rgb, np.uint8) for name, rgb in SATURATED.items()}
+    out = tmp_path_factory.mktemp("saturated")
+    write_test_shards(out, flat, train=(8,), val=(8,), code=False)  # val: one sample of each colour
+    reference = {}
+    for name, image in flat.items():
+        decoded = np.array(Image.open(io.BytesIO(jpeg_bytes(image))).convert("RGB"))
+        assert (decoded == decoded[0, 0]).all()  # flat after decoding too
+        pixel = torch.from_numpy(decoded[0, 0].copy()).double().view(1, 3, 1, 1) / 255
+        reference[name] = tuple(t.view(-1) for t in rgb_to_network(pixel))
+    return out, reference
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_matches_the_reference_lab_on_saturated_colours(saturated_shards, backend):
+    root, reference = saturated_shards
+    # The product's defaults for the colour step (the compiled kernel on the dali and torch backends).
+    cfg = DataConfig(shards=str(root), backend=backend, crop="resize", flip=False, batch_size=8, num_threads=1)
+    lightness, ab = next(iter(make_loader(cfg, 0, 1, CPU, split="val", endless=False)))
+    seen = []
+    for image_l, image_ab in zip(lightness.double(), ab.double(), strict=True):
+        # Which colour this is: the nearest reference ab (they are far apart; a scale error is not).
+        name = min(reference, key=lambda n: (image_ab[:, 0, 0] - reference[n][1]).abs().max().item())
+        ref_l, ref_ab = reference[name]
+        l_error = (image_l - ref_l.view(1, 1, 1)).abs().max().item()
+        ab_error = (image_ab - ref_ab.view(2, 1, 1)).abs().max().item()
+        assert l_error < 1e-4 and ab_error < 1e-4, (backend, name, l_error, ab_error)
+        seen.append(name)
+    assert sorted(seen) == sorted(SATURATED)
+
+
 # -------------------------------------------------------------------------------------- shard listing
 def test_shard_paths_follow_the_manifest_and_name_what_is_missing(shards, tmp_path):
     root, manifest = shards
@@ -119,6 +170,29 @@ def test_two_ranks_read_disjoint_samples_that_cover_the_split(shards, backend):
     per_rank = [keys_of(make_loader(cfg, r, 2, CPU, split="train", endless=False)) for r in (0, 1)]
     assert set(per_rank[0]).isdisjoint(per_rank[1])
     assert sorted(per_rank[0] + per_rank[1]) == sorted(all_keys(manifest, "train"))
+
+
+@pytest.fixture(scope="module")
+def five_shards(tmp_path_factory, colour_photos):
+    """5 train shards of 3 samples, 1 val shard of 1."""
+    out = tmp_path_factory.mktemp("five")
+    return out, write_test_shards(out, colour_photos, train=(3,) * 5, val=(1,))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["shards", "five_shards"])
+def test_two_ranks_of_two_torch_workers_read_every_sample_exactly_once(which, request):
+    # Four readers. With 3 shards, each reads every 4th sample of all of them; with 5 shards, shards
+    # are dealt out to the ranks, then to their workers. Either way the four read each sample once.
+    root, manifest = request.getfixturevalue(which)
+    cfg = cfg_for(root, backend="torch", batch_size=4, num_threads=2)
+    read: Counter[str] = Counter()
+    for rank in (0, 1):
+        loader = make_loader(cfg, rank, 2, CPU, split="train", endless=False)
+        keys = keys_of(loader)
+        assert len(keys) == loader.samples_per_epoch
+        read.update(keys)
+    assert read == Counter(all_keys(manifest, "train"))
 
 
 @pytest.mark.slow
@@ -249,6 +323,58 @@ def test_dali_cpu_path_flips_some_images_and_leaves_the_rest(shards):
                 assert torch.allclose(image, view.flip(-1), atol=1e-5), f"{key} is neither the view nor its mirror"
                 flipped += 1
     assert flipped > 0 and kept > 0
+
+
+@pytest.fixture(scope="module")
+def wide_shards(tmp_path_factory, colour_photos):
+    """Shards whose images are all 192×288 (H×W, aspect ratio 3:2), each carrying its chroma code:
+    2 train shards of 12, 1 val shard of 4."""
+    wide = {name: np.ascontiguousarray(photo[:192, :288]) for name, photo in colour_photos.items()}
+    out = tmp_path_factory.mktemp("wide")
+    write_test_shards(out, wide, train=(12, 12), val=(4,))
+    return out
+
+
+def one_pass_views(cfg: DataConfig) -> dict[str, torch.Tensor]:
+    """Sample key → its (L, ab) 3×S×S view, for every train sample, from a one-pass loader."""
+    views = {}
+    for L, ab in make_loader(cfg, 0, 1, CPU, split="train", endless=False):
+        views.update({k: torch.cat([L[i], ab[i]]) for i, k in enumerate(sample_keys(L, ab))})
+    return views
+
+
+def training_views(cfg: DataConfig, batches: int) -> list[tuple[str, torch.Tensor]]:
+    """(sample key, (L, ab) 3×S×S) of the first `batches` batches of a training loader."""
+    return [
+        (key, torch.cat([L[i], ab[i]]))
+        for L, ab in islice(make_loader(cfg, 0, 1, CPU), batches)
+        for i, key in enumerate(sample_keys(L, ab))
+    ]
+
+
+def test_dali_cpu_random_window_of_the_whole_image_is_the_resize_view(wide_shards):
+    # Area fraction 1 at the images' own aspect ratio leaves one window: the whole image. A training
+    # path that crops anything else (the evaluation's centre square, say) does not give the squash.
+    squashed = one_pass_views(cfg_for(wide_shards, crop="resize", num_threads=1))
+    cfg = cfg_for(wide_shards, crop_scale=(1.0, 1.0), crop_ratio=(1.5, 1.5), flip=False, num_threads=1)
+    views = training_views(cfg, 2)
+    assert len(views) == 16
+    for key, image in views:
+        difference = (image - squashed[key]).abs().max().item()
+        assert difference < 1e-5, (key, difference)
+
+
+def test_dali_cpu_random_windows_differ_from_the_fixed_views(wide_shards):
+    # The default random windows (35–100 % of the area, aspect 3:4 to 4:3) never match the centre
+    # square of a 3:2 image, nor the whole image, exactly; a training path that ignores its window
+    # gives one of those two.
+    centre = one_pass_views(cfg_for(wide_shards, num_threads=1))
+    squashed = one_pass_views(cfg_for(wide_shards, crop="resize", num_threads=1))
+    views = training_views(cfg_for(wide_shards, flip=False, num_threads=1), 2)
+    assert len(views) == 16
+    for key, image in views:
+        assert not torch.allclose(image, centre[key], atol=1e-3), f"{key}: the centre view"
+        assert not torch.allclose(image, squashed[key], atol=1e-3), f"{key}: the whole image"
 
 
 def test_dali_pipeline_runs_on_the_loaders_cuda_index(shards, monkeypatch):

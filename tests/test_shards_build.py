@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from PIL import Image
 
 from shards.build import BuildOptions, build_shards
 from shards.keys import sample_key
-from shards.plan import plan_shards, split_of
+from shards.plan import first_difference, plan_shards, split_of
 from shards.scan import scan_source
 from shards.verify import verify_shards
 
@@ -109,6 +110,32 @@ def test_keys_and_classes_round_trip_through_webdataset(class_source, built):
     assert sample_key("n01440764/n01440764_10026.JPEG").startswith("n01440764_n01440764_10026-")
 
 
+def test_shard_members_carry_no_time_owner_or_mode_of_the_machine_that_built_them(built):
+    # What makes shards byte-identical across machines and runs: USTAR members, time 0, owner 0 and
+    # no owner names, mode 0644, plain files.
+    out, manifest = built
+    for entry in manifest["shards"]:
+        with tarfile.open(out / entry["name"]) as tar:
+            members = tar.getmembers()
+        assert members and all(m.isreg() for m in members)
+        assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {(0, 0, 0, "", "", 0o644)}
+        assert (out / entry["name"]).read_bytes()[257:263] == b"ustar\x00"  # the first header's format
+
+
+def test_a_key_is_the_safe_path_without_extension_cut_to_60_and_64_bits_of_its_hash():
+    # Keys are stable: shards built by another version of the builder must carry the same keys.
+    def key(readable: str, path: str) -> str:
+        return f"{readable}-{hashlib.sha256(path.encode()).hexdigest()[:16]}"
+
+    for path, readable in (
+        ("n01440764/n01440764_10026.JPEG", "n01440764_n01440764_10026"),
+        ("img.v2.final.jpg", "img_v2_final"),  # only the last extension goes
+        ("dir.v1/readme", "dir_v1_readme"),  # a dot in a folder's name is no extension
+        ("x" * 80 + "/photo.jpg", "x" * 60),
+    ):
+        assert sample_key(path) == key(readable, path), path
+
+
 def test_keys_are_unique_and_safe_even_for_look_alike_paths():
     paths = ["a/b_c.jpg", "a_b/c.jpg", "x.jpg", "x.png", "img.v2.final.jpg", "ünï cödé/ph oto.JPEG"]
     keys = [sample_key(p) for p in paths]
@@ -133,6 +160,27 @@ def test_split_stays_put_when_files_are_added(class_source, tmp_path, colour_pho
     after = {image.path: shard.split for shard in plan for image in shard.images}
     assert len(after) == len(before) + 24
     assert {path: after[path] for path in before} == before
+
+
+def test_the_val_split_takes_val_fraction_of_the_keys():
+    keys = [f"n{i:05d}/img_{i}.jpg" for i in range(20_000)]
+    for fraction in (0.0, 0.05, 0.2, 0.5, 1.0):
+        share = sum(split_of(key, fraction) == "val" for key in keys) / len(keys)
+        assert share == pytest.approx(fraction, abs=0.01), fraction
+
+
+def test_first_difference_names_the_first_file_added_gone_or_changed():
+    recorded = [["a.jpg", 10, 0], ["b.jpg", 2_000, 86_400], ["c.jpg", 30, 0]]
+    assert first_difference(recorded, [list(row) for row in recorded]) is None
+    gone = "'b.jpg' was in the source when that build began but is gone"
+    assert first_difference(recorded, [recorded[0], recorded[2]]) == gone
+    added = "'a2.jpg' is in the source but was not when that build began"
+    assert first_difference(recorded, [recorded[0], ["a2.jpg", 5, 0], *recorded[1:]]) == added
+    changed = [recorded[0], ["b.jpg", 1_500, 3_600], recorded[2]]
+    assert first_difference(recorded, changed) == (
+        "'b.jpg' is 1,500 bytes modified 1970-01-01 01:00:00 UTC but was 2,000 bytes modified "
+        "1970-01-02 00:00:00 UTC when that build began"
+    )
 
 
 def test_output_is_identical_with_any_worker_count(class_source, built, tmp_path):
@@ -176,6 +224,7 @@ def test_killed_build_resumes_to_byte_identical_shards(tmp_path, colour_photos, 
 
     rerun = subprocess.run([*CLI, "build", str(built_from), str(killed), *args], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
+    assert len(rerun.stdout.splitlines()) == 1, rerun.stdout  # --quiet: the summary line alone
     assert first.stat().st_mtime_ns == first_stamp  # a finished shard is not redone
     assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]
 

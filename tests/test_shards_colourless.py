@@ -79,3 +79,22 @@ def test_threshold_sits_between_faint_cast_and_real_colour():
     tinted = np.clip(np.dstack([grey + 8, grey, grey - 8]), 0, 255).astype(np.uint8)
     assert not is_colourless(tinted)
     assert np.mean(chroma(tinted) >= CHROMA_THRESHOLD) > 0.5 and CHROMA_THRESHOLD == 4.0
+
+
+@pytest.mark.parametrize("every", [16, 7], ids=["subsampled-pixels", "other-pixels"])
+def test_exactly_a_tenth_of_a_percent_of_coloured_pixels_is_still_colourless(every):
+    # 10,000 grey pixels allow 10 coloured ones (0.1 %); an 11th makes the image colour. Placed on
+    # every 16th pixel the coloured ones are all in the quick first look; on every 7th, mostly not.
+    grey = np.full((100 * 100, 3), 128, np.uint8)
+    for coloured, expected in ((10, True), (11, False)):
+        image = grey.copy()
+        image[np.arange(coloured) * every] = (200, 60, 60)
+        assert is_colourless(image.reshape(100, 100, 3)) is expected, (every, coloured)
+
+
+@pytest.mark.parametrize(
+    "image", [np.zeros((4, 4, 3), np.float32), np.zeros((4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8)]
+)
+def test_chroma_takes_only_three_channel_uint8_images(image):
+    with pytest.raises(ValueError, match="expected an H×W×3 uint8 image"):
+        chroma(image)

@@ -148,8 +148,9 @@ def test_colliding_keys_are_widened_never_dropped(monkeypatch, tmp_path):
     monkeypatch.setattr(shards.keys, "KEY_HASH_DIGITS", 2)
     keys = [image.key for image in scan_source(src).images]
     assert len(set(keys)) == 60
-    widened = [key for key in keys if len(key.rsplit("-", 1)[1]) == shards.keys.WIDE_KEY_HASH_DIGITS]
+    widened = [key for key in keys if len(key.rsplit("-", 1)[1]) == 32]  # 128 bits of SHA-256
     assert 2 <= len(widened) < 60  # only the colliding ones
+    assert all(len(key) == 93 for key in widened)  # 60 readable + "-" + 32: "<key>.jpg" fits a USTAR name
     monkeypatch.setattr(shards.keys, "WIDE_KEY_HASH_DIGITS", 2)
     with pytest.raises(BuildError, match=r"source files '.*\.jpg' and '.*\.jpg' get the same sample key"):
         scan_source(src)

@@ -219,6 +219,64 @@ def test_a_part_excludes_every_writer_but_the_other_parts_of_its_split(slow_sour
     assert tree_digests(out) == tree_digests(whole)
 
 
+# Atomic writes: a build killed inside a shard ----------------------------------------------------
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    """The bytes of every file at the top of `out` (progress records and the lock, hidden, aside)."""
+    found = {}
+    for path in out.iterdir() if out.is_dir() else ():
+        if path.name.startswith("."):
+            continue
+        try:
+            found[path.name] = path.read_bytes()
+        except OSError:  # renamed away between listing and reading
+            pass
+    return found
+
+
+def _caught_writing(files: dict[str, bytes], final: dict[str, bytes], finished: int) -> bool:
+    """`finished` shards are done (tar and index), and some file is not (yet) what the finished build
+    has there."""
+    done = [
+        name
+        for name, data in files.items()
+        if name.endswith(".tar") and final.get(name) == data and final.get(f"{name}.idx") == files.get(f"{name}.idx")
+    ]
+    return len(done) >= finished and any(final.get(name) != data for name, data in files.items())
+
+
+@pytest.mark.parametrize("finished", [0, 2])
+def test_a_build_killed_inside_a_shard_leaves_no_incomplete_file_under_a_final_name(slow_source, tmp_path, finished):
+    """The build is stopped (SIGSTOP) while it writes a shard, after `finished` shards are done, and
+    killed (SIGKILL): every file under a name the finished build has holds its finished bytes, and
+    the rerun completes the same tree."""
+    whole = tmp_path / "whole"
+    build_shards(slow_source, whole, BuildOptions(workers=1, shard_samples=20, val_fraction=0.1), progress=False)
+    final = _files(whole)
+    out = tmp_path / "out"
+    build = subprocess.Popen([*CLI, "build", str(slow_source), str(out), *SLOW_ARGS], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    files: dict[str, bytes] = {}
+    while build.poll() is None and time.monotonic() < deadline:
+        if _caught_writing(_files(out), final, finished):
+            build.send_signal(signal.SIGSTOP)
+            files = _files(out)  # what a kill now leaves behind
+            if _caught_writing(files, final, finished):
+                break
+            build.send_signal(signal.SIGCONT)  # it moved on between the two looks
+        time.sleep(0.001)
+    build.kill()
+    _finish(build)
+    assert _caught_writing(files, final, finished), "the build was not caught writing a shard"
+    torn = [name for name, data in files.items() if name in final and data != final[name]]
+    assert torn == [], f"incomplete files under final names: {torn}"
+
+    rerun = _cli("build", str(slow_source), str(out), *SLOW_ARGS)
+    assert rerun.returncode == 0, rerun.stderr
+    assert tree_digests(out) == tree_digests(whole)
+
+
 # Faults 5 and 6: merge and resume check content, not sizes and names ------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 
 import numpy as np
@@ -47,6 +48,11 @@ def test_phases_and_switch():
     assert [phase_at(s, only_critic_then_gan.schedule) for s in range(3)] == [CRITIC, CRITIC, GAN]
     with pytest.raises(ConfigError, match="schedule.critic_steps = 5 warms the critic up for a GAN phase"):
         load_config(None, ["schedule.critic_steps=5", "schedule.gan_steps=0"])
+    # One step of each phase still switches once; a run without NoGAN never does.
+    one_each = load_config(None, ["schedule.nogan_steps=1", "schedule.gan_steps=1"])
+    assert [d for d in range(3) if is_phase_switch(d, one_each.schedule)] == [1]
+    gan_only = load_config(None, ["schedule.nogan_steps=0", "schedule.gan_steps=2"])
+    assert not any(is_phase_switch(d, gan_only.schedule) for d in range(3))
 
 
 def test_warmup_restarts_each_phase():
@@ -60,9 +66,9 @@ def test_warmup_restarts_each_phase():
 
 
 def test_latest_checkpoint_ignores_partial_ones(tmp_path):
-    for name in ("step_2", "step_10", "step_12.tmp", "notes"):
+    for name in ("step_2", "step_10", "step_9", "step_12.tmp", "notes"):
         (tmp_path / name).mkdir()
-    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 10]  # numeric, not text, order
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 9, 10]  # numeric, not text, order
     assert latest_checkpoint(tmp_path) == tmp_path / "step_10"
     assert latest_checkpoint(tmp_path / "absent") is None
 
@@ -357,6 +363,90 @@ def test_a_checkpoint_resumes_only_with_the_number_of_processes_that_wrote_it(tm
     check_processes(tmp_path, 2)
     with pytest.raises(TrainingError, match=r"written by a run of 2 processes, this run has 4: resume with 2"):
         check_processes(tmp_path, 4)
+
+
+class _LoaderPosition:
+    """What a checkpoint needs of a data loader: its position as a state dict, refused (ValueError)
+    when it was saved by a loader of another backend."""
+
+    def __init__(self, batches: int, backend: str = "test") -> None:
+        self.batches, self.backend = batches, backend
+
+    def state_dict(self) -> dict:
+        return {"backend": self.backend, "batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["backend"] != self.backend:
+            raise ValueError(f"loader state is for backend {state['backend']!r}, not {self.backend!r}")
+        self.batches = state["batches"]
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the file named in `marker`."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_restores_weights_optimiser_progress_and_loader_position(tmp_path):
+    from accelerate import Accelerator
+
+    from launch.training.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+    from launch.training.errors import TrainingError
+
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(torch.nn.Linear(4, 2))
+    optimizer = accelerator.prepare(torch.optim.Adam(model.parameters(), lr=0.1))
+    state, loader = TrainingState(), _LoaderPosition(0)
+    assert (state.step, state.phase) == (0, NOGAN)  # a fresh run starts at the first NoGAN step
+    accelerator.register_for_checkpointing(state)
+
+    def train_to(step: int) -> None:
+        optimizer.zero_grad()
+        model(torch.randn(8, 4)).square().mean().backward()
+        optimizer.step()
+        state.step, state.phase, loader.batches = step, GAN if step > 3 else NOGAN, 10 * step
+
+    root = tmp_path / "checkpoints"  # not there yet: the first save makes it
+    train_to(3)
+    save_checkpoint(accelerator, root, 3, loader, keep_last=2)
+    (root / "step_7.tmp").mkdir()  # left by a run killed while saving step 7
+    (root / "step_7.tmp" / "half-written").write_bytes(b"")
+    for step in (5, 7):
+        train_to(step)
+        saved = save_checkpoint(accelerator, root, step, loader, keep_last=2)
+    assert saved == root / "step_7" and not (saved / "half-written").exists()
+    assert sorted(p.name for p in root.iterdir()) == ["step_5", "step_7"]  # the last two
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = optimizer.state_dict()["state"][0]["exp_avg"].clone()
+
+    train_to(8)  # everything moves on, then the checkpoint takes it back
+    state.phase, loader.batches = NOGAN, 0
+    load_checkpoint(accelerator, saved, loader)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], moments)
+    assert (state.step, state.phase, loader.batches) == (7, GAN, 70)
+
+    # A resumed run that saves step 7 again replaces it.
+    train_to(7)
+    loader.batches = 71
+    save_checkpoint(accelerator, root, 7, loader, keep_last=2)
+    load_checkpoint(accelerator, saved, loader)
+    assert loader.batches == 71 and not torch.equal(model.state_dict()["weight"], weights["weight"])
+
+    # A loader of another backend cannot take the position: one error naming the checkpoint.
+    with pytest.raises(TrainingError, match=f"{saved}: loader state is for backend 'test', not 'dali'"):
+        load_checkpoint(accelerator, saved, _LoaderPosition(0, backend="dali"))
+    # The loader position is read as weights only: a file that would run code when unpickled is refused.
+    marker = tmp_path / "ran"
+    torch.save({"backend": "test", "batches": _Payload(str(marker))}, saved / "loader_rank0.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(accelerator, saved, loader)
+    assert not marker.exists()
 
 
 def test_eval_runs_only_the_generator_under_autocast():
