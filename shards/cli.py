@@ -84,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
         help="build only the K-th of N disjoint parts of the plan (N machines, one OUT); "
         "the last part to finish writes manifest.json",
     )
-    build.add_argument("--quiet", action="store_true", help="no progress bar and no next-step hint: the summary line alone")
+    build.add_argument(
+        "--quiet", action="store_true", help="no progress bar and no next-step hint: the summary line alone"
+    )
     build.add_argument("--staging", default=None, metavar="DIR", help=STAGING_HELP)
 
     merge = commands.add_parser("merge", help="check the parts of a --part K/N build and write manifest.json")
