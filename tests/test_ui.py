@@ -69,7 +69,11 @@ def test_the_api_returns_plain_values(tmp_path, colour_photos):
             except OSError:
                 assert time.monotonic() < deadline, "colorize-ui did not answer"
                 time.sleep(0.3)  # polling a starting server
-        assert f"serving {weights} on http://127.0.0.1:{port}" in (tmp_path / "server.log").read_text()
+        # Said once launch() returns, which can be a moment after the server first answers.
+        serving = f"serving {weights} on http://127.0.0.1:{port}"
+        while serving not in (tmp_path / "server.log").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            time.sleep(0.1)
         client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
         assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ["/colorize"]
         colour, (before, after), download = client.predict(handle_file(str(grey)), api_name="/colorize")
