@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 # The edit-test loop: everything but the tests marked slow (whole training runs, several processes)
 # and the browser test. `make test` stays the full suite CI runs.
