@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # This machine's pip config names local mirrors that may be absent; hide only those warnings.
 PIP_QUIET := { grep -v 'is neither a file nor a directory' || true; }
 
-.PHONY: install test test-fast test-gpu lint demo clean gpu-kit gpu-check
+.PHONY: install test test-fast test-gpu lint demo clean gpu-kit gpu-check mutation
 
 install: $(STAMP)
 
@@ -37,6 +37,12 @@ lint: install
 
 test-gpu: install
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+# Mutation testing with cosmic-ray (tests/mutation.py; not part of CI: hours on 2 cores, hence nice).
+# Each module's mutants meet only that module's fast tests; MUTATE="lab gan" picks modules.
+MUTATE ?=
+mutation: install
+	nice -n 19 $(PY) tests/mutation.py $(MUTATE)
 
 demo: install
 	bash launch/demo.sh $(DEMO_DIR) $(DEMO_RUN)
