@@ -3,13 +3,15 @@
 `load_config(path, overrides)` reads a YAML file whose keys must mirror the dataclasses below
 exactly, applies dotted `key=value` overrides (values parsed as YAML scalars/lists), checks every
 value's type and range, and returns a `Config`. Any mistake raises `ConfigError` with one line naming
-the dotted key and the file. `dump_config` writes the resolved tree back to YAML; loading that file
+the dotted key and where it came from: the file, or the override itself (`override data.batch_sise=4:
+unknown key 'data.batch_sise'; did you mean 'data.batch_size'?`). `dump_config` writes the resolved tree back to YAML; loading that file
 gives an equal object.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -48,7 +50,9 @@ class DataConfig:
     """Which shards to read and how to turn them into (L, ab) batches."""
 
     shards: str = "demo-data/shards"
-    """Shards directory written by `colorize-shards build` (holds manifest.json)."""
+    """Shards location written by `colorize-shards build` (holds manifest.json): a local directory,
+    or an object-store prefix `s3://bucket/prefix` (endpoint and credentials from the standard AWS
+    environment: docs/object-storage.md)."""
     backend: Literal["dali", "torch", "baseline"] = "dali"
     """`dali` (GPU nvJPEG when CUDA, CPU otherwise), `torch` (webdataset + torchvision), `baseline`
     (the seed project's PIL + skimage loader, the benchmark's yardstick; called `seed` before)."""
@@ -81,6 +85,9 @@ class DataConfig:
     """`torch` backend: where JPEGs are decoded. `auto`: on the GPU when the loader's device is CUDA
     (batched nvJPEG in the main process; workers only read bytes), else in the DataLoader workers;
     `cpu`: always in the workers. DALI always decodes on the GPU when the device is CUDA."""
+    read_retry_seconds: float = 300.0
+    """`s3://` shards: how long reads keep retrying (with backoff) while the object store does not
+    answer, before the run stops with an error naming the object (resume from the last checkpoint)."""
     compile_lab: bool = True
     """`dali` and `torch` backends decoding on the CPU: fuse the RGB → Lab step with torch.compile
     (polynomial form, ≤ 1e-4 off; a few seconds to compile on first use); false = the reference colour
@@ -118,6 +125,13 @@ class ModelConfig:
     """Wrap both networks in `torch.compile`."""
     sync_batchnorm: bool = False
     """Convert BatchNorm to SyncBatchNorm in multi-process CUDA runs (ignored on CPU)."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the generator's weights with this decay per G update, in
+    [0, 1); 0 = none. The n-th update (from 0) uses min(ema_decay, (1 + n) / (10 + n)), so the first
+    updates are not dominated by the initial weights. When on, the average is evaluated beside the
+    raw generator (`eval/ema/*`) and is the exported `generator.safetensors`. With
+    `optim.reference_batch`, the decay is written for that batch and rescaled like the steps
+    (decay^(G / reference_batch)): the average then spans the same number of images."""
 
 
 @dataclass
@@ -176,7 +190,8 @@ class OptimConfig:
     """0: learning rates and step counts are used as written. > 0: they are written for this global
     batch, and a run whose global batch G differs rescales them when it starts (and prints so):
     every lr × √(G / reference_batch) (Adam's square-root rule), `schedule.*_steps` and
-    `optim.warmup_steps` × reference_batch / G (rounded up), so the run sees the same number of samples."""
+    `optim.warmup_steps` × reference_batch / G (rounded up), so the run sees the same number of samples,
+    and `model.ema_decay` ^ (G / reference_batch), so the generator's average spans as many."""
 
 
 @dataclass
@@ -185,6 +200,10 @@ class ScheduleConfig:
 
     nogan_steps: int = 100
     """Generator-only steps (L1 + feature loss)."""
+    critic_steps: int = 0
+    """Critic warm-up steps between NoGAN and GAN: D alone learns the frozen generator's colours
+    against the real ones (DeOldify's critic pretraining), so the GAN phase starts with a critic that
+    knows G's artefacts. 0 = none (GAN follows NoGAN directly)."""
     gan_steps: int = 100
     """Adversarial steps (one D step then one G step each)."""
 
@@ -256,7 +275,7 @@ class Config:
 
     @property
     def total_steps(self) -> int:
-        return self.schedule.nogan_steps + self.schedule.gan_steps
+        return self.schedule.nogan_steps + self.schedule.critic_steps + self.schedule.gan_steps
 
     @property
     def run_dir(self) -> Path:
@@ -297,7 +316,7 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{source}: {key} must be a list of {len(args)} values, got {value!r}")
         return tuple(_convert(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+    if _is_section(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key} must be a mapping of {tp.__name__} fields, got {value!r}")
         return _build(tp, value, f"{key}.", source)
@@ -326,12 +345,36 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     raise TypeError(f"config field {key} has an unsupported annotation {tp!r}")
 
 
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _dotted_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of the tree under `cls`, sections and leaves (`data`, `data.batch_size`, …)."""
+    keys = []
+    for name, tp in typing.get_type_hints(cls).items():
+        keys.append(prefix + name)
+        if _is_section(tp):
+            keys.extend(_dotted_keys(tp, f"{prefix}{name}."))
+    return keys
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    """`unknown key 'k'` with the closest known keys, or the section's keys when none is close."""
+    close = difflib.get_close_matches(key, _dotted_keys(Config), n=3, cutoff=0.6)
+    if close:
+        names = [repr(k) for k in close]
+        choices = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+        return f"unknown key '{key}'; did you mean {choices}?"
+    return f"unknown key '{key}' (known: {', '.join(sorted(known))})"
+
+
 def _build(cls: type, values: dict, prefix: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = [f.name for f in dataclasses.fields(cls)]
     for key in values:
         if key not in names:
-            raise ConfigError(f"{source}: unknown key '{prefix}{key}' (known: {', '.join(sorted(names))})")
+            raise ConfigError(f"{source}: {_unknown_key(prefix + key, names)}")
     kwargs = {k: _convert(v, hints[k], f"{prefix}{k}", source) for k, v in values.items()}
     return cls(**kwargs)
 
@@ -349,45 +392,63 @@ def config_to_dict(cfg: Any) -> dict:
     return plain(cfg)
 
 
-def _apply_override(tree: dict, override: str, source: str) -> None:
+def _apply_override(tree: dict, override: str) -> str:
+    """Set one `key=value` in the YAML tree; returns the dotted key. The key and the value's type are
+    checked here against the dataclasses, so a mistake names the override rather than the file."""
+    source = f"override {override}"
     if "=" not in override:
-        raise ConfigError(f"{source}: override {override!r} is not of the form key=value")
+        raise ConfigError(f"override {override!r} is not of the form key=value")
     dotted, raw = override.split("=", 1)
     dotted = dotted.strip()
     parts = dotted.split(".")
     if not dotted or any(not p for p in parts):
-        raise ConfigError(f"{source}: override {override!r} has an empty key")
+        raise ConfigError(f"override {override!r} has an empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: override {dotted} has an unparsable value {raw!r} ({exc.problem})") from None
+        raise ConfigError(f"{source}: unparsable value {raw!r} ({exc.problem})") from None
+    tp: Any = Config
+    for i, part in enumerate(parts):
+        if not _is_section(tp):
+            raise ConfigError(f"{source}: '{'.'.join(parts[:i])}' is not a section")
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            raise ConfigError(f"{source}: {_unknown_key('.'.join(parts[: i + 1]), list(hints))}")
+        tp = hints[part]
+    _convert(value, tp, dotted, source)
     node = tree
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{source}: override {dotted}: '{part}' is not a section")
+        child = node.get(part)
+        if not isinstance(child, dict):  # absent, or the file's own value there is wrong and replaced
+            child = node[part] = {}
         node = child
     node[parts[-1]] = value
+    return dotted
 
 
-def validate(cfg: Config, source: str = "<config>") -> Config:
-    """Range checks that types alone cannot express; raises ConfigError naming the key."""
+def validate(cfg: Config, source: str = "<config>", overridden: dict[str, str] | None = None) -> Config:
+    """Range checks that types alone cannot express; raises ConfigError naming the key and where its
+    value came from: `source`, or the override that set it (`overridden`: dotted key → override)."""
+    overridden = overridden or {}
 
     def need(ok: bool, key: str, why: str) -> None:
         if not ok:
-            raise ConfigError(f"{source}: {key} = {_get(cfg, key)!r} {why}")
+            where = f"override {overridden[key]}" if key in overridden else source
+            raise ConfigError(f"{where}: {key} = {_get(cfg, key)!r} {why}")
 
     need(cfg.data.size > 0 and cfg.data.size % 256 == 0, "data.size", "must be a positive multiple of 256")
     need(cfg.data.batch_size > 0, "data.batch_size", "must be positive")
     need(cfg.data.num_threads > 0, "data.num_threads", "must be positive")
     need(cfg.data.prefetch > 0, "data.prefetch", "must be positive")
     need(cfg.data.shuffle_buffer > 0, "data.shuffle_buffer", "must be positive")
+    need(cfg.data.read_retry_seconds >= 0, "data.read_retry_seconds", "must be >= 0")
     lo, hi = cfg.data.crop_scale
     need(0 < lo <= hi <= 1, "data.crop_scale", "must satisfy 0 < low <= high <= 1")
     lo, hi = cfg.data.crop_ratio
     need(0 < lo <= hi, "data.crop_ratio", "must satisfy 0 < low <= high")
     need(cfg.model.features > 0, "model.features", "must be positive")
     need(cfg.model.disc_features > 0, "model.disc_features", "must be positive")
+    need(0 <= cfg.model.ema_decay < 1, "model.ema_decay", "must lie in [0, 1) (0 = no EMA generator)")
     for name in ("l1_weight", "feature_weight_nogan", "feature_weight_gan", "adversarial_weight"):
         need(getattr(cfg.loss, name) >= 0, f"loss.{name}", "must be >= 0")
     for name in ("nogan", "generator", "discriminator"):
@@ -399,7 +460,13 @@ def validate(cfg: Config, source: str = "<config>") -> Config:
     need(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
     need(cfg.optim.reference_batch >= 0, "optim.reference_batch", "must be >= 0")
     need(cfg.schedule.nogan_steps >= 0, "schedule.nogan_steps", "must be >= 0")
+    need(cfg.schedule.critic_steps >= 0, "schedule.critic_steps", "must be >= 0")
     need(cfg.schedule.gan_steps >= 0, "schedule.gan_steps", "must be >= 0")
+    need(
+        cfg.schedule.critic_steps == 0 or cfg.schedule.gan_steps > 0,
+        "schedule.critic_steps",
+        "warms the critic up for a GAN phase: set schedule.gan_steps > 0 too, or critic_steps to 0",
+    )
     need(cfg.total_steps > 0, "schedule.nogan_steps", "and schedule.gan_steps must not both be 0")
     for name in ("every_steps", "sample_every_steps", "eval_every_steps", "sample_count"):
         need(getattr(cfg.logging, name) > 0, f"logging.{name}", "must be positive")
@@ -418,8 +485,9 @@ def _get(cfg: Any, dotted: str) -> Any:
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read `path` (YAML; None = defaults only), apply `key=value` overrides, check, return a Config.
 
-    Raises ConfigError (one line, naming the dotted key and the file) for a missing or unparsable
-    file, an unknown key, a wrong type, a malformed override, or an out-of-range value.
+    Raises ConfigError (one line, naming the dotted key and the file or the override) for a missing or
+    unparsable file, an unknown key (with the closest known keys), a wrong type, a malformed override,
+    or an out-of-range value.
     """
     source = str(path) if path is not None else "<defaults>"
     tree: dict = {}
@@ -436,10 +504,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections")
         tree = loaded or {}
-    for override in overrides:
-        _apply_override(tree, override, f"{source} (override)")
+    overridden = {_apply_override(tree, override): override for override in overrides}
     cfg = _build(Config, tree, "", source)
-    return validate(cfg, source)
+    return validate(cfg, source, overridden)
 
 
 def scale_to_processes(cfg: Config, processes: int) -> tuple[Config, list[str]]:
@@ -447,7 +514,7 @@ def scale_to_processes(cfg: Config, processes: int) -> tuple[Config, list[str]]:
     learning rates and step counts rescaled by `optim.reference_batch` (see its docstring). Returns
     the resolved config (unit `global`, reference 0, so saving and reloading it changes nothing) and
     lines saying what was changed and why. Raises ConfigError when the batch does not split."""
-    data, optim, schedule = cfg.data, cfg.optim, cfg.schedule
+    data, model, optim, schedule = cfg.data, cfg.model, cfg.optim, cfg.schedule
     notes: list[str] = []
     batch = data.per_process_batch(processes) * processes
     if data.batch_size_unit == "per_process":
@@ -463,18 +530,31 @@ def scale_to_processes(cfg: Config, processes: int) -> tuple[Config, list[str]]:
             name: dataclasses.replace(getattr(optim, name), lr=getattr(optim, name).lr * lr_factor)
             for name in ("nogan", "generator", "discriminator")
         }
-        new_schedule = ScheduleConfig(nogan_steps=steps(schedule.nogan_steps), gan_steps=steps(schedule.gan_steps))
+        new_schedule = ScheduleConfig(
+            nogan_steps=steps(schedule.nogan_steps),
+            critic_steps=steps(schedule.critic_steps),
+            gan_steps=steps(schedule.gan_steps),
+        )
+        critic = f" + {new_schedule.critic_steps:,} critic" if new_schedule.critic_steps else ""
         notes.append(
             f"optim.reference_batch {reference} → global batch {batch}: learning rates × √({batch}/{reference}) = "
             f"{lr_factor:.3f} (nogan {scaled_adam['nogan'].lr:.3g}, generator {scaled_adam['generator'].lr:.3g}, "
             f"discriminator {scaled_adam['discriminator'].lr:.3g}); steps × {reference}/{batch}: "
-            f"{new_schedule.nogan_steps:,} NoGAN + {new_schedule.gan_steps:,} GAN, warm-up {steps(optim.warmup_steps):,}"
+            f"{new_schedule.nogan_steps:,} NoGAN{critic} + {new_schedule.gan_steps:,} GAN, "
+            f"warm-up {steps(optim.warmup_steps):,}"
         )
+        if model.ema_decay > 0:
+            # One update now stands for batch/reference updates at the reference batch.
+            model = dataclasses.replace(model, ema_decay=model.ema_decay ** (batch / reference))
+            notes.append(
+                f"model.ema_decay ^ ({batch}/{reference}) = {model.ema_decay:.6g}: the same images per average"
+            )
         optim = dataclasses.replace(optim, **scaled_adam, warmup_steps=steps(optim.warmup_steps))
         schedule = new_schedule
     resolved = dataclasses.replace(
         cfg,
         data=dataclasses.replace(data, batch_size=batch, batch_size_unit="global"),
+        model=model,
         optim=dataclasses.replace(optim, reference_batch=0),
         schedule=schedule,
     )

@@ -36,7 +36,7 @@ else
   ACCEL=configs/accelerate/cpu1.yaml
 fi
 echo "training with $ACCEL (outputs in $RUN_DIR)"
-"$BIN/accelerate" launch --config_file "$ACCEL" launch/train.py --config configs/demo.yaml \
+"$BIN/colorize-train" --config_file "$ACCEL" --config configs/demo.yaml \
   run.name="$(basename "$RUN_DIR")" run.out_dir="$(dirname "$RUN_DIR")" data.shards="$SHARDS" --resume
 
 # 4. Colourise the held-out photos with the exported generator (grey | colour side by side too).

@@ -1,21 +1,22 @@
-"""Train the colorization GAN: NoGAN (generator only), then GAN (PatchGAN discriminator), in one run.
+"""Train the colorization GAN: NoGAN (generator only), a critic warm-up (discriminator only, when
+configured), then GAN (PatchGAN discriminator), in one run.
 
-    accelerate launch [--config_file configs/accelerate/1gpu.yaml] launch/train.py \
-        --config configs/demo.yaml [key=value ...] [--resume]
+    colorize-train [accelerate launch options] --config configs/demo.yaml [key=value ...] [--resume | --overwrite]
+    accelerate launch [--config_file configs/accelerate/1gpu.yaml] launch/train.py --config ... (the same)
 
 Also runs as `python launch/train.py ...` (one process) and as `launch.train.main([...])` in-process.
+`colorize-train` (launch/apps/train_cli.py) checks the config before it starts the processes.
 Everything is built by the small `build_*` functions below; `train_loop` is the loop. Outputs go to
-`<run.out_dir>/<run.name>/` (see the README's training section).
+`<run.out_dir>/<run.name>/` (see docs/training.md).
 
 Exit status: 0 finished; 1 the run stopped on an error (non-finite loss, unusable checkpoint);
-2 a configuration or data-location mistake; 128 + signal number (143 for SIGTERM, 130 for SIGINT)
-when a signal stopped the run after saving a checkpoint, so job scripts can tell "stopped early,
-resumable" from "finished".
+2 a configuration or data-location mistake; 128 + signal number (143 for SIGTERM, 130 for SIGINT,
+138 for SIGUSR1, launch/slurm.sh's time-limit warning) when a signal stopped the run after saving a
+checkpoint, so job scripts can tell "stopped early, resumable" from "finished".
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import signal
 import sys
@@ -31,23 +32,26 @@ from launch.eval.evaluate import evaluate_batches
 from launch.training import wandb_run
 from launch.training.checkpoint import (
     TrainingState,
+    check_ema,
     check_processes,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
+from launch.training.command_line import parse_args
 from launch.training.errors import TrainingError
 from launch.training.gan import ColorizationGAN, build_gan
 from launch.training.monitor import LossMonitor
+from launch.training.run_dir import check_fresh_start, set_aside
 from launch.training.samples import sample_grid, save_png
-from launch.training.schedule import NOGAN, is_phase_switch, phase_at
+from launch.training.schedule import CRITIC, NOGAN, TITLES, is_phase_start, is_phase_switch, phase_at
 from launch.training.signals import StopRequest
 from launch.training.timing import StepTimer
 from launch.training.tracking import RunLogger, keep_wandb_files_in, resolve_wandb_mode
 from models.export import save_generator
 from pipeline import make_loader
 from pipeline.loader_base import BadShardError, Loader
-from pipeline.shard_list import ShardsDirError, split_shards
+from pipeline.shard_list import ShardsDirError, read_manifest, split_shards
 
 
 @dataclass
@@ -80,8 +84,8 @@ class Run:
 # Building
 
 
-def build_accelerator(cfg: Config, wandb_mode: str) -> Accelerator:
-    """Accelerate for this process: CPU or CUDA, bf16 autocast on CUDA unless told otherwise, W&B when on."""
+def build_accelerator(cfg: Config) -> Accelerator:
+    """Accelerate for this process: CPU or CUDA, bf16 autocast on CUDA unless told otherwise."""
     if cfg.run.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("run.device = 'cuda' but CUDA is not available on this machine")
     cpu = cfg.run.device == "cpu" or not torch.cuda.is_available()
@@ -96,7 +100,6 @@ def build_accelerator(cfg: Config, wandb_mode: str) -> Accelerator:
     return Accelerator(
         cpu=cpu,
         mixed_precision=precision,
-        log_with="wandb" if wandb_mode != "disabled" else None,
         project_dir=str(cfg.run_dir),
     )
 
@@ -111,11 +114,9 @@ def build_loaders(cfg: Config, accelerator: Accelerator) -> tuple[Loader, bool]:
         split="train",
         seed=cfg.run.seed,
     )
-    try:
-        split_shards(cfg.data.shards, "val", need_index=False)
-        has_val = True
-    except ShardsDirError:
-        has_val = False
+    # Whether the manifest lists a val split; a val shard it lists but the store cannot give is an error
+    # (make_loader's), not "no val split".
+    has_val = any(entry.get("split") == "val" for entry in read_manifest(cfg.data.shards)["shards"])
     return loader, has_val
 
 
@@ -150,42 +151,47 @@ def build_sample_batch(cfg: Config, accelerator: Accelerator, has_val: bool):
             close()
 
 
-def build_logger(cfg: Config, accelerator: Accelerator, wandb_mode: str, start_step: int) -> RunLogger:
-    """Start the W&B run (rank 0; one stable id per training run, see wandb_run.py) and the metrics
-    file / progress bar."""
-    wb = None
-    if wandb_mode != "disabled":
-        run_id = wandb_run.stable_run_id(cfg.run_dir, resume=start_step > 0) if accelerator.is_main_process else None
-        init = wandb_run.init_kwargs(cfg.logging, cfg.run.name, cfg.run_dir, run_id or "", wandb_mode)
-        config = wandb_run.flat_config(config_to_dict(cfg))
-        accelerator.init_trackers(cfg.logging.project, config=config, init_kwargs={"wandb": init})
-        if accelerator.is_main_process:
-            wb = wandb_run.WandbRun(
-                accelerator.get_tracker("wandb", unwrap=True),
-                mode=wandb_mode,
-                run_dir=cfg.run_dir,
-                global_batch=cfg.data.batch_size,
-                start_step=start_step,
-                alert_wait_fraction=cfg.logging.alert_wait_fraction,
-                alert_wait_logs=cfg.logging.alert_wait_logs,
-            )
-            wb.ledger = wandb_run.ModelLedger(cfg.run_dir, start_step)
-            wb.define_metrics()
-            wb.use_dataset(cfg.data.shards)
-    logger = RunLogger(accelerator, cfg.run_dir, cfg.total_steps, start_step, wandb_mode, wb)
+def build_logger(cfg: Config, accelerator: Accelerator, wandb_mode: str, start_step: int, resume: bool) -> RunLogger:
+    """The metrics file and progress bar, then (rank 0, W&B on) the W&B run: one id per training run,
+    created with the run directory before the first step and kept by every --resume (wandb_run.py)."""
+    logger = RunLogger(accelerator, cfg.run_dir, cfg.total_steps, start_step)
+    if wandb_mode == "disabled" or not accelerator.is_main_process:
+        return logger
+    run_id = wandb_run.stable_run_id(cfg.run_dir, resume=resume)
+    config = wandb_run.flat_config(config_to_dict(cfg))
+    logger.wandb = wandb_run.open_run(cfg, config, run_id, wandb_mode, start_step, logger.write)
     if wandb_mode == "offline":
         logger.write(f"W&B is offline (no credentials): upload later with `colorize-wandb sync {cfg.run_dir}`")
     return logger
 
 
-def build_run(cfg: Config, resume: bool) -> Run:
-    """Build everything, restore the latest checkpoint when resuming, and return the ready Run."""
-    # Missing or incomplete shards are a user mistake: say so before anything is built or written.
+def build_run(cfg: Config, resume: bool, overwrite: bool = False) -> Run:
+    """Build everything, restore the latest checkpoint when resuming, and return the ready Run.
+    `overwrite`: an earlier run in the run directory is first moved aside (see run_dir.py)."""
+    # Stop signals are caught from here on: one that comes while things are built (a Slurm time-limit
+    # warning included) stops the run after its first step, with a checkpoint.
+    stop = StopRequest().install()
+    try:
+        return _build_run(cfg, resume, overwrite, stop)
+    except BaseException:
+        stop.restore()
+        raise
+
+
+def _build_run(cfg: Config, resume: bool, overwrite: bool, stop: StopRequest) -> Run:
+    # Missing or incomplete shards, or a fresh start over an earlier run, are user mistakes: say so
+    # before anything is built or written (every rank checks before they meet, so all see the same).
     split_shards(cfg.data.shards, "train", need_index=cfg.data.backend == "dali")
+    check_fresh_start(cfg.run_dir, resume, overwrite)
     wandb_mode = resolve_wandb_mode(cfg.logging.wandb)
+    accelerator = build_accelerator(cfg)
+    if overwrite:
+        moved = set_aside(cfg.run_dir) if accelerator.is_main_process else None
+        if moved is not None:
+            print(f"--overwrite: moved the earlier run to {moved}", file=sys.stderr)
+        accelerator.wait_for_everyone()
     if wandb_mode != "disabled":
         keep_wandb_files_in(cfg.run_dir)
-    accelerator = build_accelerator(cfg, wandb_mode)
     cfg, scaling = scale_to_processes(cfg, accelerator.num_processes)
     checkpoint = latest_checkpoint(cfg.run_dir / "checkpoints") if resume else None
     if checkpoint is not None:  # before config.yaml is rewritten for a different number of processes
@@ -199,9 +205,12 @@ def build_run(cfg: Config, resume: bool) -> Run:
     loader, has_val = build_loaders(cfg, accelerator)
     state = TrainingState()
     accelerator.register_for_checkpointing(state)
+    if gan.ema is not None:  # after the state, so checkpoints of runs without an average still load
+        accelerator.register_for_checkpointing(gan.ema)
     # Each rank gets its own random stream (dropout); a resume then overwrites it with the saved one.
     set_seed(cfg.run.seed + accelerator.process_index)
     if checkpoint is not None:
+        check_ema(checkpoint, cfg.model.ema_decay)
         load_checkpoint(accelerator, checkpoint, loader)
         if accelerator.is_main_process:
             print(f"resumed from {checkpoint} (step {state.step}, phase {state.phase})", file=sys.stderr)
@@ -214,8 +223,10 @@ def build_run(cfg: Config, resume: bool) -> Run:
         gan=gan,
         loader=loader,
         # A finished run resumed (e.g. a second `make demo`) has nothing to log: no empty W&B run.
-        logger=build_logger(cfg, accelerator, wandb_mode if state.step < cfg.total_steps else "disabled", state.step),
-        stop=StopRequest().install(),
+        logger=build_logger(
+            cfg, accelerator, wandb_mode if state.step < cfg.total_steps else "disabled", state.step, resume
+        ),
+        stop=stop,
         sample_batch=build_sample_batch(cfg, accelerator, has_val),
         val_loader=build_val_loader(cfg, accelerator, has_val),
     )
@@ -263,29 +274,38 @@ def write_samples(run: Run, step: int, *, grid: bool, table: bool) -> None:
 
 def run_eval(run: Run, step: int) -> dict[str, float]:
     """Score the val split on all ranks (a collective): eval/* beside the grey baseline, ab-L1 in CIELAB
-    units and PSNR in dB. Only the generator runs under autocast, and its eager forward (a compiled
-    generator is compiled for the training step); the CPU RNG is forked, so evaluating does not
-    shift the training run's random stream (a resumed run must match an uninterrupted one)."""
+    units and PSNR in dB, and eval/ema/* for the generator's average on the same images when it is
+    kept. Only the generators run under autocast, and their eager forward (a compiled generator is
+    compiled for the training step); the CPU RNG is forked, so evaluating does not shift the training
+    run's random stream (a resumed run must match an uninterrupted one)."""
     if run.val_loader is None:
         return {}
-    acc = run.accelerator
+    acc, ema = run.accelerator, run.gan.ema
     generator = acc.unwrap_model(run.gan.G)
 
-    def predict(L: torch.Tensor) -> torch.Tensor:
-        with acc.autocast():
-            return generator.forward(L)
+    def predictor(module: torch.nn.Module):
+        def predict(L: torch.Tensor) -> torch.Tensor:
+            with acc.autocast():
+                return module.forward(L)
 
+        return predict
+
+    others = {}
+    if ema is not None:
+        ema.synchronise(acc.num_processes)  # rank 0's BatchNorm statistics on every rank
+        others["ema"] = predictor(ema.module)
     was_training = generator.training
     generator.eval()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             scores = evaluate_batches(
-                predict,
+                predictor(generator),
                 run.val_loader,
                 metrics=("ab_l1", "psnr"),
                 max_batches=run.cfg.logging.eval_batches or None,
                 reduce=(lambda t: acc.reduce(t, reduction="sum")) if acc.num_processes > 1 else None,
                 device=acc.device,
+                others=others,
             )["metrics"]
     finally:
         generator.train(was_training)
@@ -295,21 +315,29 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
         "eval/psnr": scores["psnr"]["model"],
         "eval/psnr_grey": scores["psnr"]["grey"],
     }
+    average = ""
+    if ema is not None:
+        values |= {"eval/ema/ab_l1": scores["ab_l1"]["ema"], "eval/ema/psnr": scores["psnr"]["ema"]}
+        average = f"; EMA ab-L1 {values['eval/ema/ab_l1']:.3f}, PSNR {values['eval/ema/psnr']:.2f} dB"
     run.logger.write(
         f"step {step}: eval ab-L1 {values['eval/ab_l1']:.3f} (grey {values['eval/ab_l1_grey']:.3f}), "
-        f"PSNR {values['eval/psnr']:.2f} dB (grey {values['eval/psnr_grey']:.2f})"
+        f"PSNR {values['eval/psnr']:.2f} dB (grey {values['eval/psnr_grey']:.2f}){average}"
     )
     return values
 
 
 def save(run: Run, step: int, phase: str) -> None:
-    """Checkpoint (all ranks) and export the generator beside it (rank 0)."""
+    """Checkpoint (all ranks) and export the generator beside it (rank 0): the generator's average when
+    it is kept (the metadata's `weights` says "ema", with its decay and updates), else the generator."""
     save_checkpoint(run.accelerator, run.checkpoint_root, step, run.loader, run.cfg.checkpoint.keep_last)
     if run.accelerator.is_main_process:
+        ema = run.gan.ema
+        meta: dict = {"step": step, "phase": phase, "weights": "raw"}
         generator = run.accelerator.unwrap_model(run.gan.G)
-        weights = save_generator(
-            run.run_dir / "generator.safetensors", generator, run.cfg.model, {"step": step, "phase": phase}
-        )
+        if ema is not None:
+            generator = ema.module
+            meta |= {"weights": "ema", "ema": {"decay": ema.decay, "updates": ema.updates}}
+        weights = save_generator(run.run_dir / "generator.safetensors", generator, run.cfg.model, meta)
         log_model_artifact(run, weights, step, phase)
 
 
@@ -320,9 +348,8 @@ def log_model_artifact(run: Run, weights: Path, step: int, phase: str) -> None:
         return
     assert wb.ledger is not None  # build_logger sets it with the run
     eval_values = wb.last_eval[1] if wb.last_eval and wb.last_eval[0] == step else {}
-    aliases = wb.ledger.aliases(
-        eval_values, nogan_final=is_phase_switch(step, run.cfg.schedule), final=step == run.cfg.total_steps
-    )
+    nogan_final = is_phase_switch(step, run.cfg.schedule) and phase_at(step - 1, run.cfg.schedule) == NOGAN
+    aliases = wb.ledger.aliases(eval_values, nogan_final=nogan_final, final=step == run.cfg.total_steps)
     wb.ledger.record(weights, step, phase, aliases, eval_values)
     wb.log_model(weights, step, phase, aliases, eval_values)
 
@@ -351,9 +378,11 @@ def train_loop(run: Run) -> int:
         L, ab = next(batches)
         timer.data_ready()
 
-        # 2. One optimiser step of the phase: G alone, or D then G. Losses stay on the device.
+        # 2. One optimiser step of the phase: G alone, D alone, or D then G. Losses stay on the device.
         lrs = gan.set_learning_rates(state.step)
-        terms = gan.nogan_step(L, ab) if phase == NOGAN else gan.gan_step(L, ab)
+        update = gan.nogan_step if phase == NOGAN else gan.critic_step if phase == CRITIC else gan.gan_step
+        terms = update(L, ab)
+        first_of_phase = is_phase_start(state.step, cfg.schedule)
         state.step, state.phase = state.step + 1, phase
         monitor.update(state.step, terms)
         timer.end_step()
@@ -361,7 +390,9 @@ def train_loop(run: Run) -> int:
         # 3. Only some steps read numbers back. Every rank decides alike (a stop request alone can
         #    end a one-process run at any step; several processes agree on it at the next sync point).
         step = state.step
-        log_due = step % every.every_steps == 0 or step == total
+        # Each phase's first step is logged too: its curves start where the phase does (the critic's
+        # accuracy before it has learned anything).
+        log_due = step % every.every_steps == 0 or step == total or first_of_phase
         sample_due = step % every.sample_every_steps == 0 or step == total
         eval_due = step % every.eval_every_steps == 0 or step == total
         save_due = step % cfg.checkpoint.every_steps == 0 or is_phase_switch(step, cfg.schedule) or step == total
@@ -373,6 +404,8 @@ def train_loop(run: Run) -> int:
         #    since the last sync point raises here, before anything below saves.
         timer.sync(phase)
         values, stop = monitor.read(run.stop.requested)
+        if stop:  # the stop's checkpoint is saved before anything reaches W&B (which may be gone)
+            run.logger.hold_wandb()
 
         # 5. Validation metrics and pictures of the fixed val batch.
         record: dict[str, float] = {}
@@ -388,11 +421,13 @@ def train_loop(run: Run) -> int:
             run.logger.log(step, phase, record)
         run.logger.progress(step, phase, {**values, **record})
 
-        # 7. Checkpoints: on schedule, at the NoGAN → GAN switch, at the end, and when asked to stop.
+        # 7. Checkpoints: on schedule, at each phase switch, at the end, and when asked to stop.
         if save_due or stop:
             save(run, step, phase)
+        run.logger.release_wandb()
         if is_phase_switch(step, cfg.schedule):
-            run.logger.write(f"step {step}: NoGAN phase done, checkpoint saved; GAN phase starts")
+            following = TITLES[phase_at(step, cfg.schedule)]
+            run.logger.write(f"step {step}: {TITLES[phase]} phase done, checkpoint saved; {following} phase starts")
         if stop:
             signal_name = run.stop.signal_name or "SIGTERM"  # a rank that got no signal follows the others
             run.logger.write(f"step {step}: stopped by {signal_name}; checkpoint saved, resume with --resume")
@@ -400,15 +435,13 @@ def train_loop(run: Run) -> int:
     return 0
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="run config YAML, e.g. configs/demo.yaml")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of the run")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.batch_size=64")
-    args, extra = parser.parse_known_args(argv)
-    # A W&B sweep agent passes its parameters as --key=value (`${args}` in configs/sweeps/*.yaml).
-    args.overrides = [*args.overrides, *wandb_run.agent_overrides(extra)]
-    return args
+def closing_lines(run: Run) -> list[str]:
+    """What a finished run says last: where the generator is and what to run next."""
+    weights = run.run_dir / "generator.safetensors"
+    return [
+        f"done: {run.state.step} steps; generator exported to {weights}",
+        f"next: colorize PHOTOS --weights {weights}   (or the web page: colorize-ui --weights {weights})",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -416,13 +449,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         cfg = load_config(args.config, args.overrides)
-        run = build_run(cfg, args.resume)
+        run = build_run(cfg, args.resume, args.overwrite)
     except (ConfigError, ShardsDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before the stop handler is installed: nothing has been trained yet
+        print("interrupted while starting; nothing was trained", file=sys.stderr)
+        return 130
     try:
         status = train_loop(run)
     except (TrainingError, BadShardError) as exc:
@@ -434,8 +470,10 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     finally:
         run.stop.restore()
-        run.logger.close()
+        run.logger.close(preempted=run.stop.requested)
         run.accelerator.end_training()
+    if status == 0 and run.accelerator.is_main_process:
+        print("\n".join(closing_lines(run)), file=sys.stderr)
     return status
 
 

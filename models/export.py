@@ -6,7 +6,9 @@
 
 The metadata says which factory and width rebuild the network and how its tensors are scaled, so a
 user can run the model without the training config (`read_metadata`; `safe_open(...).metadata()`
-shows it too). Exports of earlier versions also wrote the same JSON beside the weights
+shows it too). A training run adds its step and phase, and `weights`: "ema" when the file holds the
+moving average of the generator's weights (with {"decay", "updates"} under `ema`), "raw" when it holds
+the generator as trained. Exports of earlier versions also wrote the same JSON beside the weights
 (`generator.json`); it is still read when the header lacks it. `load_generator` also reads the seed
 project's `G_*.pth` checkpoints (a plain PyTorch state_dict with the same module names), which is how
 its released weights are imported.

@@ -25,8 +25,9 @@ from skimage.color import rgb2lab
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from configs import DataConfig
+from configs import ConfigError, DataConfig
 from pipeline.loader_base import WORKER_START, BadShardError, per_rank_batch, rank_slice
+from pipeline.location import is_remote
 from pipeline.shard_list import split_shards
 
 
@@ -99,6 +100,11 @@ class BaselineLoader:
         self.device = torch.device(device)
         self.endless, self.seed = endless, seed
         self.batch_size = per_rank_batch(data_cfg, world_size)
+        if is_remote(data_cfg.shards):
+            raise ConfigError(
+                f"data.backend = 'baseline' reads local shards only (the seed project's loader, the benchmark's "
+                f"yardstick), not {data_cfg.shards}: use 'dali' or 'torch' for s3:// shards"
+            )
         samples = [
             s for shard in split_shards(data_cfg.shards, split, need_index=False) for s in list_samples(shard.path)
         ]

@@ -4,7 +4,7 @@ Format (v1.2): a header line `v1.2 <samples>`, then one line per sample listing 
 as `<ext> <offset> <size> <member name>` groups, e.g. `jpg 3584 57204 img-00000.jpg`.
 
 The loaders use this to check a shard against its index before reading it (a truncated tar shows up
-as components past the end of the file), and, when bad samples are to be skipped, to write a patched
+as components past the end of the file, whose size comes from the directory or bucket listing), and, when bad samples are to be skipped, to write a patched
 copy of the index in which each bad sample's `jpg` points at a good neighbour's bytes. Substituting
 rather than deleting keeps every position in the index where it was, so a DALI checkpoint taken
 before the patch restores to exactly the same place afterwards.
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from configs.atomic import write_text_atomic
-from pipeline.shard_list import ShardsDirError
+from pipeline.location import ShardsDirError, read_bytes
 
 
 @dataclass
@@ -30,9 +30,10 @@ class IndexEntry:
         return " ".join(f"{ext} {off} {size} {name}" for ext, (off, size, name) in self.components.items())
 
 
-def read_index(index_path: Path) -> tuple[str, list[IndexEntry]]:
-    """(version header, entries) of a DALI webdataset index; ShardsDirError naming the file when malformed."""
-    lines = Path(index_path).read_text().splitlines()
+def read_index(index_path: str | Path, retry_seconds: float = 0.0) -> tuple[str, list[IndexEntry]]:
+    """(version header, entries) of a DALI webdataset index, a local file or an `s3://` object;
+    ShardsDirError naming the file when malformed (StoreError when the store cannot serve it)."""
+    lines = read_bytes(index_path, retry_seconds).decode("utf-8", "replace").splitlines()
     if not lines or not lines[0].startswith("v"):
         raise ShardsDirError(f"{index_path}: not a DALI webdataset index (no version header)")
     version = lines[0].split()[0]
@@ -57,9 +58,8 @@ def write_index(path: Path, version: str, entries: list[IndexEntry]) -> None:
     write_text_atomic(path, "\n".join([f"{version} {len(entries)}", *(e.line() for e in entries)]) + "\n")
 
 
-def entries_past_end(tar_path: Path, entries: list[IndexEntry]) -> list[int]:
-    """Positions of samples whose bytes lie (partly) beyond the end of the tar: a truncated shard."""
-    size = Path(tar_path).stat().st_size
+def entries_past_end(size: int, entries: list[IndexEntry]) -> list[int]:
+    """Positions of samples whose bytes lie (partly) beyond the end of a tar of `size` bytes: a truncated shard."""
     return [i for i, e in enumerate(entries) if any(off + n > size for off, n, _ in e.components.values())]
 
 

@@ -9,8 +9,15 @@ batches *consumed* (the iterator's `checkpoints()` accounts for batches prefetch
 handed out), which holds the reader position and every RNG; `load_state_dict` rebuilds the pipeline
 from it, and the next batches are exactly those an uninterrupted loader would have yielded.
 
+Shards in an object store (`data.shards: s3://bucket/prefix`): DALI's reader gets the `s3://` URLs of
+the tars and their indexes and reads them itself (its S3 client takes the same AWS environment as
+boto3). A read that fails (the store stopped, a connection dropped) stops DALI's pipeline; the loader
+then waits, with backoff, and rebuilds it from the last consumed position, so the batches go on
+exactly where they were once the store answers again. After `data.read_retry_seconds` without
+success it raises `StoreReadError` naming the object.
+
 Bad data: before building, each shard is checked against its index (a truncated tar has samples past
-its end). A sample DALI cannot decode stops the pipeline with the sample's source named; in
+its end; the tar's size comes from the folder's or bucket's listing). A sample DALI cannot decode stops the pipeline with the sample's source named; in
 `on_bad_sample: error` that becomes one `BadShardError` naming the shard and key. In `skip`, the bad
 sample's entry in a private copy of the shard's index is pointed at its nearest good neighbour's
 JPEG (so positions do not move), the pipeline is rebuilt from the last consumed checkpoint and the
@@ -23,6 +30,7 @@ import math
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -33,11 +41,14 @@ from pipeline.dali_cpu_runner import DaliCpuRunner
 from pipeline.dali_index import entries_past_end, read_index, substitute, write_index
 from pipeline.dali_pipeline import READER_NAME, colorization_pipeline
 from pipeline.lab_uint8 import lab_step
-from pipeline.loader_base import BadShardError, per_rank_batch, rank_slice
+from pipeline.loader_base import BadShardError, StoreReadError, per_rank_batch, rank_slice
+from pipeline.location import StoreError, base_name, head, is_remote, list_sizes, read_range
 from pipeline.shard_list import Shard, split_shards
 
 # "Failed to decode sample #5 : /path/train-000001.tar:166912:img-00020.jpg"
 _FAILED_SAMPLE = re.compile(r"Failed to decode sample #\d+ : (?P<tar>.+?\.tar):(?P<offset>\d+):(?P<member>\S+)")
+# DALI's S3 errors: "S3 Object not found. bucket=b object=p/train-000000.tar: …"
+_S3_OBJECT = re.compile(r"bucket=(?P<bucket>\S+) object=(?P<key>[^\s:]+)")
 
 
 class DaliLoader:
@@ -67,9 +78,11 @@ class DaliLoader:
         self.split, self.endless, self.seed = split, endless, seed
         self.batch_size = per_rank_batch(data_cfg, world_size)
         self.shards: list[Shard] = split_shards(data_cfg.shards, split)
+        self.remote = is_remote(data_cfg.shards)
+        self._outage: tuple[float, float] | None = None  # (first failure, next pause) while the store fails
         self.skipped = 0
         self._excluded: dict[str, set[int]] = {}  # shard name → positions replaced in its index
-        self._indexes = {s.name: read_index(s.index_path) for s in self.shards}
+        self._indexes = {s.name: read_index(s.index_path, data_cfg.read_retry_seconds) for s in self.shards}
         for shard in self.shards:
             self._check_truncation(shard)
         total = sum(len(entries) for _, entries in self._indexes.values())
@@ -89,7 +102,8 @@ class DaliLoader:
     # ---------------------------------------------------------------------------------------------
     def _check_truncation(self, shard: Shard) -> None:
         _, entries = self._indexes[shard.name]
-        past = entries_past_end(shard.path, entries)
+        assert shard.bytes is not None  # split_shards lists the sizes
+        past = entries_past_end(shard.bytes, entries)
         if not past:
             return
         if self.cfg.on_bad_sample == "error":
@@ -104,7 +118,7 @@ class DaliLoader:
         self._excluded[shard_name] |= new
         self.skipped += len(new)
 
-    def _index_paths(self) -> list[Path]:
+    def _index_paths(self) -> list[str | Path]:
         """The shards' .idx files, or patched copies for shards with replaced samples."""
         if not any(self._excluded.values()):
             return [s.index_path for s in self.shards]
@@ -121,7 +135,7 @@ class DaliLoader:
                 patched = substitute(entries, bad)
             except Exception as exc:
                 raise BadShardError(f"{shard.path}: {exc}") from None
-            path = Path(self._tmp.name) / shard.index_path.name
+            path = Path(self._tmp.name) / base_name(shard.index_path)
             write_index(path, version, patched)
             paths.append(path)
         return paths
@@ -178,10 +192,16 @@ class DaliLoader:
         """Turn DALI's error for an undecodable sample into BadShardError, or exclude the sample."""
         match = _FAILED_SAMPLE.search(str(exc))
         if match is not None:
-            tar = Path(match["tar"])
-            _, entries = self._indexes[tar.name]
+            _, entries = self._indexes[base_name(match["tar"])]
             offset = int(match["offset"])
-            bad = {tar.name: [i for i, e in enumerate(entries) if e.components.get("jpg", (None,))[0] == offset]}
+            bad = {
+                base_name(match["tar"]): [
+                    i for i, e in enumerate(entries) if e.components.get("jpg", (None,))[0] == offset
+                ]
+            }
+        elif self.remote and ("readers.webdataset" in str(exc) or _S3_OBJECT.search(str(exc))):
+            self._wait_for_store(exc)
+            return
         elif "decoders" in str(exc) or "nvImageCodec" in str(exc):
             # Bytes that are no image at all fail without naming the sample: find them by their header.
             bad = self._find_non_jpeg()
@@ -203,10 +223,42 @@ class DaliLoader:
                 ) from None
             self._exclude(name, positions)
         # The failed pipeline is unusable: rebuild from the last consumed position.
+        self._rebuild_from_last_good()
+
+    def _rebuild_from_last_good(self) -> None:
+        """Drop the failed pipeline; the next batch rebuilds it from the last consumed position."""
         self._iterator = None
         if self._last_good is not None:
             self._checkpoint = self._last_good
             self._delivered_at_checkpoint = self._delivered_at_last_good
+
+    def _wait_for_store(self, exc: RuntimeError) -> None:
+        """DALI's reader failed on `s3://` shards: pause (0.5 s doubling to 8 s) and rebuild from the
+        last consumed position, or, once `data.read_retry_seconds` have passed since the first failure,
+        raise StoreReadError naming the object (or the prefix when DALI names none)."""
+        now = time.monotonic()
+        since, pause = self._outage or (now, 0.5)
+        if now - since >= self.cfg.read_retry_seconds:
+            raise self._store_error(exc, now - since) from None
+        time.sleep(pause)
+        self._outage = (since, min(pause * 2, 8.0))
+        self._rebuild_from_last_good()
+
+    def _store_error(self, exc: RuntimeError, seconds: float) -> StoreReadError:
+        match = _S3_OBJECT.search(str(exc))
+        what = f"s3://{match['bucket']}/{match['key']}" if match else self.cfg.shards
+        try:  # boto3 names what is wrong with the store, when something is
+            missing = match is not None and head(what) is None
+            list_sizes(self.cfg.shards)
+            reason = (
+                "no such object (deleted while the run was reading?)" if missing else "DALI's S3 reader kept failing"
+            )
+        except StoreError as error:
+            reason = str(error).split(": ", 1)[-1]
+        return StoreReadError(
+            f"{what}: {reason}; gave up after {seconds:.0f} s of retries (data.read_retry_seconds = "
+            f"{self.cfg.read_retry_seconds:g}); resume from the last checkpoint once the store is back"
+        )
 
     def _find_non_jpeg(self) -> dict[str, list[int]]:
         """Shard name → positions of samples whose `jpg` bytes do not start with a JPEG marker."""
@@ -214,12 +266,13 @@ class DaliLoader:
         for shard in self.shards:
             _, entries = self._indexes[shard.name]
             excluded = self._excluded.get(shard.name, set())
-            with open(shard.path, "rb") as f:
-                for i, entry in enumerate(entries):
-                    offset, size, _ = entry.components["jpg"]
-                    f.seek(offset)
-                    if i not in excluded and (size < 4 or f.read(3) != b"\xff\xd8\xff"):
-                        bad.setdefault(shard.name, []).append(i)
+            for i, entry in enumerate(entries):
+                offset, size, _ = entry.components["jpg"]
+                if i in excluded:
+                    continue
+                head = read_range(shard.path, offset, 3, self.cfg.read_retry_seconds) if size >= 4 else b""
+                if head != b"\xff\xd8\xff":
+                    bad.setdefault(shard.name, []).append(i)
         return bad
 
     def _next_raw(self):
@@ -234,6 +287,7 @@ class DaliLoader:
                 continue
             self._last_good = self._iterator.checkpoints()[0]
             self._delivered_at_last_good = getattr(self._iterator, "delivered", 0)
+            self._outage = None
             return out
 
     def _to_network(self, out: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,6 +35,7 @@ from pipeline.colour_constants import EPSILON, F_OFFSET, KAPPA_SLOPE, SRGB_LINEA
 from pipeline.lab_uint8 import lab_matrix, xyz_matrix
 
 READER_NAME = "Reader"
+READ_AHEAD_REMOTE = 8
 
 
 def _lab_on_device(rgb_hwc_float):
@@ -101,6 +102,9 @@ def colorization_pipeline(
         pad_last_batch=not train,
         # ... and read the same share on every pass (by default the shards rotate between ranks).
         stick_to_shard=not train,
+        # Shards in an object store arrive one ranged GET per sample, each a network round trip: the
+        # reader's own thread reads this many batches ahead of the decoders to hide that latency.
+        prefetch_queue_depth=READ_AHEAD_REMOTE if any(str(p).startswith("s3://") for p in tar_paths) else 1,
         name=READER_NAME,
     )
     decoder = "mixed" if gpu else "cpu"

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from configs import DataConfig
+from pipeline.location import StoreError
 
 if TYPE_CHECKING:  # this module stays importable without torch at run time
     import torch
@@ -45,6 +46,12 @@ class Loader(Protocol):
 
 class BadShardError(RuntimeError):
     """A shard that cannot be read, or a sample that cannot be decoded; the message names the shard."""
+
+
+class StoreReadError(StoreError, BadShardError):
+    """Reading `s3://` shards failed while iterating: the store did not answer for
+    `data.read_retry_seconds` (or refused); one line naming the object. A training run stops on it
+    (nothing saved) and resumes from its last checkpoint once the store is back."""
 
 
 def per_rank_batch(data_cfg: DataConfig, world_size: int) -> int:

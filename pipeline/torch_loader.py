@@ -26,6 +26,10 @@ and shuffle and has each worker drop, undecoded, the samples of the batches alre
 training continues exactly where it stopped (DataLoader takes batches round-robin from the workers).
 A one-pass evaluation loader restarts its pass on restore.
 
+Shards in an object store (`data.shards: s3://bucket/prefix`) are streamed with boto3
+(`pipeline.location.open_stream`), the same split and order as local ones. A read that fails is
+retried from the byte it reached for `data.read_retry_seconds`; then `StoreReadError` names the object.
+
 Bad samples: bytes that are not a JPEG fail in the worker in both modes (the GPU mode reads their
 header); in the GPU mode a JPEG whose body nvJPEG cannot decode is found in the main process (the
 batch is decoded again image by image) — `error` names its shard and key, `skip` drops it and counts
@@ -50,7 +54,8 @@ from torchvision.transforms.v2 import functional as F
 
 from configs import DataConfig
 from pipeline.lab_uint8 import LabStep, lab_step
-from pipeline.loader_base import WORKER_START, BadShardError, per_rank_batch
+from pipeline.loader_base import WORKER_START, BadShardError, StoreReadError, per_rank_batch
+from pipeline.location import StoreError, open_stream
 from pipeline.shard_list import split_shards
 
 
@@ -138,13 +143,15 @@ class _Readers(IterableDataset):
             urls = list(self.urls)
             if self.train:
                 random.Random(self.seed * 100_003 + epoch).shuffle(urls)
-            dataset = wds.WebDataset(
-                urls,
-                nodesplitter=(lambda u: list(u)[self.rank :: self.world_size]) if by_shard else _all,
-                workersplitter=(lambda u: list(u)[worker::workers]) if by_shard else _all,
-                shardshuffle=False,
-                handler=self._handler,
-                empty_check=False,
+            # WebDataset's own stages, with the shards opened here: local files, or `s3://` objects
+            # streamed through boto3 with retries (`pipeline.location.open_stream`).
+            dataset = wds.DataPipeline(
+                wds.SimpleShardList(urls),
+                (lambda u: list(u)[self.rank :: self.world_size]) if by_shard else _all,
+                (lambda u: list(u)[worker::workers]) if by_shard else _all,
+                self._open_shards,
+                wds.pipelinefilter(wds.tariterators.tar_file_expander)(handler=self._handler),
+                wds.pipelinefilter(wds.tariterators.group_by_keys)(handler=self._handler),
             )
             stream = dataset if by_shard else (s for i, s in enumerate(dataset) if i % readers == reader)
             if self.train:
@@ -155,8 +162,28 @@ class _Readers(IterableDataset):
             if not self.endless:
                 return
 
+    def _open_shards(self, sources: Iterator[dict]) -> Iterator[dict]:
+        """webdataset stage: {url} → {url, stream}; each stream is closed once its tar is read."""
+        for source in sources:
+            try:
+                stream = open_stream(source["url"], self.cfg.read_retry_seconds)
+            except StoreError as exn:  # the store did not answer for data.read_retry_seconds, or refused
+                raise StoreReadError(exn.message) from None
+            except OSError as exn:  # a local shard gone since the manifest was read
+                exn.args = (*exn.args, source["url"])
+                if self._handler(exn):
+                    continue
+                raise
+            try:
+                yield {"url": source["url"], "stream": stream}
+            finally:
+                stream.close()
+
     def _handler(self, exn: Exception) -> bool:
-        """webdataset's error hook for unreadable tars: stop naming the shard, or go on."""
+        """webdataset's error hook for unreadable tars: stop naming the shard, or go on. The object
+        store failing is never skipped: `StoreReadError` (retries are over when it gets here)."""
+        if isinstance(exn, StoreError):
+            raise StoreReadError(exn.message) from None
         if self.cfg.on_bad_sample == "skip":
             self._errors += 1
             return True
@@ -164,6 +191,14 @@ class _Readers(IterableDataset):
         raise BadShardError(f"{url}: cannot be read ({exn.args[0] if exn.args else exn})") from None
 
     def __iter__(self):
+        try:
+            yield from self._batches()
+        except BadShardError as exc:
+            # Handed to the main process as an item, which raises it there: an exception raised in a
+            # DataLoader worker would arrive as a whole traceback in the message instead of one line.
+            yield exc
+
+    def _batches(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         # DataLoader takes batches round-robin starting at worker 0; after a restore at batch k the
@@ -300,7 +335,10 @@ class TorchLoader:
         )
         self.batches = self._start_batch
         self._start_batch = 0 if not self.endless else self._start_batch
-        for first, second, keys, skipped in loader:
+        for item in loader:
+            if isinstance(item, BadShardError):
+                raise item
+            first, second, keys, skipped = item
             self.skipped += skipped
             self.batches += 1
             if self.endless:

@@ -7,6 +7,8 @@ process pool (`shards.pool`: results in plan order whatever the worker count) an
 as its images come back → write the manifest last, atomically. Workers read their images
 themselves, by path from a folder or by offset from an archive (`shards.sources`). With `part=(K, N)`
 only every N-th shard of the plan is built and a part manifest is written instead (`shards.parts`).
+OUT may be an `s3://` prefix: the same build runs in a local staging folder and each finished shard is
+uploaded, the manifest last (`shards.store_output`).
 
 A decode worker that dies (kill -9, the out-of-memory killer, a crash in a decoder) stops the build
 with one line naming the image it was decoding; that image is noted in `.progress/`, and when it
@@ -21,6 +23,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from configs.progress_bar import progress_bar
+from pipeline.location import is_remote
 from pipeline.shard_list import MANIFEST_FILE
 from shards.convert import COLOURLESS, KEPT, SKIPPED, Inspection
 from shards.errors import BuildError
@@ -35,6 +39,7 @@ from shards.pool import Settings, WorkerDied, inspections
 from shards.progress import deaths_path, read_deaths, write_record, write_shard_record
 from shards.scan import scan_source
 from shards.sources import Source
+from shards.store_output import StoreOutput, default_staging
 from shards.tar_writer import ShardWriter
 from shards.verify import finished_shard_record
 
@@ -133,6 +138,7 @@ def build_shards(
     *,
     inside: str | None = None,
     part: tuple[int, int] | None = None,
+    staging: str | Path | None = None,
 ) -> dict:
     """Build (or finish building) the shards of `src` in `out`; return the manifest.
 
@@ -143,8 +149,16 @@ def build_shards(
     that holds a different build or is being written by another build, part files of another N, or
     a decode worker that died. Undecodable images never raise: they are listed in the manifest's
     `skipped`. `progress` shows a tqdm bar (images/s) on stderr.
+
+    `out` may be an object-store prefix `s3://bucket/prefix`: the build then runs in the local folder
+    `staging` (default `shards.store_output.default_staging`) and uploads each shard as it is
+    finished, the manifest last (`shards.store_output`).
     """
     options = options or BuildOptions()
+    store = None
+    if is_remote(out):  # an object store: build in a local staging folder, upload each shard
+        store = StoreOutput(str(out), Path(staging) if staging is not None else default_staging(str(out)))
+        out = store.stage
     out = Path(out)
     listing = scan_source(src, inside)
     source = listing.source
@@ -158,11 +172,13 @@ def build_shards(
         if part is not None and (mixed := mixed_splits(out, part)) is not None:
             raise mixed
         claim_output(out, source.location, options.output_options(), digest, source_files(listing), owned)
+        if store is not None:
+            store.claim(options.output_options(), digest)
         needs_cls = listing.classes is not None
         records: dict[str, dict] = {}
         pending: list[ShardPlan] = []
         for shard in mine:
-            record = finished_shard_record(out, shard.name, needs_cls)
+            record = store.finished(shard.name) if store else finished_shard_record(out, shard.name, needs_cls)
             if record is not None:
                 records[shard.name] = record
             else:
@@ -170,13 +186,15 @@ def build_shards(
 
         total = sum(len(shard.images) for shard in mine)
         remaining = sum(len(shard.images) for shard in pending)
-        with tqdm(
+        with progress_bar(
             total=total, initial=total - remaining, unit="img", desc="shards", disable=not progress, smoothing=0.1
         ) as bar:
             results = _results(source, out, pending, options)
             try:
                 for shard in pending:
                     record = _write_shard(source, out, shard, results, bar)
+                    if store is not None:
+                        store.publish(record)
                     write_shard_record(out, record)
                     records[shard.name] = record
             finally:
@@ -184,7 +202,18 @@ def build_shards(
 
         summary = (source.location, options.output_options(), digest, listing.classes, len(listing.images))
         if part is not None:
-            return finish_part(out, part, summary, listing.problems, plan, [records[shard.name] for shard in mine])
+            mine_records = [records[shard.name] for shard in mine]
+            if store is None:
+                return finish_part(out, part, summary, listing.problems, plan, mine_records)
+            with store.naming():
+                merged = finish_part(
+                    out, part, summary, listing.problems, plan, mine_records, store.push_part, store.check_shard
+                )
+            if "missing" not in merged:
+                store.publish_manifest()
+            return merged
         manifest = assemble_manifest(*summary, [records[shard.name] for shard in plan], listing.problems)
         write_record(out / MANIFEST_FILE, manifest)
+        if store is not None:
+            store.publish_manifest()
         return manifest

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.shard_list import ShardsDirError
+from pipeline.location import base_name, is_remote, join
+from pipeline.shard_list import MANIFEST_FILE, ShardsDirError
 from shards.errors import BuildError
 from shards.keys import display_path
 from shards.options import (
@@ -19,6 +20,11 @@ from shards.options import (
     DEFAULT_VAL_FRACTION,
     BuildOptions,
     default_workers,
+)
+
+STAGING_HELP = (
+    "s3:// OUT only: local folder where shards are written before upload, with the build's lock and "
+    "progress records (default: ~/.cache/colorize-shards/<bucket>/<prefix>)"
 )
 
 
@@ -40,7 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         help="source image folder, or a .tar / .zip of one read in place (class subfolders, or inner per-class "
         ".tar files as in ILSVRC2012_img_train.tar, become `cls`)",
     )
-    build.add_argument("out", type=Path, help="output shards folder (created; resumed if it holds this build)")
+    build.add_argument(
+        "out",
+        help="output shards folder (created; resumed if it holds this build), or an object-store prefix "
+        "s3://bucket/prefix (endpoint and credentials from the AWS environment: AWS_ENDPOINT_URL, …)",
+    )
     build.add_argument("--workers", type=int, default=default_workers(), help="decode processes")
     build.add_argument("--shard-samples", type=int, default=DEFAULT_SHARD_SAMPLES, help="images planned per shard")
     build.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, help="fraction of images in val")
@@ -75,12 +85,14 @@ def _parser() -> argparse.ArgumentParser:
         "the last part to finish writes manifest.json",
     )
     build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.add_argument("--staging", default=None, metavar="DIR", help=STAGING_HELP)
 
     merge = commands.add_parser("merge", help="check the parts of a --part K/N build and write manifest.json")
-    merge.add_argument("out", type=Path, help="shards folder all parts were built into")
+    merge.add_argument("out", help="shards folder (or s3://bucket/prefix) all parts were built into")
+    merge.add_argument("--staging", default=None, metavar="DIR", help=STAGING_HELP)
 
     verify = commands.add_parser("verify", help="check every shard and index against manifest.json")
-    verify.add_argument("out", type=Path, help="shards folder")
+    verify.add_argument("out", help="shards folder, or s3://bucket/prefix (each shard is downloaded and re-hashed)")
 
     demo = commands.add_parser(
         "demo-images",
@@ -128,7 +140,9 @@ def _build(args) -> int:
     )
     part = parse_part(args.part) if args.part is not None else None
     start = time.perf_counter()
-    manifest = build_shards(args.src, args.out, options, progress=not args.quiet, inside=args.inside, part=part)
+    manifest = build_shards(
+        args.src, args.out, options, progress=not args.quiet, inside=args.inside, part=part, staging=args.staging
+    )
     seconds = time.perf_counter() - start
     if "missing" in manifest:  # a part, and other parts have not finished yet
         waiting = ", ".join(map(str, manifest["missing"]))
@@ -141,10 +155,16 @@ def _build(args) -> int:
         merged = f"all {part[1]} parts merged; " if part else ""
         print(
             f"{merged}{_summary(manifest, options.keep_colourless)}; {seconds:.1f} s in this run → "
-            f"{display_path(str(args.out / 'manifest.json'))}"
+            f"{display_path(str(join(args.out, MANIFEST_FILE)))}"
         )
     _print_skipped(manifest)
-    return _nothing_kept(manifest, args.out)
+    status = _nothing_kept(manifest, args.out)
+    if status == 0 and "missing" not in manifest:
+        print(
+            f"next: colorize-train --config configs/demo.yaml data.shards={args.out} run.name={base_name(args.out)}"
+            "   (configs/imagenet.yaml for an ImageNet-sized set)"
+        )
+    return status
 
 
 def _nothing_kept(manifest: dict, out) -> int:
@@ -154,7 +174,7 @@ def _nothing_kept(manifest: dict, out) -> int:
     totals = manifest["totals"]
     print(
         f"error: no image of the source was kept ({totals['skipped']} skipped, {totals['colourless']} colourless): "
-        f"{display_path(str(out / 'manifest.json'))} lists each with its reason",
+        f"{display_path(str(join(out, MANIFEST_FILE)))} lists each with its reason",
         file=sys.stderr,
     )
     return 1
@@ -164,16 +184,36 @@ def _merge(args) -> int:
     from shards.lock import OutputLock, role_of
     from shards.parts import merge_parts
 
-    if not (args.out / "parts").is_dir():
+    if is_remote(args.out):
+        manifest = _merge_store(args)
+    elif not (Path(args.out) / "parts").is_dir():
         manifest = merge_parts(args.out)  # no parts: says so, without creating anything in OUT
     else:
-        with OutputLock(args.out, role_of(None, merge=True)):
+        with OutputLock(Path(args.out), role_of(None, merge=True)):
             manifest = merge_parts(args.out)
     print(
-        f"{_summary(manifest, manifest['options']['keep_colourless'])} → {display_path(str(args.out / 'manifest.json'))}"
+        f"{_summary(manifest, manifest['options']['keep_colourless'])} → "
+        f"{display_path(str(join(args.out, MANIFEST_FILE)))}"
     )
     _print_skipped(manifest)
     return _nothing_kept(manifest, args.out)
+
+
+def _merge_store(args) -> dict:
+    """`merge` of parts built into an `s3://` prefix: their part files are fetched into the staging
+    folder, merged there (shards checked by their size and SHA-256 in the store), the manifest uploaded."""
+    from shards.lock import OutputLock, role_of
+    from shards.output_dir import prepare_output
+    from shards.parts import merge_parts
+    from shards.store_output import StoreOutput, default_staging
+
+    store = StoreOutput(args.out, Path(args.staging) if args.staging else default_staging(args.out))
+    prepare_output(store.stage)
+    with OutputLock(store.stage, role_of(None, merge=True)), store.naming():
+        store.pull_parts()
+        manifest = merge_parts(store.stage, store.check_shard)
+        store.publish_manifest()
+    return manifest
 
 
 def _verify(args) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -90,10 +91,20 @@ def mixed_splits(out: Path, part: tuple[int, int] | None = None) -> BuildError |
 
 
 def finish_part(
-    out: Path, part: tuple[int, int], summary: tuple, listing_skipped, plan: list[ShardPlan], records: list[dict]
+    out: Path,
+    part: tuple[int, int],
+    summary: tuple,
+    listing_skipped,
+    plan: list[ShardPlan],
+    records: list[dict],
+    share: Callable[[Path], None] | None = None,
+    check: Callable[[dict], list[str]] | None = None,
 ) -> dict:
     """Record a finished part; merge when every part is there. Returns the merged manifest then, else
-    this part's own summary (manifest fields over its shards, plus `part`, `parts` and `missing`)."""
+    this part's own summary (manifest fields over its shards, plus `part`, `parts` and `missing`).
+
+    `share(part file)` publishes the part file and fetches the other parts' (an object-store OUT,
+    `shards.store_output`); `check` replaces merge's check of each shard (see `merge_parts`)."""
     source, options, digest, classes, image_count = summary
     k, n = part
     write_record(
@@ -113,22 +124,26 @@ def finish_part(
             "records": records,
         },
     )
+    if share is not None:
+        share(part_file(out, part))
     if (mixed := mixed_splits(out, part)) is not None:
         raise mixed
     found = _found_parts(out)
     missing = [i for i in range(1, n + 1) if (i, n) not in found]
     if not missing:
-        return merge_parts(out)
+        return merge_parts(out, check)
     images = sum(len(shard.images) for shard in part_shards(plan, part))
     own = assemble_manifest(source, options, digest, classes, images, records, listing_skipped)
     return {**own, "part": k, "parts": n, "missing": missing}
 
 
-def merge_parts(out) -> dict:
+def merge_parts(out, check: Callable[[dict], list[str]] | None = None) -> dict:
     """Check every part of the build in `out` and write its manifest.json; return the manifest.
 
     `BuildError` (one line naming the part) when a part is missing, was built with other options or
-    from another listing, or a shard of it is gone or changed.
+    from another listing, or a shard of it is gone or changed: by default each shard in `out` is
+    re-hashed (`verify_shard`); `check(record)` → problems replaces that (an object store's shards
+    are checked by their size and SHA-256 metadata).
     """
     out = Path(out)
     found = _found_parts(out)
@@ -182,7 +197,7 @@ def merge_parts(out) -> dict:
     written = [record for record in records.values() if record["samples"]]
     # Hashing releases the GIL: threads read and hash several shards at once.
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        checked = list(pool.map(lambda record: verify_shard(out, record, needs_cls), written))
+        checked = list(pool.map(check or (lambda record: verify_shard(out, record, needs_cls)), written))
     for record, problems in zip(written, checked, strict=True):
         if problems:
             k = owner[record["name"]]

@@ -1,5 +1,6 @@
-"""`verify_shards`: check a shards folder against its manifest; the same check of one shard
-(`verify_shard`) decides whether a resumed build may keep a shard and whether `merge` accepts a part's.
+"""`verify_shards`: check a shards folder, or an `s3://` prefix (each shard downloaded and re-hashed),
+against its manifest; the same check of one shard (`verify_shard`) decides whether a resumed build
+may keep a shard and whether `merge` accepts a part's.
 
 For every shard in the manifest: the tar exists, has the recorded size and SHA-256, holds the
 recorded number of samples (each with a `.jpg`, and a `.cls` when the build has classes), and its
@@ -13,6 +14,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from pipeline.location import download, is_remote, join, list_sizes
 from pipeline.shard_list import MANIFEST_FILE, ShardsDirError, read_manifest
 from shards.output_dir import SHARD_FILE
 from shards.progress import file_sha256, read_json, shard_record_path
@@ -83,22 +85,36 @@ def finished_shard_record(out: Path, shard_name: str, needs_cls: bool) -> dict |
         return None
 
 
+def verify_object(out: str, entry: dict, needs_cls: bool) -> list[str]:
+    """`verify_shard` of a shard in an object store: its tar and index are downloaded (one shard at a
+    time, into a temporary folder) and checked as local files: the bytes are re-hashed from the store."""
+    with tempfile.TemporaryDirectory(prefix="colorize-verify-") as scratch:
+        for name in (entry["name"], entry["name"] + ".idx"):
+            if not download(str(join(out, name)), Path(scratch) / name) and name == entry["name"]:
+                return [f"{name}: missing"]
+        return verify_shard(Path(scratch), entry, needs_cls)
+
+
 def verify_shards(out) -> list[str]:
-    """Every problem found in the shards folder `out`, first shard first (empty list = all good)."""
-    out = Path(out)
+    """Every problem found in the shards folder or `s3://` prefix `out`, first shard first (empty list =
+    all good)."""
+    out = out if is_remote(out) else Path(out)
     try:
         manifest = read_manifest(out)
+        needs_cls = manifest.get("classes") is not None
+        problems: list[str] = []
+        for entry in manifest["shards"]:
+            problems += (
+                verify_object(str(out), entry, needs_cls) if is_remote(out) else verify_shard(out, entry, needs_cls)
+            )
+        names = list_sizes(out)
     except ShardsDirError as error:
         return [str(error)]
-    needs_cls = manifest.get("classes") is not None
-    problems: list[str] = []
-    for entry in manifest["shards"]:
-        problems += verify_shard(out, entry, needs_cls)
     listed = {entry["name"] for entry in manifest["shards"]}
     listed |= {index_path(Path(name)).name for name in listed}
-    for path in sorted(out.iterdir()):
-        if SHARD_FILE.match(path.name) and path.name not in listed:
-            problems.append(f"{path.name}: not listed in the manifest")
+    for name in sorted(names):
+        if SHARD_FILE.match(name) and name not in listed:
+            problems.append(f"{name}: not listed in the manifest")
     if not manifest["shards"]:
         problems.append(
             f"{MANIFEST_FILE} lists no shards: no image of the source was kept (see its skipped and colourless lists)"

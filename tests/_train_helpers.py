@@ -64,9 +64,32 @@ def tiny_config(path: Path, shards: Path, out_dir: Path, **sections) -> Path:
     return path
 
 
+def small_gan(*overrides: str):
+    """A `ColorizationGAN` built as training builds it, on the CPU: width 8, batch 2, no VGG, `overrides` on top."""
+    from configs import load_config
+    from launch.train import build_accelerator
+    from launch.training.gan import build_gan
+
+    cfg = load_config(
+        None,
+        [
+            "run.device=cpu",
+            "model.features=8",
+            "model.disc_features=8",
+            "data.batch_size=2",
+            "loss.feature_weight_nogan=0",
+            *overrides,
+        ],
+    )
+    return build_gan(cfg, build_accelerator(cfg))
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for a child training process: offline W&B, single-threaded BLAS, no GPU."""
     env = dict(os.environ)
+    # W&B in this test process (`colorize-wandb sync` in-process) leaves its service's address here;
+    # a child would log through that service instead of starting its own.
+    env.pop("WANDB_SERVICE", None)
     env.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
     env.update(extra)
     return env

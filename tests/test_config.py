@@ -323,3 +323,42 @@ def test_a_renamed_choice_names_its_new_value(override, new):
 def test_a_list_for_a_choice_is_a_one_line_error():
     with pytest.raises(ConfigError, match=r"data.backend = \['a', 'b'\] is not one of"):
         load_config(None, ["data.backend=[a, b]"])
+
+
+def test_a_mistyped_override_names_the_override_and_close_keys(tmp_path):
+    path = write(tmp_path, "data:\n  batch_size: 8\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["data.batch_sise=4"])
+    message = str(err.value)
+    assert message.startswith(
+        "override data.batch_sise=4: unknown key 'data.batch_sise'; did you mean 'data.batch_size'"
+    )
+    assert str(path) not in message  # the file is fine: the override is the mistake
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("batch_size=4", "override batch_size=4: unknown key 'batch_size'; did you mean 'data.batch_size'"),
+        ("data.batch_size=x", "override data.batch_size=x: data.batch_size must be an integer, got 'x'"),
+        ("data.batch_size=0", "override data.batch_size=0: data.batch_size = 0 must be positive"),
+        ("trainer.lr=1", "override trainer.lr=1: unknown key 'trainer' (known: checkpoint, data, logging, loss"),
+    ],
+)
+def test_override_mistakes_name_the_override(tmp_path, override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "data:\n  batch_size: 8\n"), [override])
+    assert str(err.value).startswith(message)
+
+
+def test_an_unknown_key_in_the_file_suggests_close_keys(tmp_path):
+    path = write(tmp_path, "schedule:\n  nogan_step: 8\n")
+    with pytest.raises(
+        ConfigError, match=r"run.yaml: unknown key 'schedule.nogan_step'; did you mean 'schedule.nogan_steps'"
+    ):
+        load_config(path)
+
+
+def test_an_override_replaces_a_bad_value_in_the_file(tmp_path):
+    cfg = load_config(write(tmp_path, "data:\n  batch_size: many\n"), ["data.batch_size=4"])
+    assert cfg.data.batch_size == 4

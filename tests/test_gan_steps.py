@@ -13,16 +13,13 @@ import torch
 
 from configs import load_config
 
+from _train_helpers import small_gan
+
 
 def tiny_gan(*overrides: str):
-    """A ColorizationGAN of width-8 networks on the CPU, batch 2, gradients clipped at 1, VGG (when
-    used) with random weights: nothing is downloaded."""
-    from launch.train import build_accelerator
-    from launch.training.gan import build_gan
-
-    base = ["run.device=cpu", "model.features=8", "model.disc_features=8", "data.batch_size=2"]
-    cfg = load_config(None, [*base, "loss.vgg_weights=none", "optim.grad_clip=1.0", *overrides])
-    return build_gan(cfg, build_accelerator(cfg, "disabled"))
+    """`small_gan` with gradients clipped at 1 and VGG (when used) with random weights: nothing is
+    downloaded."""
+    return small_gan("loss.vgg_weights=none", "optim.grad_clip=1.0", *overrides)
 
 
 @pytest.fixture

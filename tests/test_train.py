@@ -4,6 +4,7 @@ a SIGKILL, SIGTERM, non-finite losses, config errors, W&B offline files."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -11,8 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
+from launch.training.checkpoint import EMA_FILE
 from launch.training.tracking import read_metrics
 from models.export import read_metadata
 
@@ -39,14 +43,15 @@ def shards(tmp_path_factory) -> Path:
 
 
 def _losses(records: list[dict], steps: range) -> dict[int, dict[str, float]]:
-    by_step = {r["step"]: r for r in records if "train/l1" in r}
+    by_step = {r["step"]: r for r in records if "train/d_total" in r or "train/l1" in r}
     return {s: {k: by_step[s][k] for k in LOSS_KEYS if k in by_step[s]} for s in steps}
 
 
 def test_exact_resume_after_sigkill_across_phase_switch(shards, tmp_path):
-    """2N steps straight vs killed by the test once the checkpoint at N is on disk, then resumed:
-    identical losses N+1…2N, with the NoGAN → GAN switch inside N+1…2N. Also checks the run
-    directory's contents."""
+    """7 steps straight vs killed by the test once the checkpoint at N = 3 is on disk, then resumed:
+    identical losses N+1…7, with the NoGAN → critic warm-up → GAN switches inside N+1…7, and
+    bit-identical generator averages (EMA) at the end, in the checkpoint and in the export. Also
+    checks the run directory's contents."""
     n = 3
     config = tiny_config(
         tmp_path / "tiny.yaml",
@@ -54,7 +59,8 @@ def test_exact_resume_after_sigkill_across_phase_switch(shards, tmp_path):
         tmp_path / "runs",
         # The next checkpoint after N comes two steps later (the phase switch at 5): the kill lands
         # between the two, however late the test sees step N's folder.
-        schedule={"nogan_steps": 5, "gan_steps": 1},
+        schedule={"nogan_steps": 5, "critic_steps": 1, "gan_steps": 1},
+        model={"features": 8, "disc_features": 8, "ema_decay": 0.9},
         checkpoint={"every_steps": n, "keep_last": 2},
         logging={
             "every_steps": 1,
@@ -81,25 +87,45 @@ def test_exact_resume_after_sigkill_across_phase_switch(shards, tmp_path):
 
     straight_records = read_metrics(tmp_path / "runs" / "straight" / "metrics.jsonl")
     cut_records = read_metrics(cut / "metrics.jsonl")
-    assert [r["step"] for r in cut_records] == [r["step"] for r in straight_records] == list(range(1, 7))
-    assert [r["phase"] for r in cut_records] == ["nogan"] * 5 + ["gan"]
-    expected, got = _losses(straight_records, range(n + 1, 2 * n + 1)), _losses(cut_records, range(n + 1, 2 * n + 1))
-    assert set(got[6]) == set(LOSS_KEYS)  # GAN steps report every term
+    assert [r["step"] for r in cut_records] == [r["step"] for r in straight_records] == list(range(1, 8))
+    assert [r["phase"] for r in cut_records] == ["nogan"] * 5 + ["critic", "gan"]
+    expected, got = _losses(straight_records, range(n + 1, 8)), _losses(cut_records, range(n + 1, 8))
+    assert set(got[7]) == set(LOSS_KEYS)  # GAN steps report every term
+    assert set(got[6]) == {"train/d_real", "train/d_fake", "train/d_total"}  # the critic's: D alone
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), f"step {step}"
-    # Eval after resume sees the same generator as the straight run.
-    assert cut_records[-1]["eval/ab_l1"] == pytest.approx(straight_records[-1]["eval/ab_l1"], rel=1e-5)
+    # Eval after resume sees the same generator and the same average as the straight run.
+    for key in ("eval/ab_l1", "eval/ema/ab_l1"):
+        assert cut_records[-1][key] == pytest.approx(straight_records[-1][key], rel=1e-5), key
+    # The average (EMA) itself: bit for bit, in the last checkpoint and in the export.
+    averages = [
+        torch.load(tmp_path / "runs" / name / "checkpoints" / "step_7" / EMA_FILE, weights_only=True)
+        for name in ("straight", "cut")
+    ]
+    assert averages[0]["updates"] == averages[1]["updates"] == 6  # 5 NoGAN + 1 GAN; none in the critic step
+    assert averages[0]["module"].keys() == averages[1]["module"].keys()
+    for key, value in averages[0]["module"].items():
+        assert torch.equal(value, averages[1]["module"][key]), key
+    exports = [load_file(tmp_path / "runs" / name / "generator.safetensors") for name in ("straight", "cut")]
+    assert exports[0].keys() == averages[0]["module"].keys()
+    assert all(
+        torch.equal(exports[0][k], exports[1][k]) and torch.equal(exports[0][k], v)
+        for k, v in averages[0]["module"].items()
+    )
 
     # Run directory: config, samples, checkpoints (keep_last 2, no partial ones), exported generator.
     run_dir = tmp_path / "runs" / "straight"
     assert "nogan_steps: 5" in (run_dir / "config.yaml").read_text()
-    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["step_3.png", "step_6.png"]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_5", "step_6"]  # 3 pruned
-    assert {"loader_rank0.pt", "custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer_2.bin"} <= {
-        p.name for p in (run_dir / "checkpoints" / "step_6").iterdir()
+    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["step_3.png", "step_6.png", "step_7.png"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_6", "step_7"]  # 3, 5 pruned
+    assert {"loader_rank0.pt", "custom_checkpoint_0.pkl", EMA_FILE, "random_states_0.pkl", "optimizer_2.bin"} <= {
+        p.name for p in (run_dir / "checkpoints" / "step_7").iterdir()
     }
+    assert "step 5: NoGAN phase done, checkpoint saved; critic warm-up phase starts" in straight.stderr
+    assert "step 6: critic warm-up phase done, checkpoint saved; GAN phase starts" in straight.stderr
     meta = read_metadata(run_dir / "generator.safetensors")
-    assert meta["step"] == 6 and meta["phase"] == "gan" and meta["model"]["features"] == 8
+    assert meta["step"] == 7 and meta["phase"] == "gan" and meta["model"]["features"] == 8
+    assert meta["weights"] == "ema" and meta["ema"] == {"decay": 0.9, "updates": 6}
     with safe_open(str(run_dir / "generator.safetensors"), framework="pt") as f:
         assert "initial_down.0.weight" in f.keys()
     assert not (run_dir / "generator.json").exists()  # the metadata lives in the header only
@@ -114,6 +140,8 @@ def test_exact_resume_after_sigkill_across_phase_switch(shards, tmp_path):
         "train/lr_d",
         "train/d_out_real",
         "train/d_out_fake",
+        "train/d_acc_real",
+        "train/d_acc_fake",
         "perf/images_per_s",
         "perf/step_ms",
         "perf/eta_hours",
@@ -122,14 +150,16 @@ def test_exact_resume_after_sigkill_across_phase_switch(shards, tmp_path):
         "eval/ab_l1_grey",
         "eval/psnr",
         "eval/psnr_grey",
+        "eval/ema/ab_l1",
+        "eval/ema/psnr",
         "samples/grid.path",
         "samples/table.path",
         "step",
         "samples_seen",
     ):
         assert key in keys, key
-    assert [r["_step"] for r in rows] == [r["step"] for r in rows] == list(range(1, 7))
-    assert [r["samples_seen"] for r in rows] == [2 * s for s in range(1, 7)]
+    assert [r["_step"] for r in rows] == [r["step"] for r in rows] == list(range(1, 8))
+    assert [r["samples_seen"] for r in rows] == [2 * s for s in range(1, 8)]
     # The one list of metric keys covers every number the trainer logs.
     from launch.training import metric_keys
 
@@ -226,27 +256,35 @@ def test_bench_step_and_train_print_phase_rates_and_projection(shards, tmp_path,
                 "1",
                 "--json",
                 str(report),
+                "model.ema_decay=0.9",
             ]
         )
         == 0
     )
     out = capsys.readouterr().out
-    assert "batch 2 at 256², features 8/8" in out
-    assert out.count("nogan ") == 1 and out.count("gan ") == 2  # "nogan " contains "gan "
-    assert "projected for configs/imagenet.yaml on 1 device (50,000 NoGAN + 75,000 GAN steps × batch 64)" in out
-    assert "on 8 devices (6,250 NoGAN + 9,375 GAN steps × batch 512)" in out
+    assert "batch 2 at 256², features 8/8" in out and "EMA generator on (decay 0.9)" in out
+    assert re.findall(r"^\s+2 (\w+) ", out, re.MULTILINE) == ["nogan", "critic", "gan"]  # one table row each
+    assert (
+        "projected for configs/imagenet.yaml on 1 device (50,000 NoGAN + 10,000 critic warm-up + 75,000 GAN steps "
+        "× batch 64)" in out
+    )
+    assert "on 8 devices (6,250 NoGAN + 1,250 critic warm-up + 9,375 GAN steps × batch 512)" in out
     figures = json.loads(report.read_text())
-    for phase in ("nogan", "gan"):
+    for phase in ("nogan", "critic", "gan"):
         row = figures["phases"][phase]
-        assert row["images_per_s"] > 0 and row["flops_per_image"] > 1e9  # a 256² U-Net step: GFLOPs
+        assert row["images_per_s"] > 0 and row["flops_per_image"] > 1e8  # a 256² U-Net: ≥ 0.1 GFLOP
         assert row["peak_fraction"] == pytest.approx(row["tflops"] / 1)
         assert row["compiles_in_warmup"] == row["recompiles_after_warmup"] == 0  # compile is off
+    # The critic step is G's forward and D's step: less work than a GAN step (which adds G's backward).
+    assert figures["phases"]["critic"]["flops_per_image"] < figures["phases"]["gan"]["flops_per_image"]
+    assert figures["ema_decay"] == 0.9 and figures["ema_update_ms"] > 0 and "EMA update alone" in out
     assert figures["projection"]["hours_8_devices"] < figures["projection"]["hours_1_device"]
 
     assert bench(["train", "--config", str(config), "--steps", "1", "--warmup", "0", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith(("nogan", "gan"))}
-    assert set(rows) == {"nogan", "gan"}
+    phases = ("nogan", "critic", "gan")
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith(phases)}
+    assert set(rows) == set(phases)
     for images_per_s, step_ms, wait in rows.values():
         assert float(images_per_s) > 0 and float(step_ms) > 0 and 0 <= float(wait.rstrip("%")) <= 100
     assert "h on this device" in out

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from configs import load_config
+from launch.training.checkpoint import EMA_FILE
 from launch.training.tracking import read_metrics
 from pipeline import make_loader
 
@@ -45,7 +46,7 @@ def _check_data_parallel(run_dir: Path, steps: int) -> None:
     loader position rank r saved at the last step is exactly `steps` batches into that stream.
     """
     records = read_metrics(run_dir / "metrics.jsonl")
-    assert [r["step"] for r in records if "train/l1" in r] == list(range(1, steps + 1))  # rank 0 only writes
+    assert [r["step"] for r in records if "perf/step_ms" in r] == list(range(1, steps + 1))  # rank 0 only writes
     checkpoint = run_dir / "checkpoints" / f"step_{steps}"
     assert (checkpoint / "random_states_1.pkl").is_file()
     cfg = load_config(run_dir / "config.yaml")
@@ -124,19 +125,24 @@ def _two_machines(config: Path, *train_args: str) -> None:
 
 
 def test_two_processes_train_data_parallel_and_two_machines_resume_them_exactly(shards, tmp_path):
-    """configs/accelerate/cpu2.yaml starts two ranks that train one model data-parallel (NoGAN, then
-    GAN); two one-process "machines" resume its step-3 checkpoint and redo step 4 bit for bit.
+    """configs/accelerate/cpu2.yaml starts two ranks that train one model data-parallel (NoGAN,
+    critic warm-up, GAN, with the generator's average); two one-process "machines" resume its step-3
+    checkpoint and redo step 4 bit for bit.
 
-    The resumed ranks both start from the saved weights (rank 0's). Step 4's update averages the
+    The resumed ranks both start from the saved weights (rank 0's). Each update averages the
     gradients of both ranks, so it comes out the same as in the first run only if rank 1 held rank
     0's generator and discriminator there too: identical weights on both ranks, shown from outside.
+    The average's BatchNorm statistics differ between ranks (each averages its own replica's), so the
+    last evaluation, which both ranks score with their average, matches only if each rank used rank
+    0's statistics in both runs.
     """
     config = tiny_config(
         tmp_path / "tiny.yaml",
         shards,
         tmp_path / "runs",
         data=DETERMINISTIC_DATA,
-        schedule={"nogan_steps": 2, "gan_steps": 2},
+        model={"features": 8, "disc_features": 8, "ema_decay": 0.9},
+        schedule={"nogan_steps": 1, "critic_steps": 1, "gan_steps": 2},
         checkpoint={"every_steps": 3, "keep_last": 2},
     )
     result = _two_processes(config)
@@ -154,11 +160,14 @@ def test_two_processes_train_data_parallel_and_two_machines_resume_them_exactly(
         got = load_file(str(second / "checkpoints" / "step_4" / name))
         assert expected.keys() == got.keys()
         assert all(torch.equal(expected[k], got[k]) for k in expected), name
-    losses = [
-        {k: v for k, v in read_metrics(d / "metrics.jsonl")[-1].items() if k.startswith("train/")}
-        for d in (first, second)
+    averages = [
+        torch.load(d / "checkpoints" / "step_4" / EMA_FILE, weights_only=True)["module"] for d in (first, second)
     ]
+    assert all(torch.equal(value, averages[1][k]) for k, value in averages[0].items())
+    last = [read_metrics(d / "metrics.jsonl")[-1] for d in (first, second)]
+    losses = [{k: v for k, v in record.items() if k.startswith("train/")} for record in last]
     assert losses[0] == losses[1] and "train/d_total" in losses[0]
+    assert last[0]["eval/ema/ab_l1"] == last[1]["eval/ema/ab_l1"] and last[0]["eval/ab_l1"] == last[1]["eval/ab_l1"]
 
 
 def test_batch_that_does_not_split_over_processes_is_refused(shards, tmp_path):

@@ -35,7 +35,7 @@ def _context(cfg):
     from launch.train import build_accelerator
     from launch.training.gan import build_gan
 
-    accelerator = build_accelerator(cfg, "disabled")
+    accelerator = build_accelerator(cfg)
     return accelerator, build_gan(cfg, accelerator)
 
 

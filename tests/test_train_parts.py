@@ -15,7 +15,16 @@ import torch
 from configs import ConfigError, load_config
 from launch.training.checkpoint import latest_checkpoint, list_checkpoints
 from launch.training.samples import sample_grid, save_png
-from launch.training.schedule import GAN, NOGAN, is_phase_switch, learning_rate, phase_at
+from launch.training.schedule import (
+    CRITIC,
+    GAN,
+    NOGAN,
+    is_phase_start,
+    is_phase_switch,
+    learning_rate,
+    phase_at,
+    steps_left,
+)
 from launch.training.signals import StopRequest
 from launch.training.timing import StepTimer
 from launch.training.tracking import MetricsFile, read_metrics, resolve_wandb_mode
@@ -27,6 +36,18 @@ def test_phases_and_switch():
     assert [d for d in range(6) if is_phase_switch(d, cfg.schedule)] == [3]
     no_gan = load_config(None, ["schedule.nogan_steps=3", "schedule.gan_steps=0"])
     assert not any(is_phase_switch(d, no_gan.schedule) for d in range(5))
+    critic = load_config(None, ["schedule.nogan_steps=3", "schedule.critic_steps=2", "schedule.gan_steps=2"])
+    assert critic.total_steps == 7
+    assert [phase_at(s, critic.schedule) for s in range(7)] == [NOGAN] * 3 + [CRITIC] * 2 + [GAN] * 2
+    assert [d for d in range(8) if is_phase_switch(d, critic.schedule)] == [3, 5]
+    assert [s for s in range(7) if is_phase_start(s, critic.schedule)] == [0, 3, 5]
+    assert [steps_left(p, 4, critic.schedule) for p in (NOGAN, CRITIC, GAN)] == [0, 1, 2]
+    only_critic_then_gan = load_config(
+        None, ["schedule.nogan_steps=0", "schedule.critic_steps=2", "schedule.gan_steps=1"]
+    )
+    assert [phase_at(s, only_critic_then_gan.schedule) for s in range(3)] == [CRITIC, CRITIC, GAN]
+    with pytest.raises(ConfigError, match="schedule.critic_steps = 5 warms the critic up for a GAN phase"):
+        load_config(None, ["schedule.critic_steps=5", "schedule.gan_steps=0"])
     # One step of each phase still switches once; a run without NoGAN never does.
     one_each = load_config(None, ["schedule.nogan_steps=1", "schedule.gan_steps=1"])
     assert [d for d in range(3) if is_phase_switch(d, one_each.schedule)] == [1]
@@ -102,6 +123,9 @@ def test_step_timer_window_and_eta():
     assert timer.eta_hours(4, cfg.schedule) == pytest.approx((6 * 0.5 + 10 * 0.5) / 3600)
     timer._phase_time[GAN], timer._phase_steps[GAN] = 1.0, 1  # GAN measured at 1 s/step
     assert timer.eta_hours(12, cfg.schedule) == pytest.approx(8 * 1.0 / 3600)
+    # A critic warm-up not yet timed counts at the mean of the timed phases' rates.
+    critic = load_config(None, ["schedule.nogan_steps=10", "schedule.critic_steps=4", "schedule.gan_steps=10"])
+    assert timer.eta_hours(8, critic.schedule) == pytest.approx((2 * 0.5 + 4 * 0.75 + 10 * 1.0) / 3600)
     timer.start_step()
     timer.data_ready()
     timer.end_step()
@@ -203,10 +227,13 @@ def test_per_process_batch_scales_learning_rates_and_steps_by_the_stated_rule(tm
             "optim.discriminator.lr=8e-4",
             "optim.warmup_steps=1000",
             "schedule.nogan_steps=50000",
+            "schedule.critic_steps=10000",
             "schedule.gan_steps=75000",
+            "model.ema_decay=0.999",
         ],
     )
     one, notes = scale_to_processes(cfg, 1)
+    assert (one.schedule.critic_steps, one.model.ema_decay) == (10000, 0.999)
     assert (one.data.batch_size, one.optim.nogan.lr, one.schedule.nogan_steps) == (64, 4e-4, 50000)
     eight, notes = scale_to_processes(cfg, 8)
     assert eight.data.batch_size == 512 and eight.data.batch_size_unit == "global"
@@ -214,6 +241,9 @@ def test_per_process_batch_scales_learning_rates_and_steps_by_the_stated_rule(tm
     assert eight.optim.nogan.lr == pytest.approx(4e-4 * 8**0.5)
     assert eight.optim.discriminator.lr == pytest.approx(8e-4 * 8**0.5)
     assert (eight.schedule.nogan_steps, eight.schedule.gan_steps, eight.optim.warmup_steps) == (6250, 9375, 125)
+    # The critic warm-up sees as many images, and the generator's average spans as many.
+    assert eight.schedule.critic_steps == 1250 and eight.model.ema_decay == pytest.approx(0.999**8)
+    assert any("model.ema_decay ^ (512/64) = 0.992028" in n for n in notes)
     assert any("global batch 512 = data.batch_size 64 per process × 8 processes" in n for n in notes)
     assert any("learning rates × √(512/64)" in n for n in notes)
     dump_config(eight, tmp_path / "config.yaml")
@@ -243,6 +273,21 @@ def test_demo_report_checks_both_criteria(tmp_path, capsys):
     assert main([str(tmp_path)]) == 1
     assert main([str(tmp_path / "missing")]) == 2
 
+    # With an EMA generator both need to beat grey, shown side by side; the critic's accuracy is shown.
+    rows[-1] |= {"eval/ab_l1": 9.0, "eval/ema/ab_l1": 8.5, "eval/ema/psnr": 25.5}
+    rows += [
+        {"step": 101, "phase": "critic", "train/d_acc_fake": 0.48, "train/d_acc_real": 0.5},
+        {"step": 110, "phase": "critic", "train/d_acc_fake": 0.91, "train/d_acc_real": 0.87},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "generator 9.000, EMA generator 8.500 vs grey baseline 12.000" in out
+    assert "D's accuracy on G's colours 0.48 (step 101) → 0.91 (step 110)" in out
+    rows[-3]["eval/ema/ab_l1"] = 12.5
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main([str(tmp_path)]) == 1
+
 
 @pytest.mark.gpu
 def test_one_bf16_cuda_step_of_each_phase_is_finite():
@@ -255,7 +300,7 @@ def test_one_bf16_cuda_step_of_each_phase_is_finite():
         None,
         ["run.device=cuda", "model.features=8", "model.disc_features=16", "loss.vgg_weights=none", "data.batch_size=2"],
     )
-    accelerator = build_accelerator(cfg, "disabled")
+    accelerator = build_accelerator(cfg)
     assert accelerator.mixed_precision == "bf16"
     gan = build_gan(cfg, accelerator)
     assert all(o.defaults["fused"] for o in (gan.opt_nogan, gan.opt_G, gan.opt_D))
@@ -407,7 +452,8 @@ def test_a_checkpoint_restores_weights_optimiser_progress_and_loader_position(tm
 def test_eval_runs_only_the_generator_under_autocast():
     """With bf16 autocast (here the CPU's), the generator runs in bf16 but the colour maths and the
     metrics stay in float32: the figures equal a float32 scoring of the generator's output, and
-    differ from scoring everything under autocast."""
+    differ from scoring everything under autocast. The generator's average is scored the same way,
+    on the same images (eval/ema/*)."""
     import types
 
     from accelerate import Accelerator
@@ -416,16 +462,22 @@ def test_eval_runs_only_the_generator_under_autocast():
     from configs import ModelConfig
     from launch.bench.step import synthetic_batch
     from launch.eval.evaluate import evaluate_batches
+    from launch.training.ema import GeneratorEMA
     from models import build_generator
 
     accelerator = Accelerator(cpu=True, mixed_precision="bf16")
     torch.manual_seed(0)
     generator = build_generator(ModelConfig(features=8))
+    ema = GeneratorEMA(generator, build_generator(ModelConfig(features=8)), decay=0.5)
+    with torch.no_grad():
+        for p in generator.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ema.update()  # an average that differs from the generator
     batches = [synthetic_batch(2, 256, torch.device("cpu"), seed=s) for s in range(2)]
     run = types.SimpleNamespace(
         val_loader=batches,
         accelerator=accelerator,
-        gan=types.SimpleNamespace(G=generator),
+        gan=types.SimpleNamespace(G=generator, ema=ema),
         cfg=types.SimpleNamespace(logging=types.SimpleNamespace(eval_batches=0)),
         logger=types.SimpleNamespace(write=lambda message: None),
     )
@@ -444,6 +496,15 @@ def test_eval_runs_only_the_generator_under_autocast():
     assert got["eval/psnr"] == fp32_metrics["psnr"]["model"] and got["eval/ab_l1"] == fp32_metrics["ab_l1"]["model"]
     assert got["eval/psnr"] != all_bf16["psnr"]["model"]
 
+    def bf16_average(L):
+        with accelerator.autocast():
+            return ema.module.forward(L)
+
+    with torch.no_grad():
+        average = evaluate_batches(bf16_average, batches, metrics=("ab_l1", "psnr"))["metrics"]
+    assert (got["eval/ema/ab_l1"], got["eval/ema/psnr"]) == (average["ab_l1"]["model"], average["psnr"]["model"])
+    assert got["eval/ema/ab_l1"] != got["eval/ab_l1"] and got["eval/ab_l1_grey"] == average["ab_l1"]["grey"]
+
 
 def test_cudnn_autotunes_unless_determinism_is_asked(monkeypatch):
     import launch.train as train
@@ -452,7 +513,7 @@ def test_cudnn_autotunes_unless_determinism_is_asked(monkeypatch):
     monkeypatch.setattr(train, "Accelerator", lambda **kwargs: kwargs)  # no CUDA here to start
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
-    assert train.build_accelerator(load_config(None, ["run.device=cuda"]), "disabled")["mixed_precision"] == "bf16"
+    assert train.build_accelerator(load_config(None, ["run.device=cuda"]))["mixed_precision"] == "bf16"
     assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
-    train.build_accelerator(load_config(None, ["run.device=cuda", "run.deterministic=true"]), "disabled")
+    train.build_accelerator(load_config(None, ["run.device=cuda", "run.deterministic=true"]))
     assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic

@@ -5,19 +5,26 @@ sweeps, alerts. W&B's files are read with W&B's own reader (`wandb leet inspect 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from launch.training import metric_keys
+from models.export import read_metadata
 
 from _train_helpers import (
     REPO,
+    TRAIN_SCRIPT,
     build_tiny_shards,
-    kill_after_checkpoint,
     run_train,
+    subprocess_env,
     tiny_config,
     wandb_history,
     wandb_records,
@@ -37,11 +44,41 @@ def _run_record(records: list[dict]) -> dict:
     return next(r["run"] for r in records if r["type"] == "run")
 
 
+def _start_train(args: list[str]) -> subprocess.Popen:
+    """`python launch/train.py ARGS` in the background (one rank, W&B offline), stdout and stderr to pipes."""
+    return subprocess.Popen(
+        [sys.executable, str(TRAIN_SCRIPT), *args],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"training ended before {what}: {proc.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.02)
+
+
+def _logged_steps(metrics: Path) -> list[int]:
+    if not metrics.is_file():
+        return []
+    return [json.loads(line)["step"] for line in metrics.read_text().splitlines() if line.endswith("}")]
+
+
+TORN = '{"step": 5, "phase": "nogan", "train/l1": 0.1'  # what a crash in the middle of an append leaves
+
+
 @pytest.mark.slow
-def test_killed_run_fragments_share_one_id_and_sync_replays_each_step_once(shards, tmp_path, monkeypatch):
-    """Killed after step 4 was logged but (as far as the resume knows) before its checkpoint; resumed
-    from step 3: the two offline fragments share the run id, both hold step 4, and the replay into one
-    run holds steps 1…6 exactly once, in order, with the dataset and model artifacts and the table."""
+def test_killed_run_fragments_share_one_id_and_sync_replays_each_step_once(shards, tmp_path, monkeypatch, capsys):
+    """SIGKILLed right after the checkpoint of step 4, with a torn last line in metrics.jsonl, then
+    treated as killed before that checkpoint completed (it is removed): resumed from step 3, the torn
+    line dropped with a warning, the two offline fragments share the run id, and the replay into one run
+    holds steps 1…6 exactly once, in order, with the dataset and model artifacts and the table."""
     config = tiny_config(
         tmp_path / "tiny.yaml",
         shards,
@@ -59,12 +96,23 @@ def test_killed_run_fragments_share_one_id_and_sync_replays_each_step_once(shard
         },
     )
     run_dir = tmp_path / "runs" / "tiny"
-    killed = kill_after_checkpoint(["--config", str(config)], run_dir / "checkpoints" / "step_4")
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    shutil.rmtree(run_dir / "checkpoints" / "step_4")  # as if the kill came before step 4's checkpoint was complete
+    killed = _start_train(["--config", str(config)])
+    _wait_for(killed, (run_dir / "checkpoints" / "step_4").is_dir, "checkpoint of step 4")
+    killed.kill()
+    killed.communicate(timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    for checkpoint in (run_dir / "checkpoints").iterdir():
+        if checkpoint.name != "step_3":  # the kill came before step 4's checkpoint was complete
+            shutil.rmtree(checkpoint)
+    metrics_file = run_dir / "metrics.jsonl"
+    with metrics_file.open("a") as handle:
+        handle.write(TORN)
     resumed = run_train(["--config", str(config), "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"warning: {metrics_file}: dropped a torn last line" in resumed.stderr
     assert f"colorize-wandb sync {run_dir}" in resumed.stderr
+    # stderr is a pipe here, not a terminal: the progress bar prints whole lines, no carriage returns.
+    assert "\r" not in resumed.stderr and "train: 6/6 (100%)" in resumed.stderr
 
     run_id = (run_dir / "wandb-run-id").read_text().strip()
     fragments = sorted((run_dir / "wandb").glob("offline-run-*"))
@@ -116,11 +164,14 @@ def test_killed_run_fragments_share_one_id_and_sync_replays_each_step_once(shard
     from launch.apps.wandb_cli import sync
 
     monkeypatch.setenv("WANDB_MODE", "offline")
+    with metrics_file.open("a") as handle:
+        handle.write(TORN)  # a later crash mid-write: sync leaves the torn line out, with a warning
     assert sync(run_dir) == run_id
+    assert f"warning: {metrics_file}: dropped a torn last line" in capsys.readouterr().err
     (replay,) = (run_dir / "wandb-sync" / "wandb").glob(f"offline-run-*-{run_id}")
     rows = wandb_history(replay)
     assert [r["_step"] for r in rows] == [r["step"] for r in rows] == list(range(1, 7))
-    jsonl = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    jsonl = [json.loads(line) for line in metrics_file.read_text().splitlines()[:-1]]  # the torn line left out
     assert [r["train/l1"] for r in rows] == pytest.approx([r["train/l1"] for r in jsonl])
     assert [r["_step"] for r in rows if "samples/grid.path" in r] == [3, 6]
     assert [r["_step"] for r in rows if "samples/table.path" in r] == [3, 6]
@@ -149,6 +200,68 @@ def test_killed_run_fragments_share_one_id_and_sync_replays_each_step_once(shard
     assert sum(c["path"].startswith("media/images/") for c in table_artifact["manifest"]["contents"]) == 6
     saved = json.loads((run_dir / "tables" / "step_6.json").read_text())["rows"]
     assert [row[4] for row in table["data"]] == pytest.approx([r["ab_l1"] for r in saved])
+
+
+@pytest.mark.slow
+def test_a_stop_signal_to_every_process_still_saves_and_exits_143(shards, tmp_path):
+    """SIGTERM to the trainer and all its children at once (W&B's service included), as Slurm signals a
+    job step, W&B offline: the checkpoint of the stop step is saved, W&B's loss is one line (no
+    traceback), and the exit status is the stop's, 143."""
+    import psutil
+
+    config = tiny_config(
+        tmp_path / "tiny.yaml",
+        shards,
+        tmp_path / "runs",
+        schedule={"nogan_steps": 500, "gan_steps": 0},
+        logging={"wandb": "offline", "every_steps": 1},
+    )
+    run_dir = tmp_path / "runs" / "tiny"
+    proc = _start_train(["--config", str(config)])
+    _wait_for(proc, lambda: len(_logged_steps(run_dir / "metrics.jsonl")) >= 2, "two logged steps")
+    trainer = psutil.Process(proc.pid)
+    tree = [trainer, *trainer.children(recursive=True)]
+    assert "wandb-core" in {p.name() for p in tree}
+    for process in tree:
+        process.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-3000:]
+    step = _logged_steps(run_dir / "metrics.jsonl")[-1]
+    assert f"step {step}: stopped by SIGTERM; checkpoint saved" in stderr
+    assert (run_dir / "checkpoints" / f"step_{step}" / "loader_rank0.pt").is_file()
+    assert read_metadata(run_dir / "generator.safetensors")["step"] == step
+    assert stderr.count("W&B stopped working") == 1 and "Traceback" not in stderr
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_checkpoint_keeps_its_wandb_run_id(shards, tmp_path):
+    """The W&B run id is made with the run directory, before the first step: a run SIGKILLed before any
+    checkpoint and started again with --resume (from step 0) logs to the same W&B run."""
+    config = tiny_config(
+        tmp_path / "tiny.yaml",
+        shards,
+        tmp_path / "runs",
+        schedule={"nogan_steps": 500, "gan_steps": 0},
+        logging={"wandb": "offline", "every_steps": 1},
+    )
+    run_dir = tmp_path / "runs" / "tiny"
+    killed = _start_train(["--config", str(config)])
+    _wait_for(killed, lambda: len(_logged_steps(run_dir / "metrics.jsonl")) >= 1, "a logged step")
+    killed.kill()
+    killed.communicate(timeout=60)
+    assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
+    run_id = (run_dir / "wandb-run-id").read_text().strip()
+
+    env = subprocess_env()
+    del env["WANDB_SILENT"]  # W&B as a user sees it: its own "run `wandb sync`" hint is not printed, ours is
+    resumed = run_train(["--config", str(config), "--resume", "schedule.nogan_steps=2"], env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "no checkpoint under" in resumed.stderr
+    assert not re.search(r"^wandb: ", resumed.stderr, flags=re.M)  # no W&B banner, so no "wandb sync" hint
+    assert f"colorize-wandb sync {run_dir}" in resumed.stderr
+    assert (run_dir / "wandb-run-id").read_text().strip() == run_id
+    fragments = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(fragments) == 2 and all(f.name.endswith(f"-{run_id}") for f in fragments)
 
 
 def test_dashboard_panels_reference_only_trainer_keys():
@@ -236,6 +349,49 @@ def test_resumed_online_run_skips_steps_wandb_already_holds(tmp_path):
     assert [s for s, _ in run.rows] == [6, 7]
     first = stable_run_id(tmp_path, resume=False)
     assert stable_run_id(tmp_path, resume=True) == first != stable_run_id(tmp_path, resume=False)
+
+
+def test_resumed_online_run_gets_the_steps_wandb_lost_from_metrics_jsonl(tmp_path):
+    """W&B holds steps 1…2 of a run whose last job saved step 5 (its service died with the job before
+    sending 3…5): the resumed job sends 3…5 from metrics.jsonl, then its own steps from 6."""
+    from launch.training.tracking import MetricsFile, read_metrics
+    from launch.training.wandb_run import WandbRun
+
+    metrics = MetricsFile(tmp_path / "metrics.jsonl")
+    for step in range(1, 6):
+        metrics.append({"step": step, "phase": "nogan", "train/l1": 0.1 * step})
+    run = _FakeRun()
+    run.starting_step = 3
+    wb = WandbRun(run, mode="online", run_dir=tmp_path, global_batch=2, start_step=5, write=lambda m: None)
+    wb.backfill(read_metrics(metrics.path))
+    wb.log(6, {"train/l1": 0.6})
+    assert [s for s, _ in run.rows] == [3, 4, 5, 6]
+    assert run.rows[0] == (3, {"step": 3, "samples_seen": 6, "train/l1": pytest.approx(0.3)})
+    empty = _FakeRun()  # W&B lost everything (starting_step 0): steps 1…5 are sent
+    WandbRun(empty, mode="online", run_dir=tmp_path, global_batch=2, start_step=5).backfill(read_metrics(metrics.path))
+    assert [s for s, _ in empty.rows] == [1, 2, 3, 4, 5]
+    for mode, start_step in (("online", 0), ("offline", 5)):  # a fresh run; an offline one (sync replays it)
+        other = _FakeRun()
+        WandbRun(other, mode=mode, run_dir=tmp_path, global_batch=2, start_step=start_step).backfill(
+            read_metrics(metrics.path)
+        )
+        assert other.rows == []
+
+
+def test_wandb_that_cannot_start_is_one_line_and_no_run(tmp_path, monkeypatch):
+    import wandb
+
+    from configs import load_config
+    from launch.training import wandb_run
+
+    def refuse(**kwargs):
+        raise wandb.errors.CommError("could not reach api.wandb.ai")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    cfg = load_config(None, [f"run.out_dir={tmp_path}"])
+    said: list[str] = []
+    assert wandb_run.open_run(cfg, {}, "abc12345", "online", 0, said.append) is None
+    assert said == ["W&B did not start (CommError: could not reach api.wandb.ai); training goes on without it"]
 
 
 def panel_keys(workspace) -> dict[str, list[str]]:

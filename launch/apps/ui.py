@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import errno
 import html
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import uuid
@@ -149,14 +151,19 @@ def build_demo(uploads: UploadColorizer, examples: list[str]):
     import gradio as gr
 
     def run(payload):
+        """The `/colorize` API as well: plain values out (colour PNG, (grey, colour) PNGs, colour PNG)."""
         if payload is None:  # the input was cleared: clear the outputs too, no message
-            return None, None, gr.DownloadButton(value=None, interactive=False)
+            return None, None, None
         try:
             colour, grey, download = uploads(payload)
         except UploadError as exc:
             # Gradio renders the message as HTML and it contains the user's file name: escape it.
             raise gr.Error(html.escape(str(exc)), title="Cannot colourise this file", print_exception=False) from None
-        return colour, (grey, colour), gr.DownloadButton(value=download, interactive=True)
+        return colour, (grey, colour), download
+
+    def enable_download(path):
+        """The button can be pressed when it holds a file (a step of the page, not of the API)."""
+        return gr.DownloadButton(interactive=path is not None)
 
     limits = f"{_megabytes(uploads.max_bytes)} and {uploads.max_pixels / 1e6:.0f} megapixels"
     with gr.Blocks(title="Colorize", analytics_enabled=False) as demo:
@@ -186,7 +193,9 @@ def build_demo(uploads: UploadColorizer, examples: list[str]):
             )
         # preprocess=False: the handler gets the raw upload, so it can check bytes and decode
         # errors itself and answer with a readable message instead of a decoding traceback.
-        upload.change(run, inputs=[upload], outputs=[result, compare, download], preprocess=False, api_name="colorize")
+        upload.change(
+            run, inputs=[upload], outputs=[result, compare, download], preprocess=False, api_name="colorize"
+        ).then(enable_download, inputs=[download], outputs=[download], api_visibility="private")
     return demo
 
 
@@ -214,15 +223,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """None when this process could listen on (host, port) now; else one line saying why, naming the
+    option to change. Binds as the server does (SO_REUSEADDR), then lets go."""
+    if not 0 < port < 65536:
+        return f"--port {port}: not a TCP port (1-65535)"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        return f"--host {host}: not an address to listen on ({exc.strerror})"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is already in use: choose another with --port"
+            return f"cannot listen on {host}:{port} ({exc.strerror}): choose another --host or --port"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: it reads this once
     args = build_parser().parse_args(argv)
-    from models.export import WeightsError, load_generator
-    from pipeline.inference import Colorizer, resolve_device
-
     if args.max_pixels < 1 or args.max_bytes < 1:
         print("error: --max-pixels and --max-bytes must be positive", file=sys.stderr)
         return 2
+    # Before the model and Gradio load: a taken port is the most common start-up mistake.
+    problem = port_problem(args.host, args.port)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    from models.export import WeightsError, load_generator
+    from pipeline.inference import Colorizer, resolve_device
+
     try:
         import gradio as gr
     except ImportError:
@@ -245,18 +279,27 @@ def main(argv: list[str] | None = None) -> int:
         theme = gr.themes.Default(
             font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
         )
+        try:
+            demo.launch(
+                server_name=args.host,
+                server_port=args.port,
+                share=False,
+                inbrowser=False,
+                ssr_mode=False,
+                max_file_size=args.max_bytes,
+                allowed_paths=[str(work_dir)],
+                theme=theme,
+                footer_links=[],
+                prevent_thread_lock=True,  # so that "serving" is said once the server listens
+            )
+        except OSError:
+            problem = port_problem(args.host, args.port)  # taken since the check above?
+            if problem is None:
+                raise
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         print(f"colorize-ui: serving {args.weights} on http://{args.host}:{args.port}", flush=True)
-        demo.launch(
-            server_name=args.host,
-            server_port=args.port,
-            share=False,
-            inbrowser=False,
-            ssr_mode=False,
-            max_file_size=args.max_bytes,
-            allowed_paths=[str(work_dir)],
-            theme=theme,
-            footer_links=[],
-        )
+        demo.block_thread()
     return 0
 
 

@@ -29,15 +29,9 @@ from pathlib import Path
 
 from configs import ConfigError, load_config
 from launch.training import metric_keys as keys
-from launch.training.tracking import keep_wandb_files_in
-from launch.training.wandb_run import (
-    WandbRun,
-    flat_config,
-    init_kwargs,
-    load_table_files,
-    read_jsonl,
-    read_run_id,
-)
+from launch.training.errors import TrainingError
+from launch.training.tracking import keep_wandb_files_in, read_jsonl, read_metrics
+from launch.training.wandb_run import WandbRun, flat_config, load_table_files, read_run_id, start
 
 # --------------------------------------------------------------------------------------------------
 # sync: replay a run directory into one W&B run
@@ -45,13 +39,13 @@ from launch.training.wandb_run import (
 
 def replay_plan(run_dir: Path) -> list[tuple[int, dict]]:
     """(step, what to log at that step) in step order, one entry per step: scalars from
-    `metrics.jsonl`, and `grid` / `table` / `models` file references where they exist."""
-    from launch.training.tracking import read_metrics
-
+    `metrics.jsonl`, and `grid` / `table` / `models` file references where they exist. A torn last
+    line of `metrics.jsonl` or `models.jsonl` (a crash in the middle of a write) is left out with a
+    warning naming the file."""
     run_dir = Path(run_dir)
     plan: dict[int, dict] = {}
     metrics = run_dir / "metrics.jsonl"
-    for record in read_metrics(metrics) if metrics.is_file() else []:
+    for record in read_metrics(metrics):
         values = {k: v for k, v in record.items() if k not in ("step", "phase")}
         plan.setdefault(record["step"], {})["values"] = values
     for png in (run_dir / "samples").glob("step_*.png"):
@@ -96,32 +90,22 @@ def _sidecar_step(weights: Path) -> int | None:
 def sync(run_dir: Path, project: str | None = None, entity: str | None = None, mode: str | None = None) -> str:
     """Replay `run_dir` into one W&B run (id from `wandb-run-id`); returns the id. `mode` defaults to
     WANDB_MODE or online. W&B's files for the replay go to `<run_dir>/wandb-sync/wandb/`."""
-    import wandb
+    from configs import config_to_dict
 
     run_dir = Path(run_dir)
     run_id = read_run_id(run_dir)
     cfg = load_config(run_dir / "config.yaml", [])
     mode = mode or os.environ.get("WANDB_MODE") or "online"
     logging_cfg = cfg.logging if entity is None else _with_entity(cfg.logging, entity)
+    plan = replay_plan(run_dir)  # before W&B starts: a damaged run directory opens no W&B run
     out = run_dir / "wandb-sync"
     keep_wandb_files_in(out)  # W&B's cache and staging inside the run dir, not under $HOME
-    kwargs = init_kwargs(logging_cfg, cfg.run.name, out, run_id, mode)
-    from configs import config_to_dict
-
-    run = wandb.init(
-        project=project or cfg.logging.project, config=flat_config(config_to_dict(cfg)), job_type="train", **kwargs
-    )
+    config = flat_config(config_to_dict(cfg))
+    run = start(logging_cfg, cfg.run.name, out, run_id, mode, project or cfg.logging.project, config)
+    wb = WandbRun(run, mode=mode, run_dir=run_dir, global_batch=cfg.data.batch_size)
     try:
-        wb = WandbRun(
-            run,
-            mode=mode,
-            run_dir=run_dir,
-            global_batch=cfg.data.batch_size,
-            write=lambda message: print(message, file=sys.stderr),
-        )
         wb.define_metrics()
         wb.use_dataset(cfg.data.shards)
-        plan = replay_plan(run_dir)
         last_step = max((s for s, item in plan if "values" in item), default=0)
         for step, item in plan:
             row = dict(item.get("values", {}))
@@ -139,9 +123,11 @@ def sync(run_dir: Path, project: str | None = None, entity: str | None = None, m
                     print(f"step {step}: export {entry['aliases']} no longer on disk; not uploaded", file=sys.stderr)
                     continue
                 wb.log_model(weights, entry["step"], entry["phase"], entry["aliases"], entry.get("eval", {}))
-        print(f"replayed {len(plan)} steps of {run_dir} into W&B run {run_id} ({mode})", file=sys.stderr)
     finally:
-        run.finish()
+        wb.finish()
+    if wb.failed:  # WandbRun said what failed
+        raise TrainingError(f"{run_dir} was not fully uploaded; run `colorize-wandb sync {run_dir}` again")
+    print(f"replayed {len(plan)} steps of {run_dir} into W&B run {run_id} ({mode})", file=sys.stderr)
     return run_id
 
 
@@ -170,8 +156,9 @@ def build_workspace(entity: str, project: str, name: str = "Colorization"):
             panels=[
                 line("NoGAN losses (G only)", keys.NOGAN_LOSSES),
                 line("GAN: generator", ("train/g_adv", "train/l1", "train/g_total")),
-                line("GAN: discriminator", ("train/d_real", "train/d_fake", "train/d_total")),
+                line("critic warm-up and GAN: discriminator", keys.CRITIC_LOSSES),
                 line("D outputs (mean probability)", keys.D_OUTPUTS, range_y=(0.0, 1.0)),
+                line("D accuracy (share of patches classified right)", keys.D_ACCURACY, range_y=(0.0, 1.0)),
                 line("learning rates", keys.LEARNING_RATES),
             ],
         ),
@@ -189,8 +176,8 @@ def build_workspace(entity: str, project: str, name: str = "Colorization"):
             name="eval/",
             is_open=True,
             panels=[
-                line("ab-L1 (CIELAB units) vs grey baseline", ("eval/ab_l1", "eval/ab_l1_grey")),
-                line("PSNR (dB) vs grey baseline", ("eval/psnr", "eval/psnr_grey")),
+                line("ab-L1 (CIELAB units): generator, EMA, grey", ("eval/ab_l1", "eval/ema/ab_l1", "eval/ab_l1_grey")),
+                line("PSNR (dB): generator, EMA, grey", ("eval/psnr", "eval/ema/psnr", "eval/psnr_grey")),
             ],
         ),
         ws.Section(
@@ -263,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"saved workspace {args.name!r}: {workspace.url}")
         else:
             log_eval(args.result_json, args.model, args.project, args.entity)
-    except (ConfigError, OSError) as exc:
+    except (ConfigError, TrainingError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

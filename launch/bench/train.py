@@ -1,7 +1,8 @@
 """`colorize-bench train`: end-to-end training speed with the real loader — a short run of both phases
 through `launch/train.py`'s own loop, timed from the metrics it logs.
 
-Runs `--warmup + --steps` NoGAN steps and as many GAN steps in a temporary run directory (W&B off),
+Runs `--warmup + --steps` steps of each phase (NoGAN, critic warm-up, GAN) in a temporary run
+directory (W&B off),
 logging every step, then reports per phase, over the steps after warm-up: images/s, step ms and the
 data-wait fraction (time blocked on the loader / step time), plus the hours `--schedule`'s steps would
 take on this device at the measured rates (divide by the GPU count for ideal data-parallel scaling).
@@ -16,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 from configs import ConfigError, load_config
-from launch.bench.step import add_timing_arguments, projected_hours, timing_overrides
-from launch.training.schedule import GAN, NOGAN
+from launch.bench.step import add_timing_arguments, projected_hours, schedule_text, timing_overrides
+from launch.training.schedule import PHASES
 
 NEVER = 10**9  # a cadence longer than the run: samples/eval/checkpoints only where the loop forces them
 
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
             f"run.out_dir={out_dir}",
             "run.name=bench",
             f"schedule.nogan_steps={per_phase}",
+            f"schedule.critic_steps={per_phase}",
             f"schedule.gan_steps={per_phase}",
             "logging.wandb=disabled",
             "logging.every_steps=1",
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         if status != 0:
             return status
         records = read_metrics(Path(out_dir) / "bench" / "metrics.jsonl")
-    figures = {phase: phase_figures(records, phase, args.warmup, cfg.data.batch_size) for phase in (NOGAN, GAN)}
+    figures = {phase: phase_figures(records, phase, args.warmup, cfg.data.batch_size) for phase in PHASES}
     print(
         f"backend {cfg.data.backend}, batch {cfg.data.batch_size} at {cfg.data.size}², features "
         f"{cfg.model.features}/{cfg.model.disc_features}, {args.steps} timed steps per phase after {args.warmup}"
@@ -83,10 +85,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'phase':<6} {'images/s':>10} {'step ms':>10} {'data wait':>10}")
     for phase, f in figures.items():
         print(f"{phase:<6} {f['images_per_s']:>10.2f} {f['step_ms']:>10.1f} {100 * f['wait_fraction']:>9.1f}%")
-    s = schedule_cfg.schedule
     rates = {phase: f["images_per_s"] for phase, f in figures.items()}
     print(
-        f"projected for {args.schedule} ({s.nogan_steps:,} NoGAN + {s.gan_steps:,} GAN steps × batch "
+        f"projected for {args.schedule} ({schedule_text(schedule_cfg.schedule)} × batch "
         f"{schedule_cfg.data.batch_size}): {projected_hours(schedule_cfg, rates):,.1f} h on this device"
     )
     return 0

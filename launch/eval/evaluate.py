@@ -68,6 +68,7 @@ def evaluate_batches(
     max_batches: int | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
+    others: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> dict:
     """Per-image means of `metrics` for the model and the grey baseline (and the truth's
     colourfulness), over at most `limit` images or `max_batches` batches of `batches`. The one
@@ -77,13 +78,16 @@ def evaluate_batches(
     float dtype; the colour maths and metrics run in float32). `inception`, when given, maps sRGB
     B×3×S×S in [0, 1] to features for FID. Sums stay on the batches' device until the end (no host
     read per batch); `reduce`, when given, sums them over processes first (every process calls it,
-    for its own share of the batches). Returns {"images": n, "metrics": {name: {"model": x, "grey":
-    y[, "truth": z]}}}; raises EvalError when there was no image.
+    for its own share of the batches). `others` names more predictors scored on the same batches
+    beside the model (e.g. the generator's average), each under its name. Returns {"images": n,
+    "metrics": {name: {"model": x, "grey": y[, <other>: …][, "truth": z]}}}; raises EvalError when
+    there was no image.
     """
-    columns = [(m, who) for m in metrics for who in ("model", "grey")]
+    others = others or {}
+    columns = [(m, who) for m in metrics for who in ("model", "grey", *others)]
     if "colourfulness" in metrics:
         columns.append(("colourfulness", "truth"))
-    features: dict[str, list[torch.Tensor]] = {"model": [], "grey": [], "truth": []}
+    features: dict[str, list[torch.Tensor]] = {name: [] for name in ("model", "grey", *others, "truth")}
     sums: torch.Tensor | None = None
     seen = 0
     for lightness, ab in islice(batches, max_batches):  # None: all
@@ -93,6 +97,7 @@ def evaluate_batches(
             lightness, ab = lightness[: limit - seen], ab[: limit - seen]
         lightness, ab = lightness.float(), ab.float()
         outputs = {"model": predict(lightness).float(), "grey": torch.zeros_like(ab)}
+        outputs |= {name: other(lightness).float() for name, other in others.items()}
         truth_rgb = network_to_rgb(lightness, ab)
         rgbs = {name: network_to_rgb(lightness, out_ab) for name, out_ab in outputs.items()} | {"truth": truth_rgb}
         batch_sums = torch.stack(
@@ -118,7 +123,9 @@ def evaluate_batches(
         from launch.eval.fid import frechet_distance
 
         truth = torch.cat(features["truth"])
-        result["fid"] = {name: frechet_distance(torch.cat(features[name]), truth) for name in ("model", "grey")}
+        result["fid"] = {
+            name: frechet_distance(torch.cat(features[name]), truth) for name in ("model", "grey", *others)
+        }
     return {"images": int(images), "metrics": result}
 
 
@@ -167,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="colorize-eval", description="Score a generator on held-out shards beside the grey baseline."
     )
     parser.add_argument("--weights", required=True, help="generator.safetensors (ours) or a seed G_*.pth")
-    parser.add_argument("--shards", required=True, help="shards directory (holds manifest.json)")
+    parser.add_argument("--shards", required=True, help="shards directory or s3://bucket/prefix (holds manifest.json)")
     parser.add_argument("--split", default="val", help="split to score (default: val)")
     parser.add_argument("--limit", type=int, default=None, help="score at most this many images (default: all)")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")

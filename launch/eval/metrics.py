@@ -18,7 +18,6 @@ Every function takes B×C×H×W tensors and returns the batch mean (a 0-d tensor
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from pipeline.lab import AB_SCALE
 
@@ -44,6 +43,10 @@ def ab_l1_lab_units(pred_ab: torch.Tensor, true_ab: torch.Tensor, reduction: str
 def psnr_rgb(pred_rgb: torch.Tensor, true_rgb: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """PSNR in dB of sRGB B×3×H×W images in [0, 1] (data range 1): 10·log10(1 / MSE) per image, in
     float64 (torchmetrics). Identical images give +inf (the mean is then inf too)."""
+    # Imported on first use: only scoring needs it, and the GPU check imports the training code on a
+    # node before the kit that brings torchmetrics has arrived (docs/gpu-check.md).
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     per_image = peak_signal_noise_ratio(
         pred_rgb.double(), true_rgb.double(), data_range=1.0, reduction="none", dim=(1, 2, 3)
     )

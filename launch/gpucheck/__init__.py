@@ -1,3 +1,5 @@
-"""The device check: a kit of the wheels a bare GPU machine lacks (`kit`) and one script that measures
-the GPU path there within a short loan (`check`). Standard library only, so both run before any of the
-kit's packages are importable."""
+"""The GPU check for an air-gapped GPU node (docs/gpu-check.md): the kit of wheels the node lacks
+(`kit`), the three device calls with their bytes and budgets (`plan`), the code stamp (`provenance`),
+the commands that run there (`check`, `stages`), and a CPU rehearsal of them (`rehearse`). The
+modules that run on the node before the kit is unpacked import the standard library and `configs`
+only; the stages start the project's programs in subprocesses."""

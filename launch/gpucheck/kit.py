@@ -1,15 +1,15 @@
-"""The GPU kit: the wheels a bare GPU machine lacks, as numbered chunks that each fit one device call.
+"""The GPU kit: the wheels an air-gapped GPU node lacks, as chunks that each travel with one device call.
 
-The lent GPU machine has python 3.12 with torch, torchvision, accelerate, numpy, scikit-image, pyyaml,
-pytest (+ pytest-timeout), six, packaging and typing-extensions, but no DALI or webdataset, and cannot
+The GPU node has python 3.12 with torch, torchvision, accelerate, numpy, scikit-image, pyyaml, pytest
+(+ pytest-timeout), six, packaging and typing-extensions, but no DALI or webdataset, and cannot
 download. One device call carries at most 64 MiB (the working tree included), so the kit travels over
-several calls: `build` (here, `make gpu-kit`) downloads the cp312 manylinux wheels in `WHEELS` with
-pip's cross-platform download, unpacks them into one tree, drops what Python 3.12 on x86-64 cannot use
-(other Pythons' extension modules, headers, static libraries, test suites), writes the tree as ONE
-`tar.xz` stream and splits it into `part1 … partN` of at most 60 MiB, with `manifest.json` holding
-each chunk's size and SHA-256 and the whole stream's. `unpack` (on the device) needs the standard
-library alone (`lzma` + `tarfile`; the device may lack `zstd`): it checks every chunk, then streams
-their concatenation into a temp dir that goes first on `PYTHONPATH`.
+the GPU check's three calls, one chunk each: `build` (here, through `make gpu-kit`) downloads the cp312
+manylinux wheels in `WHEELS` with pip's cross-platform download, unpacks them into one tree, drops what
+Python 3.12 on x86-64 cannot use (other Pythons' extension modules, headers, static libraries, test
+suites, command-line tools), writes the tree as ONE `tar.xz` stream and splits it into `part1 … partN`
+of equal size, with `manifest.json` holding each chunk's size and SHA-256 and the whole stream's.
+`unpack` (on the node) needs the standard library alone (`lzma` + `tarfile`; the node may lack `zstd`):
+it checks every chunk, then streams their concatenation into a temp dir that goes first on `PYTHONPATH`.
 
 Library lookup: DALI's and nvImageCodec's shared objects carry RUNPATHs relative to themselves
 (`$ORIGIN/../cu13/lib`, `$ORIGIN/../../cu13/lib`, `$ORIGIN/../nvimgcodec`, `$ORIGIN/../libnvcomp/lib64`),
@@ -19,12 +19,12 @@ tree works as laid out by the wheels with no environment. `library_dirs` still n
 finds it too.
 
 The tree's `nvidia/__init__.py` (shipped by nvImageCodec) is replaced by one that extends the
-package's path over every `nvidia/` folder on `sys.path`: whichever of the kit's and the device's
+package's path over every `nvidia/` folder on `sys.path`: whichever of the kit's and the node's
 `nvidia` package Python picks first, `nvidia.dali` and torch's `nvidia.cu13`/`nvidia.cudnn` both stay
 importable.
 
-    python -m launch.gpucheck.kit build      # here: download, pack, split (what `make gpu-kit` runs)
-    python -m launch.gpucheck.kit receive    # device calls 1…N−1: which chunks have arrived
+    python -m launch.gpucheck.kit build      # here: download, pack, split (`make gpu-kit` runs this first)
+    python -m launch.gpucheck.kit receive    # which chunks have arrived intact
     python -m launch.gpucheck.kit unpack     # verify + unpack; prints the unpacked tree's path
 """
 
@@ -41,7 +41,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 import zipfile
 from collections.abc import Iterable
@@ -54,10 +53,13 @@ KIT_DIR = Path(".gpu-kit")
 MANIFEST = "manifest.json"
 CHUNK_PREFIX = "part"
 MiB = 2**20
-CHUNK_BYTES = 60 * MiB
-"""At most 60 MiB a chunk: one chunk + the working tree (~1.5 MB) + the manifest stay under 64 MiB a call."""
+CHUNKS = 3
+"""One chunk per device call of the GPU check (`launch.gpucheck.check.COMMANDS`)."""
+PRESET = 9
+"""xz preset: -9's 64 MiB dictionary spans DALI's 243 MB operator library better than -6's 8 MiB."""
+DOWNLOAD_TIMEOUT_S = 1800
 PYTHON_TAG = "312"
-"""The device's Python (3.12): extension modules built for any other CPython are dropped."""
+"""The node's Python (3.12): extension modules built for any other CPython are dropped."""
 PLATFORMS = (
     "manylinux_2_28_x86_64",
     "manylinux_2_27_x86_64",
@@ -66,14 +68,17 @@ PLATFORMS = (
     "manylinux1_x86_64",
 )
 WHEELS = (
-    # DALI, the version installed by pyproject, and what its METADATA requires that the device lacks.
+    # DALI, the version installed by pyproject, and what its METADATA requires that the node lacks.
     "nvidia-dali-cuda130==2.4.0",
     "nvidia-nvimgcodec-cu13==0.9.0.20",
     "nvidia-libnvcomp-cu13==5.3.0.16",
-    # nvJPEG itself (`nvidia-nvjpeg-cu13` is a 1 KB placeholder). 13.0.x like the device's torch
-    # cu130 runtime, so the driver it was seen with (580, CUDA 13.0) runs it without relying on
-    # minor-version compatibility.
-    "nvidia-nvjpeg==13.0.4.44",
+    # nvJPEG itself (`nvidia-nvjpeg-cu13` is a 1 KB placeholder): the newest on the index, which
+    # nvImageCodec 0.9 accepts (it names `nvidia-nvjpeg` unversioned). CUDA 13.3's release notes list a
+    # fix for region-of-interest decodes with NVJPEG_FLAGS_UPSAMPLING_WITH_INTERPOLATION, the training
+    # decode (random crop, `jpeg_fancy_upsampling`); CUDA 13.3 shipped nvJPEG 13.2.x, so 13.3.x has it
+    # (tests/test_gpu_decode.py checks the pixels). Its CUDA runtime is linked in statically: on the
+    # node's driver (580, CUDA 13.0) it runs through CUDA's minor-version compatibility.
+    "nvidia-nvjpeg==13.3.2.43",
     # nvImageCodec's other codecs (DALI requires nvimgcodec[all]): JPEG 2000 and TIFF. Small (6 MB packed),
     # and without them every decoder start logs "[ERROR] Failed to load nvJPEG2000/nvTIFF library".
     "nvidia-nvjpeg2k-cu13==0.11.0.51",
@@ -87,18 +92,24 @@ WHEELS = (
     # The project's fallback loader and shard reader, and the pytest timeout plugin pyproject configures.
     "webdataset==1.0.2",
     "braceexpand==0.1.7",
+    # The torch loader's JPEG decode (CPU and nvJPEG; images need no FFmpeg): 0.16 is the first release
+    # with image decoding and supports torch >= 2.11, the node's. PSNR in evaluation: torchmetrics.
+    "torchcodec==0.16.0",
+    "torchmetrics==1.9.0",
+    "lightning-utilities==0.15.3",
     "pytest-timeout==2.4.0",
 )
 """Pinned, so every kit holds the same bytes. Not carried: six, packaging, numpy, pyyaml, wheel and
-typing-extensions (DALI's, libcst's, astunparse's and optree's other needs: the device has them), and
+typing-extensions (DALI's, libcst's, astunparse's and optree's other needs: the node has them), and
 wandb and gradio (training with `logging.wandb=disabled` does not import wandb)."""
 
 NAMESPACE_INIT = '''"""`nvidia` spread over several folders (the GPU kit's and the site's): merge them all."""
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 '''
 _OTHER_PYTHON_EXTENSION = re.compile(r"\.cpython-(\d+t?)-[^/]*\.so$")
-_DROPPED_DIRS = frozenset({"include", "tests", "__pycache__"})
+_DROPPED_DIRS = frozenset({"include", "tests", "__pycache__", "bin"})
 _DROPPED_SUFFIXES = (".a", ".h", ".hpp", ".cuh", ".pyc")
+_UNUSED_CODECS = re.compile(r"(^|/)nvimgcodec/extensions/lib(opencv|tiff)_ext\.so")
 
 
 class KitError(RuntimeError):
@@ -147,7 +158,10 @@ def download_wheels(wheel_dir: Path, specs: Iterable[str] = WHEELS) -> list[Path
             *missing,
         ]
         print(f"downloading {len(missing)} wheel(s) for CPython 3.12 manylinux x86-64 …", flush=True)
-        subprocess.run(command, check=True)
+        try:
+            subprocess.run(command, check=True, timeout=DOWNLOAD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise KitError(f"pip download gave up after {DOWNLOAD_TIMEOUT_S} s (about 270 MB)") from None
     wheels = [find_wheel(wheel_dir, spec) for spec in specs]
     absent = [spec for spec, wheel in zip(specs, wheels, strict=True) if wheel is None]
     if absent:
@@ -167,9 +181,13 @@ def unpack_wheels(wheels: Iterable[Path], tree: Path) -> Path:
 
 def droppable(relative: str, python_tag: str = PYTHON_TAG) -> bool:
     """True for a kit path CPython `python_tag` on x86-64 cannot need: another Python's extension
-    module, headers (`include/`, `*.h`), static libraries, test suites, byte code."""
+    module, headers (`include/`, `*.h`), static libraries, test suites, byte code, command-line
+    tools (`bin/`: nvCOMP's `nvlzcat`, 9 MB), and nvImageCodec's OpenCV and libtiff codecs (14 MB: the
+    shards hold JPEGs only, which its nvJPEG and libjpeg-turbo codecs decode)."""
     path = PurePosixPath(relative)
     if _DROPPED_DIRS.intersection(path.parts) or path.name.endswith(_DROPPED_SUFFIXES):
+        return True
+    if _UNUSED_CODECS.search(relative):
         return True
     match = _OTHER_PYTHON_EXTENSION.search(path.name)
     return match is not None and match.group(1) != python_tag
@@ -190,51 +208,6 @@ def _tar_filter(python_tag: str, totals: dict[str, int]):
     return keep
 
 
-class ChunkWriter:
-    """A write-only stream that fills `part1`, `part2`, … of at most `chunk_bytes` each in `kit_dir`,
-    hashing each chunk and the whole stream as it goes."""
-
-    def __init__(self, kit_dir: Path, chunk_bytes: int) -> None:
-        self.kit_dir, self.chunk_bytes = kit_dir, chunk_bytes
-        self.chunks: list[dict] = []
-        self.stream = hashlib.sha256()
-        self.total = 0
-        self._file: BinaryIO | None = None
-        self._hash = hashlib.sha256()
-        self._size = 0
-
-    def write(self, data: bytes) -> int:
-        view = memoryview(data)
-        while view:
-            if self._file is None or self._size == self.chunk_bytes:
-                self._next_chunk()
-            assert self._file is not None  # opened by _next_chunk
-            piece = view[: self.chunk_bytes - self._size]
-            self._file.write(piece)
-            self._hash.update(piece)
-            self.stream.update(piece)
-            self._size += len(piece)
-            self.total += len(piece)
-            view = view[len(piece) :]
-        return len(data)
-
-    def _next_chunk(self) -> None:
-        self._close_chunk()
-        name = f"{CHUNK_PREFIX}{len(self.chunks) + 1}"
-        self._file = open(self.kit_dir / name, "wb")
-        self.chunks.append({"name": name})
-        self._hash, self._size = hashlib.sha256(), 0
-
-    def _close_chunk(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self.chunks[-1].update(bytes=self._size, sha256=self._hash.hexdigest())
-            self._file = None
-
-    def close(self) -> None:
-        self._close_chunk()
-
-
 def _write_tar(sources: Iterable[tuple[Path, str]], stream: IO[bytes], python_tag: str, totals: dict[str, int]) -> None:
     """Write a tar of `(path, name in the tar)` sources to `stream`, without droppable members."""
     keep = _tar_filter(python_tag, totals)
@@ -243,44 +216,47 @@ def _write_tar(sources: Iterable[tuple[Path, str]], stream: IO[bytes], python_ta
             tar.add(path, arcname=arcname, filter=keep)
 
 
-def _pack_with_xz_cli(sources, writer: ChunkWriter, preset: int, threads: int, python_tag, totals) -> None:
-    """tar → `xz -T<threads>` (much faster than Python's single-threaded lzma) → `writer`."""
-    process = subprocess.Popen(
-        ["xz", f"-T{threads}", f"-{preset}", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    stdin, stdout = process.stdin, process.stdout
-    assert stdin is not None and stdout is not None  # both are PIPEs
-    errors: list[BaseException] = []
+def _compress_with_xz_cli(sources, out: BinaryIO, preset: int, threads: int, python_tag, totals) -> None:
+    """tar → `xz -T<threads>` (much faster than Python's single-threaded lzma) → `out`."""
+    process = subprocess.Popen(["xz", f"-T{threads}", f"-{preset}", "-c"], stdin=subprocess.PIPE, stdout=out)
+    stdin = process.stdin
+    assert stdin is not None  # a PIPE
+    try:
+        _write_tar(sources, stdin, python_tag, totals)
+    finally:
+        stdin.close()
+        if process.wait() != 0:
+            raise KitError(f"xz exited with status {process.returncode}")
 
-    def feed() -> None:
-        try:
-            _write_tar(sources, stdin, python_tag, totals)
-        except BaseException as error:  # reported from the main thread below
-            errors.append(error)
-        finally:
-            stdin.close()
 
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
-    while block := stdout.read(MiB):
-        writer.write(block)
-    feeder.join()
-    if errors:
-        raise errors[0]
-    if process.wait() != 0:
-        raise KitError(f"xz exited with status {process.returncode}")
+def split_stream(stream: Path, kit_dir: Path, chunks: int) -> list[dict]:
+    """Cut the file `stream` into `chunks` files `part1 … partN` of equal size (the last may be a few
+    bytes shorter) in `kit_dir`; returns each chunk's name, size and SHA-256."""
+    total = stream.stat().st_size
+    size = -(-total // chunks)
+    records = []
+    with open(stream, "rb") as source:
+        for number in range(1, chunks + 1):
+            name, digest, left = f"{CHUNK_PREFIX}{number}", hashlib.sha256(), size
+            with open(kit_dir / name, "wb") as part:
+                while left and (block := source.read(min(left, 4 * MiB))):
+                    part.write(block)
+                    digest.update(block)
+                    left -= len(block)
+            records.append({"name": name, "bytes": (kit_dir / name).stat().st_size, "sha256": digest.hexdigest()})
+    return records
 
 
 def pack(
     sources: Iterable[tuple[Path, str]],
     kit_dir: Path,
-    chunk_bytes: int = CHUNK_BYTES,
-    preset: int = 6,
+    chunks: int = CHUNKS,
+    preset: int = PRESET,
     python_tag: str = PYTHON_TAG,
     extra: dict | None = None,
 ) -> dict:
-    """Write `sources` (`(path, name in the tar)` pairs) as one `tar.xz` stream split into chunks of at
-    most `chunk_bytes` in `kit_dir`, with `manifest.json` (written last, atomically); returns the manifest.
+    """Write `sources` (`(path, name in the tar)` pairs) as one `tar.xz` stream split into `chunks`
+    equal chunks in `kit_dir`, with `manifest.json` (written last, atomically); returns the manifest.
 
     Uses the `xz` program with two threads when present (a multi-block stream, which Python's `lzma`
     reads), else Python's `lzma`. Old chunks and the old manifest are removed first, so a kit is
@@ -291,61 +267,70 @@ def pack(
         old.unlink()
     sources = list(sources)
     totals = {"bytes": 0, "files": 0}
-    writer = ChunkWriter(kit_dir, chunk_bytes)
+    stream = kit_dir / "stream.tar.xz.partial"
     started = time.monotonic()
     try:
-        if shutil.which("xz"):
-            _pack_with_xz_cli(sources, writer, preset, 2, python_tag, totals)
-        else:
-            # LZMAFile calls only write() on a file object (typeshed asks for a whole IO[bytes]).
-            with lzma.LZMAFile(cast(IO[bytes], writer), "w", preset=preset) as compressed:
-                _write_tar(sources, compressed, python_tag, totals)
+        with open(stream, "wb") as out:
+            if shutil.which("xz"):
+                _compress_with_xz_cli(sources, out, preset, 2, python_tag, totals)
+            else:
+                with lzma.LZMAFile(out, "w", preset=preset) as compressed:
+                    _write_tar(sources, cast(IO[bytes], compressed), python_tag, totals)
+        records = split_stream(stream, kit_dir, chunks)
+        stream_digest = _sha256(stream)
+        stream_bytes = stream.stat().st_size
     finally:
-        writer.close()
+        stream.unlink(missing_ok=True)
     manifest = {
         "format": "tar.xz",
-        "chunks": writer.chunks,
-        "stream": {"bytes": writer.total, "sha256": writer.stream.hexdigest()},
+        "chunks": records,
+        "stream": {"bytes": stream_bytes, "sha256": stream_digest},
         "unpacked": {"bytes": totals["bytes"], "files": totals["files"]},
         "python_tag": python_tag,
+        "preset": preset,
         "pack_seconds": round(time.monotonic() - started, 1),
     } | (extra or {})
     write_text_atomic(kit_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def _git_commit() -> str | None:
-    """This checkout's commit (None outside git)."""
+def up_to_date(kit_dir: Path, wheel_names: list[str], chunks: int, preset: int) -> dict | None:
+    """The manifest of an existing kit built from exactly these wheels, chunk count and preset, whose
+    chunks are all present at their recorded sizes; None when it must be packed again."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+        manifest = read_manifest(kit_dir)
+    except KitError:
         return None
+    same = (
+        manifest.get("wheels") == wheel_names
+        and len(manifest["chunks"]) == chunks
+        and manifest.get("preset") == preset
+        and manifest.get("python_tag") == PYTHON_TAG
+    )
+    present = all(
+        (kit_dir / chunk["name"]).is_file() and (kit_dir / chunk["name"]).stat().st_size == chunk["bytes"]
+        for chunk in manifest["chunks"]
+    )
+    return manifest if same and present else None
 
 
-def build(kit_dir: Path = KIT_DIR, chunk_bytes: int = CHUNK_BYTES, preset: int = 6) -> dict:
-    """Download (cached in `kit_dir/wheels`), unpack into `kit_dir/tree` (removed after), pack into chunks;
-    returns the manifest."""
+def build(kit_dir: Path = KIT_DIR, chunks: int = CHUNKS, preset: int = PRESET, force: bool = False) -> dict:
+    """Download (cached in `kit_dir/wheels`), unpack into `kit_dir/tree` (removed after), pack into
+    chunks; returns the manifest. A kit already built from the same wheels is kept unless `force`."""
     wheels = download_wheels(kit_dir / "wheels")
+    names = [wheel.name for wheel in wheels]
+    if not force and (manifest := up_to_date(kit_dir, names, chunks, preset)) is not None:
+        print(f"kit up to date ({len(names)} wheels, xz -{preset}); `--force` packs it again", flush=True)
+        return manifest
     tree = unpack_wheels(wheels, kit_dir / "tree")
     (tree / "nvidia" / "__init__.py").write_text(NAMESPACE_INIT)
-    print(f"packing {len(wheels)} wheels as tar.xz (xz -{preset}; about 90 s on 2 cores) …", flush=True)
-    extra = {"wheels": [wheel.name for wheel in wheels], "built_at_commit": _git_commit()}
+    print(f"packing {len(wheels)} wheels as tar.xz (xz -{preset}; several minutes on 2 cores) …", flush=True)
     try:
-        return pack([(path, path.name) for path in sorted(tree.iterdir())], kit_dir, chunk_bytes, preset, extra=extra)
+        return pack(
+            [(path, path.name) for path in sorted(tree.iterdir())], kit_dir, chunks, preset, extra={"wheels": names}
+        )
     finally:
         shutil.rmtree(tree, ignore_errors=True)  # ~500 MB, rebuilt from the cached wheels each time
-
-
-def device_calls(manifest: dict, kit_dir: Path = KIT_DIR) -> list[str]:
-    """The device call sequence for this kit, one line per call (what README's GPU section shows)."""
-    names = [chunk["name"] for chunk in manifest["chunks"]]
-    lines = []
-    for number, name in enumerate(names, 1):
-        carry = ([f"{kit_dir}/{MANIFEST}"] if number == 1 else []) + [f"{kit_dir}/{name}"]
-        command = "make gpu-check OUT=$OUT" if number == len(names) else "python3 -m launch.gpucheck.kit receive"
-        timeout = ", timeout_s: 540" if number == len(names) else ", timeout_s: 60"
-        lines.append(f"call {number}: carry {json.dumps(carry)}, command: {command}{timeout}")
-    return lines
 
 
 # -------------------------------------------------------------------------------------------- receive
@@ -399,7 +384,7 @@ def verify(kit_dir: Path = KIT_DIR) -> tuple[dict, list[Path]]:
 
 
 def receive(kit_dir: Path = KIT_DIR) -> str:
-    """One line saying which chunks have arrived intact (for the device calls before the last)."""
+    """One line saying which chunks have arrived intact (each call's facts report it)."""
     manifest = read_manifest(kit_dir)
     chunks = manifest["chunks"]
     states = [
@@ -511,17 +496,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launch.gpucheck.kit", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=("build", "receive", "verify", "unpack"))
     parser.add_argument("--kit", type=Path, default=KIT_DIR, help="kit folder (default .gpu-kit)")
-    parser.add_argument("--chunk-mib", type=float, default=CHUNK_BYTES / MiB, help="largest chunk, MiB (build)")
-    parser.add_argument("--preset", type=int, default=6, choices=range(10), help="xz preset (build)")
+    parser.add_argument("--chunks", type=int, default=CHUNKS, help=f"chunks to split into (build; default {CHUNKS})")
+    parser.add_argument("--preset", type=int, default=PRESET, choices=range(10), help="xz preset (build)")
+    parser.add_argument("--force", action="store_true", help="pack again even when the kit is up to date (build)")
     parser.add_argument("--dest", type=Path, help="unpack here (default: a temp folder named by the kit)")
     args = parser.parse_args(argv)
     try:
         if args.action == "build":
-            manifest = build(args.kit, int(args.chunk_mib * MiB), args.preset)
-            print(f"kit written to {args.kit}/ ({MANIFEST} + {len(manifest['chunks'])} chunk(s)):")
+            manifest = build(args.kit, args.chunks, args.preset, args.force)
+            print(f"kit in {args.kit}/ ({MANIFEST} + {len(manifest['chunks'])} chunk(s)):")
             print("\n".join(describe(manifest)))
-            print("device calls (each `carry` path is ignored by git; the machine keeps them while warm, 30 s):")
-            print("\n".join("  " + line for line in device_calls(manifest, args.kit)))
         elif args.action == "receive":
             print(receive(args.kit))
         elif args.action == "verify":

@@ -1,7 +1,8 @@
 """Checkpoints: `checkpoints/step_<n>/` written atomically, found again for `--resume`, pruned.
 
 A checkpoint is Accelerate's `save_state` (both networks, the three optimisers, every rank's RNG
-states, and the registered `TrainingState` {step, phase}) plus one `loader_rank<r>.pt` per rank with
+states, the registered `TrainingState` {step, phase} and, with `model.ema_decay`, the generator's
+average, rank 0's) plus one `loader_rank<r>.pt` per rank with
 that rank's data-loader position. Everything is written into `step_<n>.tmp/`; after all ranks are
 done, rank 0 renames it to `step_<n>/`, so a killed run never leaves a half checkpoint under a final
 name, and `--resume` ignores `*.tmp` folders. The directory must be visible to every rank (one node,
@@ -103,6 +104,21 @@ def check_processes(directory: str | Path, processes: int) -> None:
     if saved != processes:
         raise TrainingError(
             f"{directory} was written by a run of {saved} processes, this run has {processes}: resume with {saved}"
+        )
+
+
+EMA_FILE = "custom_checkpoint_1.pkl"
+"""The generator's average in a checkpoint: registered right after the `TrainingState` (file 0)."""
+
+
+def check_ema(directory: str | Path, ema_decay: float) -> None:
+    """TrainingError unless the checkpoint in `directory` holds the generator's average exactly when
+    this run keeps one (`model.ema_decay` > 0): an average cannot be made up for steps already done."""
+    saved = (Path(directory) / EMA_FILE).is_file()
+    if saved != (ema_decay > 0):
+        raise TrainingError(
+            f"{directory} was written {'with' if saved else 'without'} an EMA generator and this run has "
+            f"model.ema_decay = {ema_decay}: resume with model.ema_decay {'> 0' if saved else '= 0'}"
         )
 
 

@@ -23,13 +23,19 @@ GAN_LOSSES = (
     "train/d_fake",
     "train/d_total",
 )
+CRITIC_LOSSES = ("train/d_real", "train/d_fake", "train/d_total")
+"""The critic warm-up's terms (D alone), as in GAN."""
 D_OUTPUTS = ("train/d_out_real", "train/d_out_fake")
+D_ACCURACY = ("train/d_acc_real", "train/d_acc_fake")
+"""The share of D's patch logits on the right side of 0 (real > 0, fake < 0): critic warm-up and GAN."""
 LEARNING_RATES = ("train/lr_g", "train/lr_d")
-TRAIN = tuple(dict.fromkeys((*NOGAN_LOSSES, *GAN_LOSSES, *D_OUTPUTS, *LEARNING_RATES)))
+TRAIN = tuple(dict.fromkeys((*NOGAN_LOSSES, *GAN_LOSSES, *CRITIC_LOSSES, *D_OUTPUTS, *D_ACCURACY, *LEARNING_RATES)))
 
 PERF = ("perf/images_per_s", "perf/step_ms", "perf/eta_hours")
 DATA = ("data/wait_fraction",)
-EVAL = ("eval/ab_l1", "eval/ab_l1_grey", "eval/psnr", "eval/psnr_grey")
+EMA_EVAL = ("eval/ema/ab_l1", "eval/ema/psnr")
+"""The generator's average (`model.ema_decay` > 0) on the same validation images."""
+EVAL = ("eval/ab_l1", "eval/ab_l1_grey", "eval/psnr", "eval/psnr_grey", *EMA_EVAL)
 """Validation figures beside the grey (ab = 0) baseline."""
 
 SAMPLE_GRID = "samples/grid"
@@ -41,5 +47,11 @@ SCALARS = (*TRAIN, *PERF, *DATA, *EVAL)
 """Every number the trainer logs (each `metrics.jsonl` line holds some of these besides step/phase)."""
 ALL = (*AXES, *SCALARS, *MEDIA)
 
-SUMMARIES = {"eval/ab_l1": "min", "eval/psnr": "max", **{key: "mean" for key in (*PERF, *DATA)}}
+SUMMARIES = {
+    "eval/ab_l1": "min",
+    "eval/psnr": "max",
+    "eval/ema/ab_l1": "min",
+    "eval/ema/psnr": "max",
+    **{key: "mean" for key in (*PERF, *DATA)},
+}
 """W&B run summaries that are not simply the last value: best eval figures, mean throughput."""

@@ -1,9 +1,15 @@
-"""SIGTERM / SIGINT → a request to stop that the loop honours at the end of the current step.
+"""SIGTERM / SIGINT / SIGUSR1 → a request to stop that the loop honours at the end of the current step.
 
 A handler only sets a flag: saving a checkpoint from inside a signal handler could interrupt a
 collective or an optimizer step half-way. A one-process run stops after the current step; with several
 processes the ranks all-reduce the flag at the loop's next sync point (a logging step), so all stop
 after the same step even when the signal reached them at different moments.
+
+Why SIGUSR1 too: Slurm sends a job's signals to every process of the job step, W&B's service process
+(`wandb-core`) included. `wandb-core` shuts down at once on SIGTERM and SIGINT but lets SIGUSR1 pass,
+so `launch/slurm.sh` asks for SIGUSR1 as its time-limit warning (`--signal=USR1@120`): the run saves
+its checkpoint and W&B still finishes its upload. The exit status, 128 + the signal's number (143,
+130, 138), tells a job script which signal stopped the run.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ import signal
 import threading
 from types import FrameType
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
 
 class StopRequest:
-    """Set by SIGTERM or SIGINT once `install()` has run; `signal_name` says which arrived first."""
+    """Set by SIGTERM, SIGINT or SIGUSR1 once `install()` has run; `signal_name` says which arrived first."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -27,9 +35,9 @@ class StopRequest:
         self.requested = True
 
     def install(self) -> StopRequest:
-        """Route SIGTERM and SIGINT to this flag (only possible from the main thread; elsewhere a no-op)."""
+        """Route the stop signals to this flag (only possible from the main thread; elsewhere a no-op)."""
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

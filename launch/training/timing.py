@@ -20,7 +20,7 @@ import time
 import torch
 
 from configs import ScheduleConfig
-from launch.training.schedule import GAN, NOGAN
+from launch.training.schedule import PHASES, steps_left
 
 
 class StepTimer:
@@ -37,8 +37,8 @@ class StepTimer:
         self._window_wait = 0.0
         self._window_total = 0.0
         self._window_steps = 0
-        self._phase_time = {NOGAN: 0.0, GAN: 0.0}
-        self._phase_steps = {NOGAN: 0, GAN: 0}
+        self._phase_time = dict.fromkeys(PHASES, 0.0)
+        self._phase_steps = dict.fromkeys(PHASES, 0)
 
     def start_step(self) -> None:
         """Call before asking the loader for the batch."""
@@ -86,15 +86,15 @@ class StepTimer:
         return self._phase_time[phase] / steps if steps else None
 
     def eta_hours(self, done_steps: int, schedule: ScheduleConfig) -> float:
-        """Projected hours to finish the schedule from measured per-phase step times; a phase not yet
-        timed is projected at the rate of the phase that has been."""
-        nogan_left = max(0, schedule.nogan_steps - done_steps)
-        gan_left = schedule.nogan_steps + schedule.gan_steps - done_steps - nogan_left
-        nogan_rate = self.seconds_per_step(NOGAN)
-        gan_rate = self.seconds_per_step(GAN)
-        nogan_rate = nogan_rate if nogan_rate is not None else (gan_rate or 0.0)
-        gan_rate = gan_rate if gan_rate is not None else nogan_rate
-        return (nogan_left * nogan_rate + gan_left * gan_rate) / 3600.0
+        """Projected hours to finish the schedule (NoGAN, critic warm-up, GAN) from measured per-phase
+        step times; a phase not yet timed is projected at the mean rate of the phases that have been."""
+        rates = {phase: self.seconds_per_step(phase) for phase in PHASES}
+        timed = [rate for rate in rates.values() if rate is not None]
+        guess = sum(timed) / len(timed) if timed else 0.0
+        seconds = sum(
+            steps_left(phase, done_steps, schedule) * (guess if rate is None else rate) for phase, rate in rates.items()
+        )
+        return seconds / 3600.0
 
     def window(self) -> dict[str, float]:
         """perf/images_per_s, perf/step_ms, data/wait_fraction over the steps since the last call."""

@@ -1,8 +1,15 @@
 """One W&B run per training run: its stable id, axes and summaries, lineage, the sample table, alerts.
 
-Rank 0 only. The trainer starts W&B through Accelerate's tracker with `init_kwargs` below and wraps the
-started run in `WandbRun`; `colorize-wandb sync` wraps the run it replays into in the same class, so an
-offline run uploaded later logs exactly what an online run logs.
+Rank 0 only. The trainer starts W&B with `start` below (plain `wandb.init`: the project logs artifacts,
+tables, alerts and metric definitions, which Accelerate's tracker does not wrap, so there is one path to
+W&B) and wraps the run in `WandbRun`; `colorize-wandb sync` wraps the run it replays into in the same
+class, so an offline run uploaded later logs exactly what an online run logs.
+
+W&B never stops training: every call to W&B's service goes through `WandbRun`, which notices when the
+service process has gone (Slurm signals every process of a job step, and `wandb-core` exits at once on
+SIGTERM) or a call fails, says so once, and carries on without W&B; `metrics.jsonl` and the files below
+still hold everything for `colorize-wandb sync`. During a stop, calls are held until the checkpoint is
+saved (`hold` / `release`).
 
 Files this module keeps in the run directory:
 
@@ -32,6 +39,7 @@ import numpy as np
 from configs import ConfigError
 from configs.atomic import write_text_atomic
 from launch.training import metric_keys as keys
+from launch.training.tracking import read_jsonl
 
 RUN_ID_FILE = "wandb-run-id"
 MODEL_LEDGER = "models.jsonl"
@@ -102,6 +110,45 @@ def init_kwargs(logging_cfg, run_name: str, run_dir: Path, run_id: str, mode: st
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
+def start(logging_cfg, run_name: str, run_dir: Path, run_id: str, mode: str, project: str, config: dict[str, Any]):
+    """`wandb.init` for a training run (or its replay): the stable id, the flat config, `job_type`
+    train. W&B's own banner is kept short: offline it is silenced (the project prints how to upload
+    with `colorize-wandb sync`; W&B's hint would name `wandb sync`, which does not replay fragments,
+    see `launch/apps/wandb_cli.py`), online it keeps only the run's links."""
+    import wandb
+
+    settings = wandb.Settings(silent=True) if mode == "offline" else wandb.Settings(quiet=True)
+    kwargs = init_kwargs(logging_cfg, run_name, run_dir, run_id, mode)
+    return wandb.init(project=project, config=config, job_type="train", settings=settings, **kwargs)
+
+
+def open_run(cfg, config: dict[str, Any], run_id: str, mode: str, start_step: int, write: Callable[[str], None]):
+    """The training run's `WandbRun` (rank 0): W&B started with the stable id, metrics defined, the
+    dataset recorded, the model ledger read. None, after one line saying so, when W&B cannot start:
+    training never depends on it."""
+    try:
+        run = start(cfg.logging, cfg.run.name, cfg.run_dir, run_id, mode, cfg.logging.project, config)
+    except Exception as exc:  # whatever W&B raises, training goes on without it
+        write(f"W&B did not start ({type(exc).__name__}: {exc}); training goes on without it")
+        quiet_teardown()
+        return None
+    wb = WandbRun(
+        run,
+        mode=mode,
+        run_dir=cfg.run_dir,
+        global_batch=cfg.data.batch_size,
+        start_step=start_step,
+        alert_wait_fraction=cfg.logging.alert_wait_fraction,
+        alert_wait_logs=cfg.logging.alert_wait_logs,
+        write=write,
+    )
+    wb.ledger = ModelLedger(cfg.run_dir, start_step)
+    wb.define_metrics()
+    wb.use_dataset(cfg.data.shards)
+    wb.backfill(read_jsonl(cfg.run_dir / "metrics.jsonl"))
+    return wb
+
+
 def agent_overrides(extra_args: list[str]) -> list[str]:
     """The `--key=value` arguments a W&B sweep agent appends (`${args}`) → `key=value` overrides.
 
@@ -124,16 +171,21 @@ def agent_overrides(extra_args: list[str]) -> list[str]:
 
 
 def dataset_artifact(shards_dir: str | Path):
-    """A `dataset` artifact for the shards in `shards_dir`, by reference: `manifest.json` is its one
-    uploaded file; every shard is a `file://` reference carrying the manifest's SHA-256 and size (W&B
-    does not read or upload the shards). Counts go to the metadata."""
+    """A `dataset` artifact for the shards in `shards_dir` (a folder or an `s3://` prefix), by
+    reference: `manifest.json` is its one uploaded file; every shard is a `file://` (or `s3://`)
+    reference carrying the manifest's SHA-256 and size (W&B does not read or upload the shards). Counts,
+    and an object store's bucket and prefix, go to the metadata."""
     import wandb
 
-    shards_dir = Path(shards_dir).resolve()
-    manifest_path = shards_dir / "manifest.json"
-    if not manifest_path.is_file():
+    from pipeline.location import ObjectUrl, ShardsDirError, base_name, is_remote, join, read_bytes
+
+    remote = is_remote(shards_dir)
+    shards_dir = str(shards_dir).rstrip("/") if remote else Path(shards_dir).resolve()
+    try:
+        manifest_bytes = read_bytes(join(shards_dir, "manifest.json"))
+    except (OSError, ShardsDirError):
         return None
-    manifest = json.loads(manifest_path.read_text())
+    manifest = json.loads(manifest_bytes)
     totals = manifest.get("totals", {})
     metadata = {
         "source": manifest.get("source"),
@@ -144,16 +196,21 @@ def dataset_artifact(shards_dir: str | Path):
         "skipped": totals.get("skipped", len(manifest.get("skipped", []))),
         "keep_colourless": manifest.get("options", {}).get("keep_colourless"),
     }
+    if remote:
+        url = ObjectUrl.parse(shards_dir)
+        metadata |= {"bucket": url.bucket, "prefix": url.key}
     artifact = wandb.Artifact(
-        f"shards-{_safe_name(shards_dir.name)}",
+        f"shards-{_safe_name(base_name(shards_dir))}",
         type="dataset",
         metadata=metadata,
         description=f"WebDataset shards in {shards_dir} (by reference)",
     )
-    artifact.add_file(str(manifest_path), name="manifest.json")
+    with artifact.new_file("manifest.json", mode="wb") as file:
+        file.write(manifest_bytes)
     for shard in manifest.get("shards", []):
         # checksum=False: W&B would otherwise read every byte; the manifest's SHA-256 is the checksum.
-        (entry,) = artifact.add_reference(f"file://{shards_dir / shard['name']}", name=shard["name"], checksum=False)
+        ref = join(shards_dir, shard["name"]) if remote else f"file://{join(shards_dir, shard['name'])}"
+        (entry,) = artifact.add_reference(str(ref), name=shard["name"], checksum=False)
         entry.size = shard.get("bytes")
         entry.extra["sha256"] = shard.get("sha256")
         entry.extra["split"] = shard.get("split")
@@ -169,9 +226,15 @@ def model_artifact_name(run_id: str) -> str:
     return f"generator-{run_id}"
 
 
+def exported_ab_l1(eval_values: dict[str, float]) -> float | None:
+    """The val ab-L1 of what was exported: the generator's average (`eval/ema/ab_l1`) when the run
+    keeps one (it is then the export), else the generator's (`eval/ab_l1`)."""
+    return eval_values.get("eval/ema/ab_l1", eval_values.get("eval/ab_l1"))
+
+
 class ModelLedger:
-    """`models.jsonl`: which exports were logged with which aliases. Decides `best` (lowest
-    `eval/ab_l1` of an export) across resumes: lines past the resumed step are dropped like
+    """`models.jsonl`: which exports were logged with which aliases. Decides `best` (lowest val
+    ab-L1 of an export, `exported_ab_l1`) across resumes: lines past the resumed step are dropped like
     `metrics.jsonl`'s."""
 
     def __init__(self, run_dir: Path, start_step: int) -> None:
@@ -184,8 +247,8 @@ class ModelLedger:
         self.entries = kept
 
     def best_ab_l1(self) -> float:
-        values = [e["eval"]["eval/ab_l1"] for e in self.entries if "eval/ab_l1" in e.get("eval", {})]
-        return min(values, default=math.inf)
+        values = [exported_ab_l1(e.get("eval", {})) for e in self.entries]
+        return min((v for v in values if v is not None), default=math.inf)
 
     def aliases(self, eval_values: dict[str, float], nogan_final: bool, final: bool) -> list[str]:
         aliases = ["latest"]
@@ -193,7 +256,7 @@ class ModelLedger:
             aliases.append("nogan-final")
         if final:
             aliases.append("final")
-        ab_l1 = eval_values.get("eval/ab_l1")
+        ab_l1 = exported_ab_l1(eval_values)
         if ab_l1 is not None and ab_l1 < self.best_ab_l1():
             aliases.append("best")
         return aliases
@@ -209,13 +272,6 @@ class ModelLedger:
             handle.write(json.dumps(entry) + "\n")
         self.entries.append(entry)
         return entry
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -286,6 +342,9 @@ class WandbRun:
     `log` adds the `step` and `samples_seen` axes to every row and drops rows below the run's first
     new step: after an online resume W&B already holds the steps up to the killed job's last log and
     would refuse lower ones anyway, so the dashboard shows each step once.
+
+    Every call to W&B's service goes through `_send`: held while `hold()` is on, skipped for good once
+    W&B has failed (`failed`), and never raising.
     """
 
     def __init__(
@@ -305,7 +364,9 @@ class WandbRun:
         self.run_dir = Path(run_dir)
         self.global_batch = global_batch
         self.write = write or (lambda message: print(message, file=sys.stderr))
-        self.first_step = max(int(getattr(run, "starting_step", 0) or 0), start_step + 1)
+        self.held_until = int(getattr(run, "starting_step", 0) or 0)
+        """W&B's `starting_step` of a resumed online run: it holds the steps below this one."""
+        self.first_step = max(self.held_until, start_step + 1)
         if self.first_step > start_step + 1:
             self.write(
                 f"W&B run {run.id} already holds steps up to {self.first_step - 1}: "
@@ -317,14 +378,78 @@ class WandbRun:
         self.last_eval: tuple[int, dict[str, float]] | None = None
         self.ledger: ModelLedger | None = None
         """The run's model aliases (latest, final, best…): set by training, which logs models."""
+        self.failed = False
+        """Set once W&B failed or its service went away; nothing is sent after that."""
+        self._held: list[tuple[str, Callable[[], object]]] | None = None
+        self._service = service_process()
+
+    # The one way to W&B -----------------------------------------------------------------------------
+
+    def _send(self, what: str, call: Callable[[], object]) -> None:
+        if self.failed:
+            return
+        if self._held is not None:
+            self._held.append((what, call))
+            return
+        if service_gone(self._service):
+            self._fail(what, "its service process (wandb-core) has exited")
+            return
+        try:
+            call()
+        except Exception as exc:  # whatever W&B raises, training goes on without it
+            self._fail(what, f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, what: str, reason: str) -> None:
+        self.failed = True
+        self.write(
+            f"W&B stopped working ({what}: {reason}); training goes on without it. metrics.jsonl keeps "
+            f"every step: `colorize-wandb sync {self.run_dir}` uploads the run later"
+        )
+        quiet_teardown()
+
+    def backfill(self, records: list[dict[str, Any]]) -> None:
+        """Send the `metrics.jsonl` rows of the steps a resumed online run lacks: W&B holds the steps
+        below `held_until`, training continues from `first_step`, and the steps between were lost with
+        the previous job's W&B service (Slurm signals it with the job; it exits at once on SIGTERM)."""
+        rows = [r for r in records if self.held_until <= r["step"] < self.first_step]
+        if self.mode != "online" or not rows:  # offline fragments are replayed whole by `colorize-wandb sync`
+            return
+        self.write(
+            f"W&B run {self.run.id} lacks steps {rows[0]['step']}…{rows[-1]['step']} (lost with the last job's "
+            "W&B service): sent from metrics.jsonl"
+        )
+        for record in rows:
+            self._send_row(record["step"], {k: v for k, v in record.items() if k not in ("step", "phase")})
+
+    def hold(self) -> None:
+        """Queue calls to W&B until `release()` (a stop saves its checkpoint before W&B is touched)."""
+        if self._held is None:
+            self._held = []
+
+    def release(self) -> None:
+        """Send what `hold()` queued, in order."""
+        held, self._held = self._held or [], None
+        for what, call in held:
+            self._send(what, call)
+
+    def finish(self, preempted: bool = False) -> None:
+        """End the run, waiting for W&B's uploads. `preempted`: the run stopped early and a resumed
+        job continues it (W&B shows it as preempted, not crashed)."""
+        if preempted:
+            self._send("mark_preempting", self.run.mark_preempting)
+        self._send("finish", self.run.finish)
 
     def define_metrics(self) -> None:
         """`step` is the x-axis of everything (and `samples_seen` available); best eval and mean perf
         summaries."""
-        self.run.define_metric(keys.STEP)
-        self.run.define_metric(keys.SAMPLES_SEEN, step_metric=keys.STEP)
-        for key in (*keys.SCALARS, *keys.MEDIA):
-            self.run.define_metric(key, step_metric=keys.STEP, summary=keys.SUMMARIES.get(key, "last"))
+
+        def define() -> None:
+            self.run.define_metric(keys.STEP)
+            self.run.define_metric(keys.SAMPLES_SEEN, step_metric=keys.STEP)
+            for key in (*keys.SCALARS, *keys.MEDIA):
+                self.run.define_metric(key, step_metric=keys.STEP, summary=keys.SUMMARIES.get(key, "last"))
+
+        self._send("define_metric", define)
 
     # Rows -----------------------------------------------------------------------------------------
 
@@ -335,7 +460,11 @@ class WandbRun:
         if "eval/ab_l1" in scalars:
             self.last_eval = (step, {k: scalars[k] for k in keys.EVAL if k in scalars})
         self.check_data_wait(scalars.get("data/wait_fraction"))
-        self.run.log({keys.STEP: step, keys.SAMPLES_SEEN: step * self.global_batch, **values}, step=step)
+        self._send_row(step, values)
+
+    def _send_row(self, step: int, values: dict[str, Any]) -> None:
+        row = {keys.STEP: step, keys.SAMPLES_SEEN: step * self.global_batch, **values}
+        self._send("log", lambda: self.run.log(row, step=step))
 
     def image(self, picture: np.ndarray, caption: str | None = None):
         import wandb
@@ -361,9 +490,9 @@ class WandbRun:
         if artifact is None:
             return
         if self.mode == "online":
-            self.run.use_artifact(artifact, aliases=["latest"])
+            self._send("use_artifact", lambda: self.run.use_artifact(artifact, aliases=["latest"]))
         else:
-            self.run.log_artifact(artifact, aliases=["latest"])
+            self._send("log_artifact", lambda: self.run.log_artifact(artifact, aliases=["latest"]))
 
     def log_model(
         self, weights: Path, step: int, phase: str, aliases: list[str], eval_values: dict[str, float]
@@ -380,7 +509,7 @@ class WandbRun:
             description="colorization generator (load with `colorize --weights`)",
         )
         artifact.add_file(str(weights), name="generator.safetensors")
-        self.run.log_artifact(artifact, aliases=aliases)
+        self._send("log_artifact", lambda: self.run.log_artifact(artifact, aliases=aliases))
 
     # Alerts ---------------------------------------------------------------------------------------
 
@@ -390,7 +519,7 @@ class WandbRun:
             return
         import wandb
 
-        self.run.alert(title=title, text=text, level=getattr(wandb.AlertLevel, level))
+        self._send("alert", lambda: self.run.alert(title=title, text=text, level=getattr(wandb.AlertLevel, level)))
 
     def check_data_wait(self, wait_fraction: float | None) -> None:
         """Alert once when `data/wait_fraction` stays above the threshold for `alert_wait_logs`
@@ -405,3 +534,46 @@ class WandbRun:
                 f"data/wait_fraction above {self.alert_wait_fraction:.0%} for {self._waits_above} logging "
                 f"steps in a row (last {wait_fraction:.0%}): the device waits for data; see perf/ and data/.",
             )
+
+
+def service_process():
+    """W&B's service process (`wandb-core`) when this process started it (a child), else None
+    (for instance when `WANDB_SERVICE` points at a service someone else started)."""
+    import psutil
+
+    try:
+        return next((p for p in psutil.Process().children() if p.name() == "wandb-core"), None)
+    except psutil.Error:
+        return None
+
+
+def service_gone(process) -> bool:
+    """True when `process` (from `service_process`) has exited; a child nobody has waited for yet is a
+    zombie, which counts as exited."""
+    if process is None:
+        return False
+    import psutil
+
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def quiet_teardown() -> None:
+    """Drop W&B's connection to a service that failed. `wandb.teardown()` unregisters W&B's exit hook
+    first (which would otherwise print a traceback at exit); what it raises after that, and the
+    `SystemExit` it raises for a service that exited non-zero, are W&B's failure already reported."""
+    import logging
+
+    import wandb
+
+    # The dead socket also makes asyncio warn ("socket.send() raised exception."): said once above.
+    asyncio_log = logging.getLogger("asyncio")
+    was_disabled, asyncio_log.disabled = asyncio_log.disabled, True
+    try:
+        wandb.teardown()
+    except (Exception, SystemExit):
+        pass
+    finally:
+        asyncio_log.disabled = was_disabled
