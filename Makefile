@@ -43,7 +43,8 @@ lint: install
 test-gpu: install
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
 
-# Mutation testing with cosmic-ray (tests/mutation.py; not part of CI: hours on 2 cores, hence nice).
+# Mutation testing with cosmic-ray (tests/mutation.py, docs/mutation.md): not part of CI, minutes to tens of
+# minutes per module on 2 cores, hence nice.
 # Each module's mutants meet only that module's fast tests; MUTATE="lab gan" picks modules.
 MUTATE ?=
 mutation: install

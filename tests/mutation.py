@@ -14,9 +14,10 @@ install: the checkout is never touched, and other test runs do not see mutants. 
 imports torch costs several seconds per mutant, more than most of the tests, so the test command
 cosmic-ray runs is a small client of a fork server: one process imports the third-party libraries
 once (and runs nothing), and each mutant's pytest runs in a fork of it, which imports the project
-(mutant included) from the tree. Not part of CI: the whole set takes hours on 2 cores. Per target it prints one score line and writes
-`runs/mutation/<target>.survivors.txt` (line, operator and diff of every mutant that survived);
-`docs/mutation.md` says why each survivor is equivalent, or which test would catch it.
+(mutant included) from the tree. Not part of CI (each target's time is in BENCHMARKS.md, "Mutation
+testing"). Per target it prints one score line and writes `runs/mutation/<target>.survivors.txt`
+(line, operator and diff of every mutant that survived); `docs/mutation.md` says why each survivor
+is equivalent, or which test catches it now.
 
     python tests/mutation.py [target ...]          # all targets when none is named
     make mutation MUTATE="lab gan"
