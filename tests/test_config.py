@@ -238,7 +238,7 @@ def test_malformed_overrides_raise(override):
     "override, message",
     [
         ("data..size=256", "override 'data..size=256' has an empty key"),
-        ("data.size=[1,", "override data.size has an unparsable value '[1,'"),
+        ("data.size=[1,", "override data.size=[1,: unparsable value '[1,'"),
     ],
 )
 def test_malformed_overrides_are_named(override, message):
