@@ -223,11 +223,13 @@ def test_command(target: Target, address: str) -> list[str]:
     return [PYTHON, str(REPO / "tests" / "mutation.py"), "--client", address, "--", *pytest_args]
 
 
-def run_tests(target: Target, address: str) -> float:
-    """Run the target's tests once, unmutated; seconds taken. Exits when they fail."""
+def run_tests(target: Target, address: str) -> float | None:
+    """Run the target's tests once, unmutated; seconds taken, or None when they fail (their output is
+    kept in `runs/mutation/<target>.unmutated.log`)."""
     start = time.monotonic()
     if subprocess.run(test_command(target, address)).returncode != 0:
-        sys.exit(f"{target.name}: the tests fail without any mutant (see {WORK / 'last-test.log'})")
+        shutil.copy(WORK / "last-test.log", WORK / f"{target.name}.unmutated.log")
+        return None
     return time.monotonic() - start
 
 
@@ -313,8 +315,13 @@ def report(session: Path, target: Target, minutes: float) -> tuple[int, int]:
     return killed, len(survivors)
 
 
-def mutate(target: Target, address: str, env: dict[str, str]) -> tuple[int, int]:
+def mutate(target: Target, address: str, env: dict[str, str]) -> bool:
+    """Mutation-test one target and print its score line; False when its tests fail unmutated."""
     seconds = run_tests(target, address)
+    if seconds is None:
+        log = WORK / f"{target.name}.unmutated.log"
+        print(f"{target.name:<12} {target.module:<32} not measured: its tests fail without any mutant ({log})")
+        return False
     config = WORK / f"{target.name}.toml"
     session = WORK / f"{target.name}.sqlite"
     command = " ".join(f"'{part}'" for part in test_command(target, address))
@@ -332,7 +339,8 @@ def mutate(target: Target, address: str, env: dict[str, str]) -> tuple[int, int]
     subprocess.run([COSMIC_RAY, "init", str(config), str(session)], cwd=TREE, env=env, check=True)
     skip_unwanted(session, target)
     subprocess.run([COSMIC_RAY, "exec", str(config), str(session)], cwd=TREE, env=env, check=True)
-    return report(session, target, (time.monotonic() - start) / 60)
+    report(session, target, (time.monotonic() - start) / 60)
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -359,13 +367,14 @@ def main(argv: list[str] | None = None) -> None:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready", (
             "the fork server did not start"
         )
-        for target in TARGETS:
-            if not args.targets or target.name in args.targets:
-                mutate(target, address, env)
+        chosen = [target for target in TARGETS if not args.targets or target.name in args.targets]
+        measured = [mutate(target, address, env) for target in chosen]
     finally:
         server.kill()
         server.wait()
         Path(address).unlink(missing_ok=True)
+    if not all(measured):
+        sys.exit("some targets were not measured: their tests fail without any mutant")
 
 
 if __name__ == "__main__":
