@@ -29,8 +29,9 @@ from torchvision.models import VGG19_BN_Weights
 from torchvision.models.vgg import cfgs, make_layers
 
 from configs import ConfigError, LossConfig
-from models.export import UnreadableStateDict, first_line, read_state_dict
+from models.export import UnreadableStateDict, read_state_dict
 from pipeline.lab import denormalize_lab, lab_to_rgb
+from pipeline.location import first_line
 
 # Module index ranges of vgg19_bn.features: up to and including pool3 (26), pool4 (39), pool5 (52).
 VGG_SLICES = ((0, 27), (27, 40), (40, 53))

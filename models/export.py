@@ -30,6 +30,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from configs import ModelConfig
 from configs.atomic import atomic_path
+from pipeline.location import first_line
 
 FORMAT = "colorization-generator/1"
 NORMALISATION = {"L": "L*/50 - 1", "ab": "ab*/128", "colour_space": "CIELAB D65 (skimage constants)"}
@@ -153,11 +154,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise UnreadableStateDict(f"holds a {type(obj).__name__}, not a state_dict")
     # Keep the tensors; a dict without the expected keys then fails where the missing key is named.
     return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type's name when the message is empty)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -178,14 +178,14 @@ def describe(exc: BaseException, url: str | Path | ObjectUrl) -> StoreError:
         return StoreError(f"{url}: the object store at {endpoint()} answered {code or _status(exc)}")
     if transient(exc):
         return StoreError(
-            f"{url}: cannot reach the object store at {endpoint()} (check AWS_ENDPOINT_URL): {_first_line(exc)}"
+            f"{url}: cannot reach the object store at {endpoint()} (check AWS_ENDPOINT_URL): {first_line(exc)}"
         )
-    return StoreError(f"{url}: {type(exc).__name__}: {_first_line(exc)}")
+    return StoreError(f"{url}: {type(exc).__name__}: {first_line(exc)}")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def retrying(url: str | Path | ObjectUrl, call: Callable[[], T], retry_seconds: float = 0.0) -> T:

@@ -84,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
         help="build only the K-th of N disjoint parts of the plan (N machines, one OUT); "
         "the last part to finish writes manifest.json",
     )
-    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.add_argument(
+        "--quiet", action="store_true", help="no progress bar and no next-step hint: the summary line alone"
+    )
     build.add_argument("--staging", default=None, metavar="DIR", help=STAGING_HELP)
 
     merge = commands.add_parser("merge", help="check the parts of a --part K/N build and write manifest.json")
@@ -159,7 +161,7 @@ def _build(args) -> int:
         )
     _print_skipped(manifest)
     status = _nothing_kept(manifest, args.out)
-    if status == 0 and "missing" not in manifest:
+    if status == 0 and "missing" not in manifest and not args.quiet:
         print(
             f"next: colorize-train --config configs/demo.yaml data.shards={args.out} run.name={base_name(args.out)}"
             "   (configs/imagenet.yaml for an ImageNet-sized set)"

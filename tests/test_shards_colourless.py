@@ -57,7 +57,7 @@ def test_dark_night_shot_with_a_few_coloured_lights_stays():
     night = rng.integers(0, 12, (375, 500, 1)).repeat(3, axis=2).astype(np.uint8)  # near-black grey sky
     yy, xx = np.mgrid[:375, :500]
     for (y, x), colour in zip(
-        [(60, 80), (200, 300), (300, 420)], [(255, 180, 60), (255, 40, 40), (60, 200, 255)], strict=False
+        [(60, 80), (200, 300), (300, 420)], [(255, 180, 60), (255, 40, 40), (60, 200, 255)], strict=True
     ):
         night[(yy - y) ** 2 + (xx - x) ** 2 < 8**2] = colour  # three street lights, 0.3 % of the frame
     assert _status(jpeg_bytes(night)) == KEPT

@@ -14,12 +14,12 @@ def test_demo_images_are_deterministic_class_folders_of_imagenet_sized_jpegs(tmp
     first = write_demo_images(tmp_path / "a", count=18, seed=1)
     second = write_demo_images(tmp_path / "b", count=18, seed=1)
     assert [p.relative_to(tmp_path / "a") for p in first] == [p.relative_to(tmp_path / "b") for p in second]
-    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first, second, strict=False))
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first, second, strict=True))
     classes = {p.parent.name for p in first}
     assert classes == set(colour_sources()) and len(classes) >= 8
     assert str(first[0].relative_to(tmp_path / "a")) == "astronaut/0000.jpg"
     sizes = [Image.open(p).size for p in first]
-    assert all(300 <= max(s) <= 500 and Image.open(p).mode == "RGB" for s, p in zip(sizes, first, strict=False))
+    assert all(300 <= max(s) <= 500 and Image.open(p).mode == "RGB" for s, p in zip(sizes, first, strict=True))
     assert len(set(sizes)) > 5  # varied crops, not one size
     other_seed = write_demo_images(tmp_path / "c", count=18, seed=2)
     assert first[0].read_bytes() != other_seed[0].read_bytes()

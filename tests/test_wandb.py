@@ -202,6 +202,17 @@ def test_killed_run_fragments_share_one_id_and_sync_replays_each_step_once(shard
     assert [row[4] for row in table["data"]] == pytest.approx([r["ab_l1"] for r in saved])
 
 
+def _long_offline_run(shards, tmp_path):
+    """A tiny run of 500 NoGAN steps logging every step to offline W&B: long enough to be stopped."""
+    return tiny_config(
+        tmp_path / "tiny.yaml",
+        shards,
+        tmp_path / "runs",
+        schedule={"nogan_steps": 500, "gan_steps": 0},
+        logging={"wandb": "offline", "every_steps": 1},
+    )
+
+
 @pytest.mark.slow
 def test_a_stop_signal_to_every_process_still_saves_and_exits_143(shards, tmp_path):
     """SIGTERM to the trainer and all its children at once (W&B's service included), as Slurm signals a
@@ -209,13 +220,7 @@ def test_a_stop_signal_to_every_process_still_saves_and_exits_143(shards, tmp_pa
     traceback), and the exit status is the stop's, 143."""
     import psutil
 
-    config = tiny_config(
-        tmp_path / "tiny.yaml",
-        shards,
-        tmp_path / "runs",
-        schedule={"nogan_steps": 500, "gan_steps": 0},
-        logging={"wandb": "offline", "every_steps": 1},
-    )
+    config = _long_offline_run(shards, tmp_path)
     run_dir = tmp_path / "runs" / "tiny"
     proc = _start_train(["--config", str(config)])
     _wait_for(proc, lambda: len(_logged_steps(run_dir / "metrics.jsonl")) >= 2, "two logged steps")
@@ -237,13 +242,7 @@ def test_a_stop_signal_to_every_process_still_saves_and_exits_143(shards, tmp_pa
 def test_a_run_killed_before_its_first_checkpoint_keeps_its_wandb_run_id(shards, tmp_path):
     """The W&B run id is made with the run directory, before the first step: a run SIGKILLed before any
     checkpoint and started again with --resume (from step 0) logs to the same W&B run."""
-    config = tiny_config(
-        tmp_path / "tiny.yaml",
-        shards,
-        tmp_path / "runs",
-        schedule={"nogan_steps": 500, "gan_steps": 0},
-        logging={"wandb": "offline", "every_steps": 1},
-    )
+    config = _long_offline_run(shards, tmp_path)
     run_dir = tmp_path / "runs" / "tiny"
     killed = _start_train(["--config", str(config)])
     _wait_for(killed, lambda: len(_logged_steps(run_dir / "metrics.jsonl")) >= 1, "a logged step")

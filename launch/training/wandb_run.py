@@ -305,10 +305,10 @@ def save_table_files(run_dir: Path, step: int, grey, pred, truth, ab_l1, psnr) -
     """`tables/step_<n>.png` (rows of grey | prediction | truth, no padding) and `.json` (metrics)."""
     from launch.training.samples import save_png
 
-    grid = np.concatenate([np.concatenate(row, axis=1) for row in zip(grey, pred, truth, strict=False)], axis=0)
+    grid = np.concatenate([np.concatenate(row, axis=1) for row in zip(grey, pred, truth, strict=True)], axis=0)
     base = Path(run_dir) / "tables" / f"step_{step}"
     save_png(grid, base.with_suffix(".png"))
-    rows = [{"index": i, "ab_l1": a, "psnr": p} for i, (a, p) in enumerate(zip(ab_l1, psnr, strict=False))]
+    rows = [{"index": i, "ab_l1": a, "psnr": p} for i, (a, p) in enumerate(zip(ab_l1, psnr, strict=True))]
     write_text_atomic(base.with_suffix(".json"), json.dumps({"step": step, "rows": rows}) + "\n")
 
 
@@ -476,7 +476,7 @@ class WandbRun:
         import wandb
 
         table = wandb.Table(columns=list(keys.SAMPLE_TABLE_COLUMNS))
-        for i, row in enumerate(zip(grey, pred, truth, ab_l1, psnr, strict=False)):
+        for i, row in enumerate(zip(grey, pred, truth, ab_l1, psnr, strict=True)):
             table.add_data(i, self.image(row[0]), self.image(row[1]), self.image(row[2]), float(row[3]), float(row[4]))
         return table
 
