@@ -224,9 +224,7 @@ def test_killed_build_resumes_to_byte_identical_shards(tmp_path, colour_photos, 
 
     rerun = subprocess.run([*CLI, "build", str(built_from), str(killed), *args], capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
-    # --quiet: no progress lines, only the summary and the `next:` hint
-    summary, hint = rerun.stdout.splitlines()
-    assert summary.startswith("300 images → kept 300") and hint.startswith("next: colorize-train"), rerun.stdout
+    assert len(rerun.stdout.splitlines()) == 1, rerun.stdout  # --quiet: the summary line alone
     assert first.stat().st_mtime_ns == first_stamp  # a finished shard is not redone
     assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]
 
