@@ -365,6 +365,28 @@ def test_a_checkpoint_resumes_only_with_the_number_of_processes_that_wrote_it(tm
         check_processes(tmp_path, 4)
 
 
+def test_a_checkpoint_resumes_with_an_ema_generator_exactly_when_it_holds_one(tmp_path):
+    from launch.training.checkpoint import EMA_FILE, check_ema
+    from launch.training.errors import TrainingError
+
+    without, holding = tmp_path / "without", tmp_path / "with"
+    without.mkdir()
+    holding.mkdir()
+    (holding / EMA_FILE).write_bytes(b"")
+    check_ema(without, 0.0)
+    check_ema(holding, 0.999)
+    with pytest.raises(
+        TrainingError,
+        match=r"without an EMA generator and this run has model.ema_decay = 0.999: resume with model.ema_decay = 0$",
+    ):
+        check_ema(without, 0.999)
+    with pytest.raises(
+        TrainingError,
+        match=r"with an EMA generator and this run has model.ema_decay = 0.0: resume with model.ema_decay > 0$",
+    ):
+        check_ema(holding, 0.0)
+
+
 class _LoaderPosition:
     """What a checkpoint needs of a data loader: its position as a state dict, refused (ValueError)
     when it was saved by a loader of another backend."""
