@@ -26,6 +26,7 @@ is equivalent, or which test catches it now.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -196,7 +197,9 @@ def serve(address: str) -> None:
                 done, status = os.waitpid(child, os.WNOHANG)
                 if done:
                     connection.setblocking(True)
-                    connection.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+                    # After a timeout the client is gone; the server must live on for the next mutant.
+                    with contextlib.suppress(OSError):
+                        connection.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
                     break
                 try:
                     if connection.recv(1) == b"":  # the client was killed (cosmic-ray's timeout)
