@@ -370,8 +370,13 @@ def main(argv: list[str] | None = None) -> None:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready", (
             "the fork server did not start"
         )
-        chosen = [target for target in TARGETS if not args.targets or target.name in args.targets]
-        measured = [mutate(target, address, env) for target in chosen]
+        measured = []
+        for target in TARGETS:
+            if not args.targets or target.name in args.targets:
+                measured.append(mutate(target, address, env))
+                # Without the server every test command fails, which cosmic-ray counts as killed.
+                if server.poll() is not None:
+                    sys.exit(f"the fork server died during {target.name}: its score above is not valid")
     finally:
         server.kill()
         server.wait()
