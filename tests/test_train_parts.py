@@ -339,6 +339,22 @@ def test_vgg_weights_are_fetched_by_the_main_process_first(monkeypatch):
     assert events == ["main first: enter", "build VGG", "main first: exit"]
 
 
+@pytest.mark.parametrize(
+    "weights, built",
+    [
+        (["loss.feature_weight_gan=0.5"], True),
+        (["loss.feature_weight_gan=0.5", "schedule.gan_steps=1"], True),
+        (["loss.feature_weight_gan=0.5", "schedule.gan_steps=0"], False),
+        (["loss.feature_weight_gan=0"], False),
+    ],
+)
+def test_the_vgg_is_built_exactly_when_a_phase_that_runs_weighs_its_features(weights, built):
+    from launch.training.gan import build_feature_loss_if_used
+
+    cfg = load_config(None, ["loss.vgg_weights=none", "loss.feature_weight_nogan=0", *weights])
+    assert (build_feature_loss_if_used(cfg, _FakeAccelerator([])) is not None) == built
+
+
 def test_sample_grid_decodes_one_batch_of_exactly_its_images(monkeypatch):
     import launch.train as train
 
