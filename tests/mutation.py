@@ -76,6 +76,7 @@ TARGETS = (
             "tests/test_gan_steps.py",
             "tests/test_critic_ema.py::test_critic_step_changes_only_d",
             "tests/test_train_parts.py::test_vgg_weights_are_fetched_by_the_main_process_first",
+            "tests/test_train_parts.py::test_the_vgg_is_built_exactly_when_a_phase_that_runs_weighs_its_features",
         ),
     ),
     Target(
