@@ -12,7 +12,7 @@ PIP_QUIET := { grep -v 'is neither a file nor a directory' || true; }
 # finder, not a path entry) says nothing to act on; pip re-emits it as a warning, filtered by message.
 EDITABLE_QUIET := PYTHONWARNINGS='ignore:Editable installation'
 
-.PHONY: install test test-fast test-gpu lint demo clean gpu-kit gpu-check gpu-rehearse
+.PHONY: install test test-fast test-gpu lint demo clean gpu-kit gpu-check gpu-rehearse mutation
 
 # Slurm and munge for the real-cluster tests (root + apt-get; instant when already installed).
 install: $(STAMP)
@@ -42,6 +42,13 @@ lint: install
 
 test-gpu: install
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+# Mutation testing with cosmic-ray (tests/mutation.py, docs/mutation.md): not part of CI, minutes to tens of
+# minutes per module on 2 cores, hence nice.
+# Each module's mutants meet only that module's fast tests; MUTATE="lab gan" picks modules.
+MUTATE ?=
+mutation: install
+	nice -n 19 $(PY) tests/mutation.py $(MUTATE)
 
 demo: install
 	bash launch/demo.sh $(DEMO_DIR) $(DEMO_RUN)

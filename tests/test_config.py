@@ -1,12 +1,13 @@
 """Strict YAML config loading: every mistake names its dotted key and the file."""
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from configs import Config, ConfigError, dump_config, load_config
+from configs import Config, ConfigError, dump_config, load_config, scale_to_processes
 
 CONFIGS = sorted(Path(__file__).resolve().parent.parent.joinpath("configs").glob("*.yaml"))
 
@@ -51,6 +52,7 @@ DEFAULTS = {
     "data.on_bad_sample": "error",
     "data.decode_device": "auto",
     "data.compile_lab": True,
+    "data.read_retry_seconds": 300.0,
     "model.generator": "seed_unet",
     "model.discriminator": "patchgan70",
     "model.features": 64,
@@ -58,6 +60,7 @@ DEFAULTS = {
     "model.channels_last": True,
     "model.compile": False,
     "model.sync_batchnorm": False,
+    "model.ema_decay": 0.0,
     "loss.l1_weight": 100.0,
     "loss.feature_weight_nogan": 1.0,
     "loss.feature_weight_gan": 0.0,
@@ -78,6 +81,7 @@ DEFAULTS = {
     "optim.warmup_steps": 0,
     "optim.reference_batch": 0,
     "schedule.nogan_steps": 100,
+    "schedule.critic_steps": 0,
     "schedule.gan_steps": 100,
     "logging.alert_wait_fraction": 0.25,
     "logging.alert_wait_logs": 20,
@@ -127,6 +131,9 @@ RANGES = [
     ("optim.reference_batch", ["0"], ["-1"]),
     ("schedule.nogan_steps", ["0"], ["-1"]),
     ("schedule.gan_steps", ["0"], ["-1"]),
+    ("schedule.critic_steps", ["0"], ["-1"]),
+    ("data.read_retry_seconds", ["0"], ["-0.5"]),
+    ("model.ema_decay", ["0", "0.999"], ["-0.5", "1"]),
     *[
         (f"logging.{name}", ["1"], ["0"])
         for name in ("every_steps", "sample_every_steps", "eval_every_steps", "sample_count")
@@ -154,6 +161,45 @@ def test_a_run_needs_some_steps():
     load_config(None, ["schedule.nogan_steps=0", "schedule.gan_steps=1"])
     with pytest.raises(ConfigError, match="schedule.nogan_steps = 0 and schedule.gan_steps must not both be 0"):
         load_config(None, ["schedule.nogan_steps=0", "schedule.gan_steps=0"])
+
+
+def test_a_critic_warm_up_needs_a_gan_phase_after_it():
+    cfg = load_config(None, ["schedule.nogan_steps=2", "schedule.critic_steps=3", "schedule.gan_steps=1"])
+    assert cfg.total_steps == 6
+    with pytest.raises(ConfigError, match="schedule.critic_steps"):
+        load_config(None, ["schedule.critic_steps=3", "schedule.gan_steps=0"])
+
+
+def test_the_per_process_batch_is_a_whole_number():
+    batch = load_config(None, ["data.batch_size=64"]).data.per_process_batch(2)
+    assert batch == 32 and type(batch) is int  # a float batch size would reach the loaders
+
+
+def test_rescaling_names_only_the_phases_and_the_average_a_run_has():
+    cfg = load_config(None, ["data.batch_size=64", "data.batch_size_unit=per_process", "optim.reference_batch=64"])
+    scaled, notes = scale_to_processes(cfg, 8)
+    assert scaled.schedule.critic_steps == 0 and scaled.model.ema_decay == 0.0
+    assert len(notes) == 2 and not any("critic" in note or "ema_decay" in note for note in notes), notes
+
+
+def test_the_resolved_config_is_written_in_the_documented_order():
+    sections = list(yaml.safe_load(dump_config(load_config(None))))
+    assert sections == [field.name for field in dataclasses.fields(Config)]
+
+
+@pytest.mark.parametrize(
+    "override, suggestion",
+    [
+        ("data.shuffle_bufer=1", "did you mean 'data.shuffle_buffer'?"),
+        ("run.devce=cpu", "did you mean 'run.device' or 'run.seed'?"),
+        ("data.flp=true", "did you mean 'data.flip', 'data.crop' or 'data'?"),
+        ("optim.nogan.bets=1", "did you mean 'optim.nogan.betas', 'optim.nogan' or 'optim.nogan.lr'?"),  # of 5
+    ],
+)
+def test_an_unknown_key_suggests_up_to_three_close_keys(override, suggestion):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value).endswith(suggestion)
 
 
 def test_batch_split_needs_at_least_one_process():

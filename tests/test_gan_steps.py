@@ -146,6 +146,17 @@ def test_a_few_gan_steps_teach_d_to_tell_real_from_fake(gan, batch):
     assert real_after > fake_after
 
 
+def test_a_gan_steps_g_total_is_the_weighted_sum_of_its_terms(gan, batch):
+    weights = gan.loss
+    terms = gan.gan_step(*batch)
+    expected = (
+        weights.adversarial_weight * terms["train/g_adv"]
+        + weights.l1_weight * terms["train/l1"]
+        + weights.feature_weight_gan * terms["train/feature"]
+    )
+    assert terms["train/g_total"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 @pytest.fixture
 def gan_with_features():
     """A GAN whose NoGAN loss has a non-zero VGG feature term."""

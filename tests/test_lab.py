@@ -1,5 +1,7 @@
 """pipeline/lab.py against skimage.color (float64 reference) and its own inverse."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -42,6 +44,22 @@ def test_lab_to_rgb_matches_skimage():
     lab = color.rgb2lab(rng.random((32, 32, 3)))
     ours = lab_to_rgb(to_chw(lab)).numpy().transpose(1, 2, 0)
     assert np.abs(ours - color.lab2rgb(lab)).max() < 1e-4
+
+
+def test_lab_to_rgb_clips_out_of_gamut_colours_as_skimage_does():
+    # A grid over the network's whole range (L* 0–100, a* and b* −128–127): most of it lies outside
+    # sRGB, and where b* is large z would be negative (skimage clips it to 0 before cubing).
+    axes = np.linspace(0, 100, 11), np.linspace(-128, 127, 16), np.linspace(-128, 127, 16)
+    lab = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 16, 3)  # H×W×3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # skimage warns about the negative z it clips
+        reference = color.lab2rgb(lab)
+    lab_chw = torch.from_numpy(np.ascontiguousarray(lab.transpose(2, 0, 1)))
+    clipped = lab_to_rgb(lab_chw)
+    assert np.abs(clipped.numpy().transpose(1, 2, 0) - reference).max() < 1e-6
+    unclipped = lab_to_rgb(lab_chw, clip=False)
+    assert unclipped.min() < -0.5 and unclipped.max() > 1.5  # really out of gamut, and left so
+    assert torch.equal(unclipped.clamp(0.0, 1.0), clipped)
 
 
 def test_round_trip_in_gamut_within_one_level():

@@ -339,6 +339,22 @@ def test_vgg_weights_are_fetched_by_the_main_process_first(monkeypatch):
     assert events == ["main first: enter", "build VGG", "main first: exit"]
 
 
+@pytest.mark.parametrize(
+    "weights, built",
+    [
+        (["loss.feature_weight_gan=0.5"], True),
+        (["loss.feature_weight_gan=0.5", "schedule.gan_steps=1"], True),
+        (["loss.feature_weight_gan=0.5", "schedule.gan_steps=0"], False),
+        (["loss.feature_weight_gan=0"], False),
+    ],
+)
+def test_the_vgg_is_built_exactly_when_a_phase_that_runs_weighs_its_features(weights, built):
+    from launch.training.gan import build_feature_loss_if_used
+
+    cfg = load_config(None, ["loss.vgg_weights=none", "loss.feature_weight_nogan=0", *weights])
+    assert (build_feature_loss_if_used(cfg, _FakeAccelerator([])) is not None) == built
+
+
 def test_sample_grid_decodes_one_batch_of_exactly_its_images(monkeypatch):
     import launch.train as train
 
@@ -363,6 +379,28 @@ def test_a_checkpoint_resumes_only_with_the_number_of_processes_that_wrote_it(tm
     check_processes(tmp_path, 2)
     with pytest.raises(TrainingError, match=r"written by a run of 2 processes, this run has 4: resume with 2"):
         check_processes(tmp_path, 4)
+
+
+def test_a_checkpoint_resumes_with_an_ema_generator_exactly_when_it_holds_one(tmp_path):
+    from launch.training.checkpoint import EMA_FILE, check_ema
+    from launch.training.errors import TrainingError
+
+    without, holding = tmp_path / "without", tmp_path / "with"
+    without.mkdir()
+    holding.mkdir()
+    (holding / EMA_FILE).write_bytes(b"")
+    check_ema(without, 0.0)
+    check_ema(holding, 0.999)
+    with pytest.raises(
+        TrainingError,
+        match=r"without an EMA generator and this run has model.ema_decay = 0.999: resume with model.ema_decay = 0$",
+    ):
+        check_ema(without, 0.999)
+    with pytest.raises(
+        TrainingError,
+        match=r"with an EMA generator and this run has model.ema_decay = 0.0: resume with model.ema_decay > 0$",
+    ):
+        check_ema(holding, 0.0)
 
 
 class _LoaderPosition:
