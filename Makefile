@@ -26,8 +26,12 @@ $(STAMP): pyproject.toml
 	bash tests/install_browser.sh
 	touch $(STAMP)
 
+# Two workers (pytest-xdist): most slow tests wait on child processes, servers and signals, so two
+# run side by side on 2 cores. A file's tests stay on one worker (its module fixtures — the Slurm
+# cluster, the S3 server — start once). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 # The edit-test loop: everything but the tests marked slow (whole training runs, several processes)
 # and the browser test. `make test` stays the full suite CI runs.
