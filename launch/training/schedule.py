@@ -49,7 +49,7 @@ def is_phase_start(step: int, schedule: ScheduleConfig) -> bool:
 
 def is_phase_switch(done_steps: int, schedule: ScheduleConfig) -> bool:
     """True when `done_steps` completed steps end a phase and another phase's steps follow."""
-    total = schedule.nogan_steps + schedule.critic_steps + schedule.gan_steps
+    total = phase_end(GAN, schedule)
     return 0 < done_steps < total and phase_at(done_steps - 1, schedule) != phase_at(done_steps, schedule)
 
 
