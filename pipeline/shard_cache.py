@@ -108,7 +108,7 @@ def cache_shards(
     if copied:
         seconds = time.monotonic() - start
         print(
-            f"{label}copied {copied} of {len(shards)} shards ({pulled / 1e6:.1f} MB) from the store to {cache_dir} "
+            f"{label}copied {copied} of {len(shards)} shards ({pulled / 1e6:,.1f} MB) from the store to {cache_dir} "
             f"in {seconds:.1f} s ({pulled / 1e6 / max(seconds, 1e-9):.0f} MB/s)",
             file=sys.stderr,
             flush=True,
