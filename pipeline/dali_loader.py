@@ -20,8 +20,9 @@ node-local directory first (`pipeline/shard_cache.py`, one download per shard) a
 copies: it is then given only those shards, with private indexes cut to the rank's samples, as one
 reader of one shard (`shard_id=0, num_shards=1`). The rank reads the same samples as without the
 cache, but keeps them every epoch (DALI's `stick_to_shard`) instead of moving on to the next rank's
-part, so that each node copies only its ranks' parts. Its checkpoints are therefore only for a loader
-with the cache, and the other way round.
+part, so that each node copies only its ranks' parts. With several ranks, its checkpoints are
+therefore only for a loader with the cache, and the other way round (one rank reads the whole split
+either way).
 
 Bad data: before building, each shard is checked against its index (a truncated tar has samples past
 its end; the tar's size comes from the folder's or bucket's listing). A sample DALI cannot decode stops the pipeline with the sample's source named; in
@@ -356,7 +357,9 @@ class DaliLoader:
             "excluded": {name: sorted(pos) for name, pos in self._excluded.items() if pos},
             "world_size": self.world_size,
             "rank": self.rank,
-            "cached": self.cached,
+            # Which samples a rank reads in later epochs: its own part again (cached, several ranks) or
+            # the next rank's part. One rank reads all of the split either way.
+            "keeps_part": self.cached and self.world_size > 1,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -367,8 +370,8 @@ class DaliLoader:
                 f"loader state was saved with {state.get('world_size')} processes, now {self.world_size}: "
                 "the data position cannot be carried over"
             )
-        if bool(state.get("cached", False)) != self.cached:
-            said = "with" if state.get("cached") else "without"
+        if bool(state.get("keeps_part", False)) != (self.cached and self.world_size > 1):
+            said = "with" if state.get("keeps_part") else "without"
             raise ValueError(
                 f"loader state was saved {said} data.cache_dir (a cached loader reads only its rank's part "
                 "every epoch), and this run is the other way: set data.cache_dir as the saved run had it"

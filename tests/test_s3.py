@@ -382,7 +382,7 @@ def _cached(cache: Path, url: str) -> dict[str, bytes]:
 def test_cached_dali_ranks_copy_only_their_part_and_read_it_from_disk(aws, server, colour_photos, tmp_path, capfd):
     """With data.cache_dir, each of two ranks copies only the shards that hold its part of the split,
     byte-identical to the store's, and reads exactly the samples it reads without the cache, again
-    every epoch; a later loader re-uses the copies (and reads on with the store killed), and downloads
+    every epoch (so its position cannot be resumed without the cache); a later loader re-uses the copies (and reads on with the store killed), and downloads
     again a copy whose recorded digest is not the manifest's."""
     local = tmp_path / "coded"
     write_test_shards(local, colour_photos, train=(16, 16, 16))
@@ -399,7 +399,8 @@ def test_cached_dali_ranks_copy_only_their_part_and_read_it_from_disk(aws, serve
         return [sorted(key for _ in range(12) for key in sample_keys(*next(batches))) for _ in range(count)]
 
     for rank in (0, 1):
-        assert epochs(make_loader(cfg, rank, 2, CPU, split="train", seed=0), 1) == [parts[rank]]
+        uncached = make_loader(cfg, rank, 2, CPU, split="train", seed=0)
+        assert epochs(uncached, 1) == [parts[rank]]
         before = set(_cached(cache, url))
         loader = make_loader(cached, rank, 2, CPU, split="train", seed=0)
         assert f"rank {rank}: copied {len(needs[rank] - before)} of 2 shards" in capfd.readouterr().err
@@ -407,6 +408,8 @@ def test_cached_dali_ranks_copy_only_their_part_and_read_it_from_disk(aws, serve
         assert set(copies) == needs[0] | needs[rank]
         assert all(copies[name] == (local / name).read_bytes() for name in copies)
         assert epochs(loader) == [parts[rank], parts[rank]]
+        with pytest.raises(ValueError, match="saved with data.cache_dir"):  # it would read other samples
+            uncached.load_state_dict(loader.state_dict())
         loader.close()
 
     digest = cache / url.removeprefix("s3://") / "train-000002.tar.sha256"
