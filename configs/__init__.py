@@ -88,6 +88,11 @@ class DataConfig:
     read_retry_seconds: float = 300.0
     """`s3://` shards: how long reads keep retrying (with backoff) while the object store does not
     answer, before the run stops with an error naming the object (resume from the last checkpoint)."""
+    cache_dir: str = ""
+    """`s3://` shards, `dali` backend, training: a node-local directory each rank first copies the
+    shards of its part of the split into (one download per shard, checked against the manifest's
+    SHA-256, kept for later runs), for DALI to read from disk. Empty: DALI reads the store itself, one
+    ranged GET per sample (see docs/object-storage.md)."""
     compile_lab: bool = True
     """`dali` and `torch` backends decoding on the CPU: fuse the RGB → Lab step with torch.compile
     (polynomial form, ≤ 1e-4 off; a few seconds to compile on first use); false = the reference colour

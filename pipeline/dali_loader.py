@@ -14,7 +14,15 @@ the tars and their indexes and reads them itself (its S3 client takes the same A
 boto3). A read that fails (the store stopped, a connection dropped) stops DALI's pipeline; the loader
 then waits, with backoff, and rebuilds it from the last consumed position, so the batches go on
 exactly where they were once the store answers again. After `data.read_retry_seconds` without
-success it raises `StoreReadError` naming the object.
+success it raises `StoreReadError` naming the object. That is one ranged GET per sample; with
+`data.cache_dir` set, a training loader instead copies the shards that hold its rank's part into that
+node-local directory first (`pipeline/shard_cache.py`, one download per shard) and DALI reads the
+copies: it is then given only those shards, with private indexes cut to the rank's samples, as one
+reader of one shard (`shard_id=0, num_shards=1`). The rank reads the same samples as without the
+cache, but keeps them every epoch (DALI's `stick_to_shard`) instead of moving on to the next rank's
+part, so that each node copies only its ranks' parts. With several ranks, its checkpoints are
+therefore only for a loader with the cache, and the other way round (one rank reads the whole split
+either way).
 
 Bad data: before building, each shard is checked against its index (a truncated tar has samples past
 its end; the tar's size comes from the folder's or bucket's listing). A sample DALI cannot decode stops the pipeline with the sample's source named; in
@@ -43,6 +51,7 @@ from pipeline.dali_pipeline import READER_NAME, colorization_pipeline
 from pipeline.lab_uint8 import lab_step
 from pipeline.loader_base import BadShardError, StoreReadError, per_rank_batch, rank_slice
 from pipeline.location import StoreError, base_name, head, is_remote, list_sizes, read_range
+from pipeline.shard_cache import cache_shards
 from pipeline.shard_list import Shard, split_shards
 
 # "Failed to decode sample #5 : /path/train-000001.tar:166912:img-00020.jpg"
@@ -86,7 +95,13 @@ class DaliLoader:
         for shard in self.shards:
             self._check_truncation(shard)
         total = sum(len(entries) for _, entries in self._indexes.values())
-        self.samples_per_epoch = len(rank_slice(total, rank, world_size))
+        part = rank_slice(total, rank, world_size)
+        self.samples_per_epoch = len(part)
+        # Shards DALI reads: all of the split (each rank takes its part), or this rank's node-local copies.
+        self._read: list[tuple[Shard, str | Path, slice]] = [(s, s.path, slice(None)) for s in self.shards]
+        self.cached = self.remote and endless and bool(data_cfg.cache_dir)
+        if self.cached:
+            self._read = self._copy_part(part)
         # A one-pass reader pads every rank's pass to the batches of the largest share (ceil(total / W)).
         self._batches_per_pass = math.ceil(math.ceil(total / world_size) / self.batch_size)
         self._lab = None if self.gpu else lab_step(data_cfg.compile_lab)
@@ -98,6 +113,20 @@ class DaliLoader:
         self._delivered_at_checkpoint = 0
         self._iterator = None
         self._pass_open = False  # a one-pass loader whose current pass was started and not finished
+
+    def _copy_part(self, part: range) -> list[tuple[Shard, str | Path, slice]]:
+        """(shard, local copy, positions of its index this rank reads) for each shard holding samples of
+        `part` (this rank's positions in the split's samples, shards in manifest order)."""
+        wanted, first = [], 0
+        for shard in self.shards:
+            count = len(self._indexes[shard.name][1])
+            lo, hi = max(part.start, first), min(part.stop, first + count)
+            if lo < hi:
+                wanted.append((shard, slice(lo - first, hi - first)))
+            first += count
+        label = f"rank {self.rank}: " if self.world_size > 1 else ""
+        copies = cache_shards([shard for shard, _ in wanted], self.cfg.cache_dir, self.cfg.read_retry_seconds, label)
+        return [(shard, copy, window) for (shard, window), copy in zip(wanted, copies, strict=True)]
 
     # ---------------------------------------------------------------------------------------------
     def _check_truncation(self, shard: Shard) -> None:
@@ -119,24 +148,23 @@ class DaliLoader:
         self.skipped += len(new)
 
     def _index_paths(self) -> list[str | Path]:
-        """The shards' .idx files, or patched copies for shards with replaced samples."""
-        if not any(self._excluded.values()):
-            return [s.index_path for s in self.shards]
-        if self._tmp is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="colorization-idx-")
-        paths = []
-        for shard in self.shards:
+        """The .idx file of each shard DALI reads, or a private copy: patched for shards with replaced
+        samples, cut to this rank's window of a cached shard."""
+        paths: list[str | Path] = []
+        for shard, _, window in self._read:
             bad = self._excluded.get(shard.name)
-            if not bad:
+            if not bad and window == slice(None):
                 paths.append(shard.index_path)
                 continue
             version, entries = self._indexes[shard.name]
             try:
-                patched = substitute(entries, bad)
+                patched = substitute(entries, bad) if bad else entries
             except Exception as exc:
                 raise BadShardError(f"{shard.path}: {exc}") from None
+            if self._tmp is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="colorization-idx-")
             path = Path(self._tmp.name) / base_name(shard.index_path)
-            write_index(path, version, patched)
+            write_index(path, version, patched[window])
             paths.append(path)
         return paths
 
@@ -145,7 +173,7 @@ class DaliLoader:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
         pipe = colorization_pipeline(
-            tar_paths=[s.path for s in self.shards],
+            tar_paths=[path for _, path, _ in self._read],
             index_paths=self._index_paths(),
             size=self.cfg.size,
             crop=self.cfg.crop,
@@ -153,8 +181,8 @@ class DaliLoader:
             crop_ratio=self.cfg.crop_ratio,
             flip=self.cfg.flip,
             train=self.endless,
-            shard_id=self.rank,
-            num_shards=self.world_size,
+            shard_id=0 if self.cached else self.rank,
+            num_shards=1 if self.cached else self.world_size,
             shuffle_buffer=self.cfg.shuffle_buffer,
             gpu=self.gpu,
             batch_size=self.batch_size,
@@ -199,7 +227,7 @@ class DaliLoader:
                     i for i, e in enumerate(entries) if e.components.get("jpg", (None,))[0] == offset
                 ]
             }
-        elif self.remote and ("readers.webdataset" in str(exc) or _S3_OBJECT.search(str(exc))):
+        elif self.remote and not self.cached and ("readers.webdataset" in str(exc) or _S3_OBJECT.search(str(exc))):
             self._wait_for_store(exc)
             return
         elif "decoders" in str(exc) or "nvImageCodec" in str(exc):
@@ -329,6 +357,9 @@ class DaliLoader:
             "excluded": {name: sorted(pos) for name, pos in self._excluded.items() if pos},
             "world_size": self.world_size,
             "rank": self.rank,
+            # Which samples a rank reads in later epochs: its own part again (cached, several ranks) or
+            # the next rank's part. One rank reads all of the split either way.
+            "keeps_part": self.cached and self.world_size > 1,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -338,6 +369,12 @@ class DaliLoader:
             raise ValueError(
                 f"loader state was saved with {state.get('world_size')} processes, now {self.world_size}: "
                 "the data position cannot be carried over"
+            )
+        if bool(state.get("keeps_part", False)) != (self.cached and self.world_size > 1):
+            said = "with" if state.get("keeps_part") else "without"
+            raise ValueError(
+                f"loader state was saved {said} data.cache_dir (a cached loader reads only its rank's part "
+                "every epoch), and this run is the other way: set data.cache_dir as the saved run had it"
             )
         self._excluded = {name: set(pos) for name, pos in state.get("excluded", {}).items()}
         self.skipped = int(state.get("skipped", 0))

@@ -36,13 +36,15 @@ class Shard:
     """One WebDataset tar of a split, its DALI index and its sample count from the manifest.
 
     `path` and `index_path` are local paths, or `s3://` URLs when the shards are in an object store
-    (`pipeline.location`); `bytes` is the tar's size in the store or on disk (None when not looked up).
+    (`pipeline.location`); `bytes` is the tar's size in the store or on disk (None when not looked up);
+    `sha256` the tar's hex digest as the manifest records it (None when it records none).
     """
 
     path: str | Path
     index_path: str | Path
     samples: int
     bytes: int | None = None
+    sha256: str | None = None
 
     @property
     def name(self) -> str:
@@ -111,7 +113,15 @@ def split_shards(shards_dir: str | Path, split: str, *, need_index: bool = True)
         if need_index and name + ".idx" not in sizes:
             local = "" if is_remote(shards_dir) else f" (make it with `wds2idx {path} {index_path}`)"
             raise ShardsDirError(f"{index_path}: DALI index missing{local}")
-        shards.append(Shard(path=path, index_path=index_path, samples=int(entry.get("samples", 0)), bytes=sizes[name]))
+        shards.append(
+            Shard(
+                path=path,
+                index_path=index_path,
+                samples=int(entry.get("samples", 0)),
+                bytes=sizes[name],
+                sha256=entry.get("sha256") or None,
+            )
+        )
     if not shards:
         raise ShardsDirError(f"{join(shards_dir, MANIFEST_FILE)}: no shards for split {split!r}")
     return shards

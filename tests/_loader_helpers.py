@@ -13,6 +13,7 @@ point of an 8×8 grid of (Cb, Cr). A crop, flip, resize or decoder keeps that ch
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -132,7 +133,13 @@ def write_test_shards(
                     n += 1
             index_shard(out / name)
             entries.append(
-                {"name": name, "split": split, "samples": count, "bytes": (out / name).stat().st_size, "sha256": ""}
+                {
+                    "name": name,
+                    "split": split,
+                    "samples": count,
+                    "bytes": (out / name).stat().st_size,
+                    "sha256": hashlib.sha256((out / name).read_bytes()).hexdigest(),
+                }
             )
     manifest = {
         "format": FORMAT_NAME,

@@ -53,6 +53,7 @@ DEFAULTS = {
     "data.decode_device": "auto",
     "data.compile_lab": True,
     "data.read_retry_seconds": 300.0,
+    "data.cache_dir": "",
     "model.generator": "seed_unet",
     "model.discriminator": "patchgan70",
     "model.features": 64,

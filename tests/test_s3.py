@@ -6,6 +6,7 @@ missing shard), each one line. No part of S3 is imitated."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import signal
@@ -28,7 +29,7 @@ from shards.options import BuildOptions
 from shards.output_dir import SHARD_FILE
 
 from _colorize_helpers import console_script
-from _loader_helpers import write_test_shards
+from _loader_helpers import sample_keys, write_test_shards
 from _s3_helpers import BUCKET, SeaweedServer, free_ports, object_bytes, objects, upload_folder, with_env
 from _shards_helpers import tree_digests
 from _train_helpers import (
@@ -367,6 +368,116 @@ def test_torch_training_from_s3_resumes_exactly_and_evaluates_as_local(aws, serv
     assert scored["metrics"]["ab_l1"]["model"] == pytest.approx(last_eval["eval/ab_l1"], rel=1e-3)
 
 
+# --------------------------------------------------------------------------------------------------
+# The dali backend's node-local copies (data.cache_dir)
+
+
+def _cached(cache: Path, url: str) -> dict[str, bytes]:
+    """name → bytes of the shard copies under the cache (digest files aside)."""
+    folder = cache / url.removeprefix("s3://")
+    return {p.name: p.read_bytes() for p in folder.glob("*.tar")} if folder.is_dir() else {}
+
+
+@pytest.mark.slow
+def test_cached_dali_ranks_copy_only_their_part_and_read_it_from_disk(aws, server, colour_photos, tmp_path, capfd):
+    """With data.cache_dir, each of two ranks copies only the shards that hold its part of the split,
+    byte-identical to the store's, and reads exactly the samples it reads without the cache, again
+    every epoch (so its position cannot be resumed without the cache); a later loader re-uses the copies (and reads on with the store killed), and downloads
+    again a copy whose recorded digest is not the manifest's."""
+    local = tmp_path / "coded"
+    write_test_shards(local, colour_photos, train=(16, 16, 16))
+    url = upload_folder(server, local, "coded-cached")
+    cache = tmp_path / "cache"
+    cfg = DataConfig(shards=url, backend="dali", batch_size=4, num_threads=1, shuffle_buffer=8, compile_lab=False)
+    cached = dataclasses.replace(cfg, cache_dir=str(cache))
+    parts = {0: [f"img-{n:05d}" for n in range(24)], 1: [f"img-{n:05d}" for n in range(24, 48)]}
+    needs = {0: {"train-000000.tar", "train-000001.tar"}, 1: {"train-000001.tar", "train-000002.tar"}}
+
+    def epochs(loader, count: int = 2) -> list[list[str]]:
+        """The sorted keys of each of the loader's next `count` epochs (12 batches of 2 samples)."""
+        batches = iter(loader)
+        return [sorted(key for _ in range(12) for key in sample_keys(*next(batches))) for _ in range(count)]
+
+    for rank in (0, 1):
+        uncached = make_loader(cfg, rank, 2, CPU, split="train", seed=0)
+        assert epochs(uncached, 1) == [parts[rank]]
+        before = set(_cached(cache, url))
+        loader = make_loader(cached, rank, 2, CPU, split="train", seed=0)
+        assert f"rank {rank}: copied {len(needs[rank] - before)} of 2 shards" in capfd.readouterr().err
+        copies = _cached(cache, url)
+        assert set(copies) == needs[0] | needs[rank]
+        assert all(copies[name] == (local / name).read_bytes() for name in copies)
+        assert epochs(loader) == [parts[rank], parts[rank]]
+        with pytest.raises(ValueError, match="saved with data.cache_dir"):  # it would read other samples
+            uncached.load_state_dict(loader.state_dict())
+        loader.close()
+
+    digest = cache / url.removeprefix("s3://") / "train-000002.tar.sha256"
+    digest.write_text("0" * 64 + "\n")
+    make_loader(cached, 1, 2, CPU, split="train", seed=0).close()
+    assert "rank 1: copied 1 of 2 shards" in capfd.readouterr().err
+    loader = make_loader(cached, 0, 2, CPU, split="train", seed=0)
+    assert "copied" not in capfd.readouterr().err  # rank 0's copies are current
+    server.kill()  # the copies are all the loader reads
+    assert epochs(loader) == [parts[0], parts[0]]
+
+
+@pytest.mark.slow
+def test_cached_dali_training_from_s3_equals_local_and_resumes_exactly(aws, server, tiny, tmp_path):
+    """One rank training from s3:// with data.cache_dir reads the same batches as from local disk
+    (its part is the whole split): the losses equal a local run's, killed after a checkpoint and
+    resumed too; the resumed run re-uses the copies."""
+    local, url = tiny
+    cache = tmp_path / "cache"
+    config = tiny_config(
+        tmp_path / "tiny.yaml",
+        url,
+        tmp_path / "runs",
+        data={"backend": "dali", "compile_lab": False, "cache_dir": str(cache)},
+        schedule={"nogan_steps": 3, "gan_steps": 3},
+        checkpoint={"every_steps": 3, "keep_last": 2},
+    )
+    env = subprocess_env(**aws)
+    straight = run_train(["--config", str(config), "run.name=straight", f"data.shards={local}"], env=env)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert not cache.exists()  # local shards are read in place
+    run_dir = tmp_path / "runs" / "cut"
+    killed = kill_after_checkpoint(["--config", str(config), "run.name=cut"], run_dir / "checkpoints" / "step_3", env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    train_shards = {s["name"] for s in read_manifest(local)["shards"] if s["split"] == "train"}
+    assert set(_cached(cache, url)) == train_shards
+    resumed = run_train(["--config", str(config), "run.name=cut", "--resume"], env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "copied" not in resumed.stderr
+    _assert_same_losses(tmp_path / "runs" / "straight", run_dir, range(1, 7))
+
+
+@pytest.mark.slow
+def test_bench_times_dali_on_s3_with_and_without_copies_beside_local_disk(aws, tiny, tmp_path):
+    """`colorize-bench loader --also-shards s3://… --cache-dir D`: dali on local disk, straight from the
+    store and from node-local copies, in one run; the copies are the store's shards, made afresh."""
+    from launch.bench import main as bench
+
+    local, url = tiny
+    cache, out = tmp_path / "cache", tmp_path / "loader.json"
+    stale = cache / url.removeprefix("s3://") / "train-000000.tar"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left over")
+    common = ["--backends", "dali", "--batch-size", "2", "--threads", "1", "--device", "cpu"]
+    timing = ["--seconds", "1", "--rounds", "1", "--warmup", "1", "--json", str(out)]
+    assert (
+        bench(["loader", "--shards", str(local), "--also-shards", url, "--cache-dir", str(cache), *common, *timing])
+        == 0
+    )
+    report = json.loads(out.read_text())
+    assert set(report["backends"]) == {"dali", "dali@s3", "dali@s3+cache"}
+    for name, figures in report["backends"].items():
+        assert figures["images_per_s"] > 0 and figures["startup_s"] > 0, name
+    assert report["settings"]["cache_dir"] == str(cache)
+    train = [s["name"] for s in read_manifest(local)["shards"] if s["split"] == "train"]
+    assert _cached(cache, url) == {name: (local / name).read_bytes() for name in train}
+
+
 def test_dataset_artifact_records_bucket_prefix_and_checksums(aws, tiny):
     """The W&B dataset artifact of s3:// shards: the manifest, one s3:// reference per shard with its
     SHA-256 and size from the manifest (nothing read from the shards), bucket and prefix."""
@@ -403,6 +514,11 @@ def test_dataset_artifact_records_bucket_prefix_and_checksums(aws, tiny):
         ),
         ("verify: no bucket", r"s3://no-such-bucket/tiny/manifest.json: no bucket 'no-such-bucket'"),
         ("train: shard missing", r"s3://shards/holed/train-000001.tar: shard listed in manifest.json is missing"),
+        (
+            "train: shard rewritten after the build, cached",
+            r"s3://shards/rewritten/train-000001.tar: the downloaded copy \(\d+ bytes, SHA-256 [0-9a-f]{12}…\) "
+            r"does not match manifest.json",
+        ),
     ],
 )
 def test_store_faults_are_one_line_naming_the_object(aws, server, tiny, tmp_path, case, expected):
@@ -427,6 +543,12 @@ def test_store_faults_are_one_line_naming_the_object(aws, server, tiny, tmp_path
         holed = upload_folder(server, local, "holed")
         server.client().delete_object(Bucket=BUCKET, Key="holed/train-000001.tar")
         command += [f"data.shards={holed}"]
+    elif case == "train: shard rewritten after the build, cached":
+        rewritten = upload_folder(server, local, "rewritten")
+        changed = bytearray((local / "train-000001.tar").read_bytes())
+        changed[len(changed) // 2] ^= 0xFF  # one byte of a JPEG: the size and the index still fit
+        server.client().put_object(Bucket=BUCKET, Key="rewritten/train-000001.tar", Body=bytes(changed))
+        command += [f"data.shards={rewritten}", f"data.cache_dir={tmp_path / 'cache'}"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode in (1, 2), done.stderr[-3000:]
     assert re.search(expected, _one_error_line(done.stderr)), done.stderr[-3000:]

@@ -32,7 +32,10 @@ every round (`complete` false until the last), so a run cut short keeps what it 
 
 `--also-shards LOCATION` times every backend on the same shards at another location too (an
 `s3://` prefix beside a local copy, `launch/bench/pull.py`), in the same rounds; each source's bytes/s
-and the store link 8,000 images/s per GPU would need are printed with the figures.
+and the store link 8,000 images/s per GPU would need are printed with the figures. With `--cache-dir
+DIR`, `dali` on `s3://` shards is also timed reading node-local copies made in DIR (`data.cache_dir`,
+`pipeline/shard_cache.py`) as `dali@s3+cache`; DIR is emptied first, and the seconds each source took to
+start (for the cached one: copying its shards) are printed beside its rate.
 
 Without `--shards`, ImageNet-like shards are generated first (untimed): `--images` JPEGs at quality
 90, longer side 450–500 px, from real photos with grain (`shards.demo_images.write_photo_crops`),
@@ -80,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LOCATION",
         help="the same shards elsewhere (e.g. s3://bucket/prefix beside a local copy): every backend is "
         "also timed on them, in the same rounds, as BACKEND@s3 or BACKEND@local (repeatable)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="with s3:// shards: also time `dali` reading node-local copies of them made in this directory "
+        "(data.cache_dir), as dali@s3+cache; the directory is emptied first, so the copy is timed too",
     )
     parser.add_argument("--split", default="train", help="split to read (default train)")
     parser.add_argument(
@@ -402,9 +411,11 @@ def _run(args, backends, data: DataConfig) -> int:
         "device": args.device,
         "shards": shards_dir,
         "also_shards": args.also_shards,
+        "cache_dir": str(args.cache_dir) if args.cache_dir else None,
     }
     ceilings = ceiling_names(device)
     locations: dict[str, str] = {}
+    startup: dict[str, float] = {}  # source → seconds to build its loader (for a cached one: the copy)
     text = CEILING_TEXT[device.type].format(decode=training_decode(data, args.split))
 
     def report_for(rates: dict[str, float], utilisation: dict, rounds_done: int) -> dict:
@@ -420,6 +431,7 @@ def _run(args, backends, data: DataConfig) -> int:
             # What one rank pulls from where its shards live; the same backend on the primary shards.
             r["bytes_per_s"] = round(r["images_per_s"] * pull.mean_sample_bytes(locations[name], args.split))
             r["fraction_of_primary"] = round(r["images_per_s"] / results[name.split("@")[0]]["images_per_s"], 3)
+            r["startup_s"] = round(startup[name], 2)
             if device.type == "cuda":
                 r["jpeg_engine_utilisation"] = utilisation.get(name)
         return {
@@ -447,10 +459,20 @@ def _run(args, backends, data: DataConfig) -> int:
 
     try:
         sources = {}
-        everywhere = [(loc, b) for loc in [shards_dir, *args.also_shards] for b in backends]
-        # `baseline` (the seed's loader) reads local files only.
-        for location, name in [(loc, b) for loc, b in everywhere if not (b == "baseline" and is_remote(loc))]:
-            source = pull.source_name(name, location, shards_dir)
+        # (location, backend, cache dir): `baseline` (the seed's loader) reads local files only.
+        everywhere = [
+            (loc, b, "")
+            for loc in [shards_dir, *args.also_shards]
+            for b in backends
+            if not (b == "baseline" and is_remote(loc))
+        ]
+        if args.cache_dir:
+            shutil.rmtree(args.cache_dir, ignore_errors=True)
+            everywhere += [
+                (loc, "dali", str(args.cache_dir)) for loc, b, _ in list(everywhere) if b == "dali" and is_remote(loc)
+            ]
+        for location, name, cache_dir in everywhere:
+            source = pull.source_name(name, location, shards_dir) + ("+cache" if cache_dir else "")
             locations[source] = location
             # torch-cpu: the torch backend decoding in its workers, whatever the device.
             torch_cpu = name == "torch-cpu"
@@ -459,8 +481,11 @@ def _run(args, backends, data: DataConfig) -> int:
                 shards=location,
                 backend="torch" if torch_cpu else name,
                 decode_device="cpu" if torch_cpu else "auto",
+                cache_dir=cache_dir,
             )
+            start = time.perf_counter()
             sources[source] = iter(make_loader(cfg, 0, 1, device, split=args.split, endless=True))
+            startup[source] = time.perf_counter() - start
         for name, load in ceilings.items():
             sources[name] = decode_ceiling(
                 shards_dir, args.split, data, device, hw_decoder_load=0.65 if load is None else load
@@ -487,12 +512,15 @@ def _run(args, backends, data: DataConfig) -> int:
         "load_average_after": round(os.getloadavg()[0], 2),
     }
     machine = report["machine"]
-    print(f"\n{'backend':10s} {'images/s':>10s} {'× baseline':>10s} {'of decode':>10s} {'MB/s':>8s} {'NVJPG max':>10s}")
+    print(
+        f"\n{'backend':14s} {'images/s':>10s} {'× baseline':>10s} {'of decode':>10s} {'MB/s':>8s} {'NVJPG max':>10s}"
+        f" {'start s':>8s}"
+    )
     for name, r in report["backends"].items():
         ratio = f"{r['ratio_vs_baseline']:.2f}" if r["ratio_vs_baseline"] is not None else "-"
         print(
-            f"{name:10s} {r['images_per_s']:10.1f} {ratio:>10s} {100 * r['fraction_of_decode_ceiling']:9.0f}% "
-            f"{r['bytes_per_s'] / 1e6:8.1f} {_percent(r.get('jpeg_engine_utilisation')):>10s}"
+            f"{name:14s} {r['images_per_s']:10.1f} {ratio:>10s} {100 * r['fraction_of_decode_ceiling']:9.0f}% "
+            f"{r['bytes_per_s'] / 1e6:8.1f} {_percent(r.get('jpeg_engine_utilisation')):>10s} {r['startup_s']:8.1f}"
             + (f"   {100 * r['fraction_of_primary']:.0f}% of {name.split('@')[0]}" if "@" in name else "")
         )
     for name, c in report["ceilings"].items():
