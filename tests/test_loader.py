@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from collections import Counter
 from itertools import islice
 from pathlib import Path
@@ -63,6 +66,29 @@ def test_fast_lab_step_matches_reference_on_every_uint8_colour():
     for step in (uint8_planar_to_network_fast, lab_step(compile=True)):
         lightness, ab = step(rgb)
         assert (lightness - ref_l).abs().max() < 1e-4 and (ab - ref_ab).abs().max() < 1e-4
+
+
+COMPILE_WITHOUT_A_COMPILER = """
+import torch
+from pipeline.lab_uint8 import lab_step, reference
+rgb = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+got, expected = lab_step(compile=True)(rgb), reference(rgb)
+print(all(torch.equal(a, b) for a, b in zip(got, expected, strict=True)))
+"""
+
+
+@pytest.mark.slow
+def test_compiled_lab_step_falls_back_to_the_reference_without_a_compiler(tmp_path):
+    """No working C++ compiler (and no compiled kernel cached): the Lab step still gives the
+    reference's values, with one warning line, instead of stopping the loader."""
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-c++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    done = subprocess.run(
+        [sys.executable, "-c", COMPILE_WITHOUT_A_COMPILER], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "True"
+    warnings = [line for line in done.stderr.splitlines() if "torch.compile of the Lab step failed" in line]
+    assert len(warnings) == 1 and warnings[0].endswith("); using the reference Lab"), done.stderr[-3000:]
 
 
 @pytest.mark.slow
