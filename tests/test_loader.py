@@ -333,11 +333,17 @@ def test_restored_loader_yields_exactly_the_next_batches(shards, backend, device
 
 def test_dali_cpu_path_flips_some_images_and_leaves_the_rest(shards):
     # With the seed's whole-image resize the only random op is the flip: every training image must
-    # equal the deterministic view of its sample, or that view mirrored, and both must occur.
+    # equal the deterministic view of its sample, or that view mirrored, and both must occur; an
+    # evaluation pass gives the views themselves.
     root, _ = shards
     views = {}
     for L, ab in make_loader(cfg_for(root, crop="resize", flip=False), 0, 1, CPU, split="train", endless=False):
         views.update({k: torch.cat([L[i], ab[i]]) for i, k in enumerate(sample_keys(L, ab))})
+    # Evaluation never flips, whatever data.flip says.
+    evaluation = make_loader(cfg_for(root, crop="resize", flip=True), 0, 1, CPU, split="train", endless=False)
+    for L, ab in evaluation:
+        for i, key in enumerate(sample_keys(L, ab)):
+            assert torch.equal(torch.cat([L[i], ab[i]]), views[key]), f"{key} flipped in evaluation"
     loader = make_loader(cfg_for(root, crop="resize", flip=True), 0, 1, CPU)
     flipped = kept = 0
     for L, ab in islice(loader, 6):
@@ -682,8 +688,9 @@ def test_dali_arithmetic_lab_of_the_gpu_path_matches_reference(colour_photos):
 
 @pytest.mark.gpu
 def test_gpu_pipeline_matches_cpu_path(shards):
-    """nvJPEG + DALI-arithmetic Lab on the GPU vs libjpeg-turbo + torch Lab on the CPU."""
-    cfg = cfg_for(shards[0], crop="resize", flip=False)
+    """nvJPEG + DALI-arithmetic Lab on the GPU vs libjpeg-turbo + torch Lab on the CPU; evaluation
+    flips on neither, whatever data.flip says."""
+    cfg = cfg_for(shards[0], crop="resize", flip=True)
     cpu = next(iter(make_loader(cfg, 0, 1, CPU, split="val", endless=False)))
     gpu = next(iter(make_loader(cfg, 0, 1, torch.device("cuda"), split="val", endless=False)))
     assert gpu[0].is_cuda
