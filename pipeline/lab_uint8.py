@@ -31,6 +31,7 @@ from pipeline.colour_constants import (
     XYZ_FROM_RGB,
 )
 from pipeline.lab import rgb_to_network
+from pipeline.location import first_line
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def lab_step(compile: bool) -> LabStep:
             try:
                 return compiled(rgb)
             except Exception as exc:  # the reference is correct, only slower
-                log.warning("torch.compile of the Lab step failed (%s); using the reference Lab", exc)
+                log.warning("torch.compile of the Lab step failed (%s); using the reference Lab", first_line(exc))
                 compiled = reference
         return reference(rgb)
 

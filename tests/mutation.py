@@ -109,7 +109,7 @@ TARGETS = (
     Target(
         "dali_views",
         "pipeline/dali_pipeline.py",
-        ("tests/test_loader.py", "-m", "not slow", "-k", "dali_cpu or centre or graph_is_valid"),
+        ("tests/test_loader.py", "-k", "dali_cpu or centre or graph_is_valid or (one_pass_ends and dali)"),
         functions=("centre_square_roi", "colorization_pipeline"),
     ),
     Target(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from collections import Counter
 from itertools import islice
 from pathlib import Path
@@ -63,6 +66,29 @@ def test_fast_lab_step_matches_reference_on_every_uint8_colour():
     for step in (uint8_planar_to_network_fast, lab_step(compile=True)):
         lightness, ab = step(rgb)
         assert (lightness - ref_l).abs().max() < 1e-4 and (ab - ref_ab).abs().max() < 1e-4
+
+
+COMPILE_WITHOUT_A_COMPILER = """
+import torch
+from pipeline.lab_uint8 import lab_step, reference
+rgb = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+got, expected = lab_step(compile=True)(rgb), reference(rgb)
+print(all(torch.equal(a, b) for a, b in zip(got, expected, strict=True)))
+"""
+
+
+@pytest.mark.slow
+def test_compiled_lab_step_falls_back_to_the_reference_without_a_compiler(tmp_path):
+    """No working C++ compiler (and no compiled kernel cached): the Lab step still gives the
+    reference's values, with one warning line, instead of stopping the loader."""
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-c++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    done = subprocess.run(
+        [sys.executable, "-c", COMPILE_WITHOUT_A_COMPILER], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "True"
+    warnings = [line for line in done.stderr.splitlines() if "torch.compile of the Lab step failed" in line]
+    assert len(warnings) == 1 and warnings[0].endswith("); using the reference Lab"), done.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -307,11 +333,17 @@ def test_restored_loader_yields_exactly_the_next_batches(shards, backend, device
 
 def test_dali_cpu_path_flips_some_images_and_leaves_the_rest(shards):
     # With the seed's whole-image resize the only random op is the flip: every training image must
-    # equal the deterministic view of its sample, or that view mirrored, and both must occur.
+    # equal the deterministic view of its sample, or that view mirrored, and both must occur; an
+    # evaluation pass gives the views themselves.
     root, _ = shards
     views = {}
     for L, ab in make_loader(cfg_for(root, crop="resize", flip=False), 0, 1, CPU, split="train", endless=False):
         views.update({k: torch.cat([L[i], ab[i]]) for i, k in enumerate(sample_keys(L, ab))})
+    # Evaluation never flips, whatever data.flip says.
+    evaluation = make_loader(cfg_for(root, crop="resize", flip=True), 0, 1, CPU, split="train", endless=False)
+    for L, ab in evaluation:
+        for i, key in enumerate(sample_keys(L, ab)):
+            assert torch.equal(torch.cat([L[i], ab[i]]), views[key]), f"{key} flipped in evaluation"
     loader = make_loader(cfg_for(root, crop="resize", flip=True), 0, 1, CPU)
     flipped = kept = 0
     for L, ab in islice(loader, 6):
@@ -656,8 +688,9 @@ def test_dali_arithmetic_lab_of_the_gpu_path_matches_reference(colour_photos):
 
 @pytest.mark.gpu
 def test_gpu_pipeline_matches_cpu_path(shards):
-    """nvJPEG + DALI-arithmetic Lab on the GPU vs libjpeg-turbo + torch Lab on the CPU."""
-    cfg = cfg_for(shards[0], crop="resize", flip=False)
+    """nvJPEG + DALI-arithmetic Lab on the GPU vs libjpeg-turbo + torch Lab on the CPU; evaluation
+    flips on neither, whatever data.flip says."""
+    cfg = cfg_for(shards[0], crop="resize", flip=True)
     cpu = next(iter(make_loader(cfg, 0, 1, CPU, split="val", endless=False)))
     gpu = next(iter(make_loader(cfg, 0, 1, torch.device("cuda"), split="val", endless=False)))
     assert gpu[0].is_cuda
