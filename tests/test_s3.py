@@ -453,16 +453,17 @@ def test_cached_dali_training_from_s3_equals_local_and_resumes_exactly(aws, serv
 
 
 @pytest.mark.slow
-def test_bench_times_dali_on_s3_with_and_without_copies_beside_local_disk(aws, tiny, tmp_path):
+def test_bench_times_dali_on_s3_with_and_without_copies_beside_local_disk(aws, tiny, tmp_path, capfd):
     """`colorize-bench loader --also-shards s3://… --cache-dir D`: dali on local disk, straight from the
-    store and from node-local copies, in one run; the copies are the store's shards, made afresh."""
+    store and from node-local copies, in one run; the copies are made afresh inside D, and D is left
+    as it was."""
     from launch.bench import main as bench
 
     local, url = tiny
     cache, out = tmp_path / "cache", tmp_path / "loader.json"
-    stale = cache / url.removeprefix("s3://") / "train-000000.tar"
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"left over")
+    kept = cache / url.removeprefix("s3://") / "train-000000.tar"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"someone's copy")
     common = ["--backends", "dali", "--batch-size", "2", "--threads", "1", "--device", "cpu"]
     timing = ["--seconds", "1", "--rounds", "1", "--warmup", "1", "--json", str(out)]
     assert (
@@ -474,8 +475,15 @@ def test_bench_times_dali_on_s3_with_and_without_copies_beside_local_disk(aws, t
     for name, figures in report["backends"].items():
         assert figures["images_per_s"] > 0 and figures["startup_s"] > 0, name
     assert report["settings"]["cache_dir"] == str(cache)
-    train = [s["name"] for s in read_manifest(local)["shards"] if s["split"] == "train"]
-    assert _cached(cache, url) == {name: (local / name).read_bytes() for name in train}
+    train = [s for s in read_manifest(local)["shards"] if s["split"] == "train"]
+    copied = f"copied {len(train)} of {len(train)} shards ({sum(s['bytes'] for s in train) / 1e6:,.1f} MB)"
+    assert copied in capfd.readouterr().err
+    assert sorted(p.relative_to(cache) for p in cache.rglob("*")) == [
+        Path(BUCKET),
+        Path(BUCKET, "tiny"),
+        kept.relative_to(cache),
+    ]
+    assert kept.read_bytes() == b"someone's copy"
 
 
 def test_dataset_artifact_records_bucket_prefix_and_checksums(aws, tiny):

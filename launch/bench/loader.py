@@ -34,8 +34,9 @@ every round (`complete` false until the last), so a run cut short keeps what it 
 `s3://` prefix beside a local copy, `launch/bench/pull.py`), in the same rounds; each source's bytes/s
 and the store link 8,000 images/s per GPU would need are printed with the figures. With `--cache-dir
 DIR`, `dali` on `s3://` shards is also timed reading node-local copies made in DIR (`data.cache_dir`,
-`pipeline/shard_cache.py`) as `dali@s3+cache`; DIR is emptied first, and the seconds each source took to
-start (for the cached one: copying its shards) are printed beside its rate.
+`pipeline/shard_cache.py`) as `dali@s3+cache`, in a fresh folder inside DIR removed at the end (so
+the copy is made, and timed, every run); the seconds each source took to start (for the cached one:
+copying its shards) are printed beside its rate.
 
 Without `--shards`, ImageNet-like shards are generated first (untimed): `--images` JPEGs at quality
 90, longer side 450–500 px, from real photos with grain (`shards.demo_images.write_photo_crops`),
@@ -87,8 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        help="with s3:// shards: also time `dali` reading node-local copies of them made in this directory "
-        "(data.cache_dir), as dali@s3+cache; the directory is emptied first, so the copy is timed too",
+        help="with s3:// shards: also time `dali` reading node-local copies of them (data.cache_dir), as "
+        "dali@s3+cache, made afresh in a folder inside this directory (removed at the end), so the copy is timed too",
     )
     parser.add_argument("--split", default="train", help="split to read (default train)")
     parser.add_argument(
@@ -416,6 +417,7 @@ def _run(args, backends, data: DataConfig) -> int:
     ceilings = ceiling_names(device)
     locations: dict[str, str] = {}
     startup: dict[str, float] = {}  # source → seconds to build its loader (for a cached one: the copy)
+    scratch_cache = ""
     text = CEILING_TEXT[device.type].format(decode=training_decode(data, args.split))
 
     def report_for(rates: dict[str, float], utilisation: dict, rounds_done: int) -> dict:
@@ -467,9 +469,11 @@ def _run(args, backends, data: DataConfig) -> int:
             if not (b == "baseline" and is_remote(loc))
         ]
         if args.cache_dir:
-            shutil.rmtree(args.cache_dir, ignore_errors=True)
+            # A fresh folder inside DIR, removed at the end: the copy is timed, and nothing of DIR is touched.
+            args.cache_dir.mkdir(parents=True, exist_ok=True)
+            scratch_cache = tempfile.mkdtemp(prefix="colorize-bench-cache-", dir=args.cache_dir)
             everywhere += [
-                (loc, "dali", str(args.cache_dir)) for loc, b, _ in list(everywhere) if b == "dali" and is_remote(loc)
+                (loc, "dali", scratch_cache) for loc, b, _ in list(everywhere) if b == "dali" and is_remote(loc)
             ]
         for location, name, cache_dir in everywhere:
             source = pull.source_name(name, location, shards_dir) + ("+cache" if cache_dir else "")
@@ -505,6 +509,8 @@ def _run(args, backends, data: DataConfig) -> int:
     finally:
         if monitor is not None:
             monitor.close()
+        if scratch_cache:
+            shutil.rmtree(scratch_cache, ignore_errors=True)
     del sources  # stops the DataLoader workers and DALI threads before the report
     report = report_for(rates, utilisation, args.rounds)
     report["machine"] = _machine() | {
