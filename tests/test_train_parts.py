@@ -346,6 +346,8 @@ def test_vgg_weights_are_fetched_by_the_main_process_first(monkeypatch):
         (["loss.feature_weight_gan=0.5", "schedule.gan_steps=1"], True),
         (["loss.feature_weight_gan=0.5", "schedule.gan_steps=0"], False),
         (["loss.feature_weight_gan=0"], False),
+        (["loss.feature_weight_nogan=0.5", "schedule.nogan_steps=1"], True),
+        (["loss.feature_weight_nogan=0.5", "schedule.nogan_steps=0"], False),
     ],
 )
 def test_the_vgg_is_built_exactly_when_a_phase_that_runs_weighs_its_features(weights, built):
@@ -353,6 +355,22 @@ def test_the_vgg_is_built_exactly_when_a_phase_that_runs_weighs_its_features(wei
 
     cfg = load_config(None, ["loss.vgg_weights=none", "loss.feature_weight_nogan=0", *weights])
     assert (build_feature_loss_if_used(cfg, _FakeAccelerator([])) is not None) == built
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_a_one_process_run_keeps_plain_batchnorm_with_sync_batchnorm_on(device):
+    """SyncBatchNorm only syncs across processes (and only on CUDA): one process keeps plain BatchNorm."""
+    from launch.train import build_accelerator
+    from launch.training.gan import build_models
+
+    cfg = load_config(
+        None, [f"run.device={device}", "model.features=8", "model.disc_features=8", "model.sync_batchnorm=true"]
+    )
+    accelerator = build_accelerator(cfg)
+    assert accelerator.num_processes == 1
+    for network in build_models(cfg, accelerator):
+        norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        assert norms and all(type(m) is torch.nn.BatchNorm2d for m in norms)
 
 
 def test_sample_grid_decodes_one_batch_of_exactly_its_images(monkeypatch):
