@@ -240,3 +240,19 @@ def test_a_nogan_step_without_gradient_clipping_is_a_plain_adam_step(batch):
     # G moved, as one unclipped Adam step on its L1 loss moves it (clipping at 0 would stop it dead).
     assert share_apart(gan.G, before) > 0.5
     assert share_apart(gan.G, adam_step(before, l1_only(L, ab, gan.loss.l1_weight), gan.cfg)) < 1e-4
+
+
+def gradient_norm(module: torch.nn.Module) -> float:
+    return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()])).item()
+
+
+def test_a_nogan_step_steps_on_gs_gradient_clipped_to_grad_clip(batch):
+    gan, (L, ab) = tiny_gan(), batch  # optim.grad_clip=1
+    unclipped = copy.deepcopy(gan.G)
+    torch.manual_seed(0)
+    l1_only(L, ab, gan.loss.l1_weight)(unclipped).backward()
+    torch.manual_seed(0)  # the same dropout masks
+    gan.nogan_step(L, ab)
+    # The gradient G stepped on (left in .grad until the next update) is the L1 gradient scaled to norm 1.
+    assert gradient_norm(unclipped) > 2
+    assert gradient_norm(gan.G) == pytest.approx(1, rel=1e-4)

@@ -358,19 +358,29 @@ def test_the_vgg_is_built_exactly_when_a_phase_that_runs_weighs_its_features(wei
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_a_one_process_run_keeps_plain_batchnorm_with_sync_batchnorm_on(device):
-    """SyncBatchNorm only syncs across processes (and only on CUDA): one process keeps plain BatchNorm."""
+def test_cuda_settings_apply_only_on_cuda_and_sync_batchnorm_only_across_processes(device):
+    """channels_last (G, D, the average, the VGG) and fused Adam on CUDA only; SyncBatchNorm only syncs
+    across processes, so one process keeps plain BatchNorm."""
     from launch.train import build_accelerator
-    from launch.training.gan import build_models
+    from launch.training.gan import build_gan
 
+    settings = ["model.channels_last=true", "model.sync_batchnorm=true", "model.ema_decay=0.5"]
     cfg = load_config(
-        None, [f"run.device={device}", "model.features=8", "model.disc_features=8", "model.sync_batchnorm=true"]
+        None,
+        [f"run.device={device}", "model.features=8", "model.disc_features=8", "loss.vgg_weights=none", *settings],
     )
     accelerator = build_accelerator(cfg)
-    assert accelerator.num_processes == 1
-    for network in build_models(cfg, accelerator):
+    assert accelerator.num_processes == 1 and cfg.loss.feature_weight_nogan > 0
+    gan = build_gan(cfg, accelerator)
+    on_cuda = device == "cuda"
+    layout = torch.channels_last if on_cuda else torch.contiguous_format
+    for network in (gan.G_module, gan.D_module, gan.ema.module, gan.feature_loss):
+        weights = [p for p in network.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1]
+        assert weights and all(p.is_contiguous(memory_format=layout) for p in weights), type(network)
+    for network in (gan.G_module, gan.D_module):
         norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         assert norms and all(type(m) is torch.nn.BatchNorm2d for m in norms)
+    assert [bool(o.defaults["fused"]) for o in (gan.opt_nogan, gan.opt_G, gan.opt_D)] == [on_cuda] * 3
 
 
 def test_sample_grid_decodes_one_batch_of_exactly_its_images(monkeypatch):
