@@ -146,9 +146,12 @@ def test_a_few_gan_steps_teach_d_to_tell_real_from_fake(gan, batch):
     assert real_after > fake_after
 
 
-def test_a_gan_steps_g_total_is_the_weighted_sum_of_its_terms(gan, batch):
+@pytest.mark.parametrize("feature_weight", [0, pytest.param(0.5, marks=pytest.mark.slow)])
+def test_a_gan_steps_g_total_is_the_weighted_sum_of_its_terms(feature_weight, batch):
+    gan = tiny_gan("loss.feature_weight_nogan=0", f"loss.feature_weight_gan={feature_weight}")
     weights = gan.loss
     terms = gan.gan_step(*batch)
+    assert (terms["train/feature"].item() > 0) == (feature_weight > 0)
     expected = (
         weights.adversarial_weight * terms["train/g_adv"]
         + weights.l1_weight * terms["train/l1"]
