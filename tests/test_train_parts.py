@@ -315,7 +315,7 @@ class _FakeAccelerator:
     """What the build functions read from an Accelerator, recording `main_process_first` use."""
 
     def __init__(self, events: list[str]) -> None:
-        self.events, self.device, self.is_main_process = events, torch.device("cpu"), True
+        self.events, self.device, self.is_main_process, self.num_processes = events, torch.device("cpu"), True, 1
 
     def main_process_first(self):
         import contextlib
@@ -377,10 +377,25 @@ def test_cuda_settings_apply_only_on_cuda_and_sync_batchnorm_only_across_process
     for network in (gan.G_module, gan.D_module, gan.ema.module, gan.feature_loss):
         weights = [p for p in network.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1]
         assert weights and all(p.is_contiguous(memory_format=layout) for p in weights), type(network)
-    for network in (gan.G_module, gan.D_module):
-        norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        assert norms and all(type(m) is torch.nn.BatchNorm2d for m in norms)
+    assert all(plain_batchnorm(network) for network in (gan.G_module, gan.D_module))
     assert [bool(o.defaults["fused"]) for o in (gan.opt_nogan, gan.opt_G, gan.opt_D)] == [on_cuda] * 3
+
+
+def plain_batchnorm(network: torch.nn.Module) -> bool:
+    """`network` has BatchNorm layers, all plain BatchNorm2d (none converted to SyncBatchNorm)."""
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    return bool(norms) and all(type(m) is torch.nn.BatchNorm2d for m in norms)
+
+
+def test_a_cpu_run_of_two_processes_keeps_plain_batchnorm_with_sync_batchnorm_on():
+    """SyncBatchNorm is CUDA-only (DDP refuses it on the CPU); tests/test_train_distributed.py runs
+    two CPU processes for real, this is the quick check of what `build_models` gives them."""
+    from launch.training.gan import build_models
+
+    accelerator = _FakeAccelerator([])
+    accelerator.num_processes = 2
+    cfg = load_config(None, ["model.features=8", "model.disc_features=8", "model.sync_batchnorm=true"])
+    assert all(plain_batchnorm(network) for network in build_models(cfg, accelerator))
 
 
 def test_sample_grid_decodes_one_batch_of_exactly_its_images(monkeypatch):
