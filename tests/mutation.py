@@ -75,8 +75,11 @@ TARGETS = (
         (
             "tests/test_gan_steps.py",
             "tests/test_critic_ema.py::test_critic_step_changes_only_d",
+            "tests/test_critic_ema.py::test_ds_logged_terms_are_those_of_its_outputs_on_the_real_and_the_fake_half",
             "tests/test_train_parts.py::test_vgg_weights_are_fetched_by_the_main_process_first",
             "tests/test_train_parts.py::test_the_vgg_is_built_exactly_when_a_phase_that_runs_weighs_its_features",
+            "tests/test_train_parts.py::test_cuda_settings_apply_only_on_cuda_and_sync_batchnorm_only_across_processes",
+            "tests/test_train_parts.py::test_a_cpu_run_of_two_processes_keeps_plain_batchnorm_with_sync_batchnorm_on",
         ),
     ),
     Target(

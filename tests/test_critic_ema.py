@@ -87,6 +87,55 @@ def test_critic_step_changes_only_d(gan, batch):
     assert 0 <= terms["train/d_acc_fake"] <= 1 and 0 <= terms["train/d_acc_real"] <= 1
 
 
+def d_forwards(gan, step, L: torch.Tensor, ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `step(L, ab)` and return D's patch logits in it on the real pairs (L, ab) and on the others
+    (L, G's colours), told apart by D's inputs, whatever order D saw them in."""
+    seen = []
+    hook = gan.D_module.register_forward_hook(lambda _, inputs, out: seen.append((*inputs, out.detach())))
+    try:
+        step(L, ab)
+    finally:
+        hook.remove()
+    real, fake = [], []
+    for lightness, colour, logits in seen:
+        for i in range(len(colour)):
+            is_real = any(torch.equal(colour[i], ab[j]) and torch.equal(lightness[i], L[j]) for j in range(len(ab)))
+            (real if is_real else fake).append(logits[i])
+    return torch.stack(real), torch.stack(fake)
+
+
+@pytest.mark.parametrize("undecided", [False, True], ids=["initial-D", "undecided-D"])
+def test_ds_logged_terms_are_those_of_its_outputs_on_the_real_and_the_fake_half(undecided):
+    """A batch of 3 (not 1, 2: the channel counts of L and ab). The undecided D (last layer zero: every
+    logit exactly 0, probability ½) is right on no patch, on either side."""
+    gan = small_gan("schedule.critic_steps=2")
+    L, ab = synthetic_batch(3, 256, torch.device("cpu"))
+    if undecided:
+        last = [m for m in gan.D_module.modules() if isinstance(m, nn.Conv2d) and m.out_channels == 1]
+        assert len(last) == 1
+        nn.init.zeros_(last[0].weight), nn.init.zeros_(last[0].bias)
+    terms = {}
+    real, fake = d_forwards(gan, lambda L, ab: terms.update(gan.critic_step(L, ab)), L, ab)
+    assert real.shape[0] == fake.shape[0] == 3
+    bce = nn.functional.binary_cross_entropy_with_logits
+    expected = {
+        "train/d_real": bce(real, torch.ones_like(real)),
+        "train/d_fake": bce(fake, torch.zeros_like(fake)),
+        "train/d_out_real": torch.sigmoid(real).mean(),
+        "train/d_out_fake": torch.sigmoid(fake).mean(),
+        "train/d_acc_real": (real > 0).float().mean(),
+        "train/d_acc_fake": (fake < 0).float().mean(),
+    }
+    expected["train/d_total"] = (expected["train/d_real"] + expected["train/d_fake"]) / 2
+    for name, value in expected.items():
+        assert terms[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-6), name
+    if undecided:
+        assert terms["train/d_acc_real"].item() == terms["train/d_acc_fake"].item() == 0
+    else:  # logits on both sides of 0 and within ±1 on the fake side: the thresholds are tested
+        assert 0 < expected["train/d_acc_real"] < 1 and 0 < expected["train/d_acc_fake"] < 1
+        assert ((fake > -1) & (fake < 0)).any() and ((fake >= 0) & (fake < 1)).any()
+
+
 def test_the_average_follows_each_g_update_and_only_those(gan, batch):
     gan.nogan_step(*batch)
     gan.critic_step(*batch)

@@ -146,9 +146,12 @@ def test_a_few_gan_steps_teach_d_to_tell_real_from_fake(gan, batch):
     assert real_after > fake_after
 
 
-def test_a_gan_steps_g_total_is_the_weighted_sum_of_its_terms(gan, batch):
+@pytest.mark.parametrize("feature_weight", [0, pytest.param(0.5, marks=pytest.mark.slow)])
+def test_a_gan_steps_g_total_is_the_weighted_sum_of_its_terms(feature_weight, batch):
+    gan = tiny_gan("loss.feature_weight_nogan=0", f"loss.feature_weight_gan={feature_weight}")
     weights = gan.loss
     terms = gan.gan_step(*batch)
+    assert (terms["train/feature"].item() > 0) == (feature_weight > 0)
     expected = (
         weights.adversarial_weight * terms["train/g_adv"]
         + weights.l1_weight * terms["train/l1"]
@@ -164,13 +167,14 @@ def gan_with_features():
 
 
 def adam_step(generator: torch.nn.Module, loss_of, cfg) -> torch.nn.Module:
-    """A copy of `generator` after one step of a fresh Adam (cfg.optim.nogan, clipped at grad_clip) on
-    the loss `loss_of(copy, fake)`, where fake = copy(L) is drawn with the dropout masks of seed 0."""
+    """A copy of `generator` after one step of a fresh Adam (cfg.optim.nogan, clipped at grad_clip
+    unless that is 0, "off") on the loss `loss_of(copy)`, whose forward draws the dropout masks of seed 0."""
     G = copy.deepcopy(generator)
     optimizer = torch.optim.Adam(G.parameters(), lr=cfg.optim.nogan.lr, betas=cfg.optim.nogan.betas)
     torch.manual_seed(0)
     loss_of(G).backward()
-    torch.nn.utils.clip_grad_norm_(G.parameters(), cfg.optim.grad_clip)
+    if cfg.optim.grad_clip:
+        torch.nn.utils.clip_grad_norm_(G.parameters(), cfg.optim.grad_clip)
     optimizer.step()
     return G
 
@@ -207,3 +211,51 @@ def test_nogan_step_trains_g_on_the_weighted_sum_of_l1_and_feature_loss(gan_with
     apart_from_l1_only = share_apart(gan.G, adam_step(before, lambda G: 100 * ab_l1(G(L), ab), cfg))
     assert apart_from_weighted_sum < 1e-4
     assert apart_from_l1_only > 0.05
+
+
+def l1_only(L: torch.Tensor, ab: torch.Tensor, weight: float):
+    """The loss `weight`·L1(G(L), ab) of a generator G, for `adam_step`."""
+    from losses import ab_l1
+
+    return lambda G: weight * ab_l1(G(L), ab)
+
+
+def test_a_nogan_step_at_feature_weight_0_leaves_the_vgg_out(batch):
+    # The VGG exists (the GAN phase weighs its features) but the NoGAN phase gives them weight 0.
+    gan, (L, ab) = tiny_gan("loss.feature_weight_nogan=0", "loss.feature_weight_gan=0.5"), batch
+    assert gan.feature_loss is not None
+    vgg_calls = []
+    gan.feature_loss.register_forward_hook(lambda *_: vgg_calls.append(1))
+    before = copy.deepcopy(gan.G)
+    torch.manual_seed(0)  # G's dropout masks, the same in the reference below
+    terms = gan.nogan_step(L, ab)
+    # The feature term is an exact 0, the VGG did not run, and G took the step of the L1 term alone.
+    assert terms["train/feature"].item() == 0 and vgg_calls == []
+    assert terms["train/g_total"].item() == pytest.approx(gan.loss.l1_weight * terms["train/l1"].item(), rel=1e-6)
+    assert share_apart(gan.G, adam_step(before, l1_only(L, ab, gan.loss.l1_weight), gan.cfg)) < 1e-4
+
+
+def test_a_nogan_step_without_gradient_clipping_is_a_plain_adam_step(batch):
+    gan, (L, ab) = small_gan("optim.grad_clip=0"), batch  # 0: clipping off
+    before = copy.deepcopy(gan.G)
+    torch.manual_seed(0)
+    gan.nogan_step(L, ab)
+    # G moved, as one unclipped Adam step on its L1 loss moves it (clipping at 0 would stop it dead).
+    assert share_apart(gan.G, before) > 0.5
+    assert share_apart(gan.G, adam_step(before, l1_only(L, ab, gan.loss.l1_weight), gan.cfg)) < 1e-4
+
+
+def gradient_norm(module: torch.nn.Module) -> float:
+    return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()])).item()
+
+
+def test_a_nogan_step_steps_on_gs_gradient_clipped_to_grad_clip(batch):
+    gan, (L, ab) = tiny_gan(), batch  # optim.grad_clip=1
+    unclipped = copy.deepcopy(gan.G)
+    torch.manual_seed(0)
+    l1_only(L, ab, gan.loss.l1_weight)(unclipped).backward()
+    torch.manual_seed(0)  # the same dropout masks
+    gan.nogan_step(L, ab)
+    # The gradient G stepped on (left in .grad until the next update) is the L1 gradient scaled to norm 1.
+    assert gradient_norm(unclipped) > 2
+    assert gradient_norm(gan.G) == pytest.approx(1, rel=1e-4)

@@ -141,7 +141,8 @@ def test_two_processes_train_data_parallel_and_two_machines_resume_them_exactly(
         shards,
         tmp_path / "runs",
         data=DETERMINISTIC_DATA,
-        model={"features": 8, "disc_features": 8, "ema_decay": 0.9},
+        # SyncBatchNorm is CUDA-only (its CPU forward raises): a CPU run ignores model.sync_batchnorm.
+        model={"features": 8, "disc_features": 8, "ema_decay": 0.9, "sync_batchnorm": True},
         schedule={"nogan_steps": 1, "critic_steps": 1, "gan_steps": 2},
         checkpoint={"every_steps": 3, "keep_last": 2},
     )

@@ -315,7 +315,7 @@ class _FakeAccelerator:
     """What the build functions read from an Accelerator, recording `main_process_first` use."""
 
     def __init__(self, events: list[str]) -> None:
-        self.events, self.device, self.is_main_process = events, torch.device("cpu"), True
+        self.events, self.device, self.is_main_process, self.num_processes = events, torch.device("cpu"), True, 1
 
     def main_process_first(self):
         import contextlib
@@ -346,6 +346,8 @@ def test_vgg_weights_are_fetched_by_the_main_process_first(monkeypatch):
         (["loss.feature_weight_gan=0.5", "schedule.gan_steps=1"], True),
         (["loss.feature_weight_gan=0.5", "schedule.gan_steps=0"], False),
         (["loss.feature_weight_gan=0"], False),
+        (["loss.feature_weight_nogan=0.5", "schedule.nogan_steps=1"], True),
+        (["loss.feature_weight_nogan=0.5", "schedule.nogan_steps=0"], False),
     ],
 )
 def test_the_vgg_is_built_exactly_when_a_phase_that_runs_weighs_its_features(weights, built):
@@ -353,6 +355,47 @@ def test_the_vgg_is_built_exactly_when_a_phase_that_runs_weighs_its_features(wei
 
     cfg = load_config(None, ["loss.vgg_weights=none", "loss.feature_weight_nogan=0", *weights])
     assert (build_feature_loss_if_used(cfg, _FakeAccelerator([])) is not None) == built
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_cuda_settings_apply_only_on_cuda_and_sync_batchnorm_only_across_processes(device):
+    """channels_last (G, D, the average, the VGG) and fused Adam on CUDA only; SyncBatchNorm only syncs
+    across processes, so one process keeps plain BatchNorm."""
+    from launch.train import build_accelerator
+    from launch.training.gan import build_gan
+
+    settings = ["model.channels_last=true", "model.sync_batchnorm=true", "model.ema_decay=0.5"]
+    cfg = load_config(
+        None,
+        [f"run.device={device}", "model.features=8", "model.disc_features=8", "loss.vgg_weights=none", *settings],
+    )
+    accelerator = build_accelerator(cfg)
+    assert accelerator.num_processes == 1 and cfg.loss.feature_weight_nogan > 0
+    gan = build_gan(cfg, accelerator)
+    on_cuda = device == "cuda"
+    layout = torch.channels_last if on_cuda else torch.contiguous_format
+    for network in (gan.G_module, gan.D_module, gan.ema.module, gan.feature_loss):
+        weights = [p for p in network.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1]
+        assert weights and all(p.is_contiguous(memory_format=layout) for p in weights), type(network)
+    assert all(plain_batchnorm(network) for network in (gan.G_module, gan.D_module))
+    assert [bool(o.defaults["fused"]) for o in (gan.opt_nogan, gan.opt_G, gan.opt_D)] == [on_cuda] * 3
+
+
+def plain_batchnorm(network: torch.nn.Module) -> bool:
+    """`network` has BatchNorm layers, all plain BatchNorm2d (none converted to SyncBatchNorm)."""
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    return bool(norms) and all(type(m) is torch.nn.BatchNorm2d for m in norms)
+
+
+def test_a_cpu_run_of_two_processes_keeps_plain_batchnorm_with_sync_batchnorm_on():
+    """SyncBatchNorm is CUDA-only (DDP refuses it on the CPU); tests/test_train_distributed.py runs
+    two CPU processes for real, this is the quick check of what `build_models` gives them."""
+    from launch.training.gan import build_models
+
+    accelerator = _FakeAccelerator([])
+    accelerator.num_processes = 2
+    cfg = load_config(None, ["model.features=8", "model.disc_features=8", "model.sync_batchnorm=true"])
+    assert all(plain_batchnorm(network) for network in build_models(cfg, accelerator))
 
 
 def test_sample_grid_decodes_one_batch_of_exactly_its_images(monkeypatch):
