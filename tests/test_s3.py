@@ -473,7 +473,7 @@ def test_bench_times_dali_on_s3_with_and_without_copies_beside_local_disk(aws, t
     report = json.loads(out.read_text())
     assert set(report["backends"]) == {"dali", "dali@s3", "dali@s3+cache"}
     for name, figures in report["backends"].items():
-        assert figures["images_per_s"] > 0 and figures["startup_s"] > 0, name
+        assert figures["images_per_s"] > 0 and figures["startup_s"] >= 0, name
     assert report["settings"]["cache_dir"] == str(cache)
     train = [s for s in read_manifest(local)["shards"] if s["split"] == "train"]
     copied = f"copied {len(train)} of {len(train)} shards ({sum(s['bytes'] for s in train) / 1e6:,.1f} MB)"
