@@ -102,6 +102,9 @@ class DaliLoader:
         self.cached = self.remote and endless and bool(data_cfg.cache_dir)
         if self.cached:
             self._read = self._copy_part(part)
+        # Which samples the rank reads in later epochs: its own part again (cached, several ranks) or
+        # the next rank's part. One rank reads all of the split either way.
+        self.keeps_part = self.cached and world_size > 1
         # A one-pass reader pads every rank's pass to the batches of the largest share (ceil(total / W)).
         self._batches_per_pass = math.ceil(math.ceil(total / world_size) / self.batch_size)
         self._lab = None if self.gpu else lab_step(data_cfg.compile_lab)
@@ -357,9 +360,7 @@ class DaliLoader:
             "excluded": {name: sorted(pos) for name, pos in self._excluded.items() if pos},
             "world_size": self.world_size,
             "rank": self.rank,
-            # Which samples a rank reads in later epochs: its own part again (cached, several ranks) or
-            # the next rank's part. One rank reads all of the split either way.
-            "keeps_part": self.cached and self.world_size > 1,
+            "keeps_part": self.keeps_part,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -370,7 +371,7 @@ class DaliLoader:
                 f"loader state was saved with {state.get('world_size')} processes, now {self.world_size}: "
                 "the data position cannot be carried over"
             )
-        if bool(state.get("keeps_part", False)) != (self.cached and self.world_size > 1):
+        if bool(state.get("keeps_part", False)) != self.keeps_part:
             said = "with" if state.get("keeps_part") else "without"
             raise ValueError(
                 f"loader state was saved {said} data.cache_dir (a cached loader reads only its rank's part "

@@ -18,6 +18,7 @@ version (its ETag).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
@@ -215,6 +216,12 @@ def read_bytes(path: str | Path, retry_seconds: float = 0.0) -> bytes:
         return Path(path).read_bytes()
     url = ObjectUrl.parse(path)
     return retrying(path, lambda: client().get_object(Bucket=url.bucket, Key=url.key)["Body"].read(), retry_seconds)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a local file (the digest the manifest records for each shard)."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def read_range(path: str | Path, offset: int, size: int, retry_seconds: float = 0.0) -> bytes:

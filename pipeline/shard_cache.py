@@ -19,14 +19,13 @@ deleted by hand.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.location import ObjectUrl, StoreError, download
+from pipeline.location import ObjectUrl, StoreError, download, file_sha256
 from pipeline.shard_list import Shard
 
 DIGEST_SUFFIX = ".sha256"
@@ -41,11 +40,6 @@ def cache_path(shard: Shard, cache_dir: str | Path) -> Path:
     """Where the copy of the `s3://` shard lives: cache_dir/<bucket>/<key>."""
     url = ObjectUrl.parse(shard.path)
     return Path(cache_dir) / url.bucket / url.key
-
-
-def _digest(path: Path) -> str:
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _is_current(shard: Shard, local: Path) -> bool:
@@ -73,7 +67,7 @@ def cached_copy(shard: Shard, cache_dir: str | Path, retry_seconds: float = 0.0)
         local.parent.mkdir(parents=True, exist_ok=True)
         if not download(str(shard.path), temp, retry_seconds):
             raise StoreError(f"{shard.path}: no such object (deleted after the run listed it?)")
-        size, digest = temp.stat().st_size, _digest(temp)
+        size, digest = temp.stat().st_size, file_sha256(temp)
         if size != shard.bytes or (shard.sha256 is not None and digest != shard.sha256):
             raise ShardCacheError(
                 f"{shard.path}: the downloaded copy ({size} bytes, SHA-256 {digest[:12]}…) does not match "

@@ -19,7 +19,6 @@ back to the same string (`shards.keys.raw_path` then gives the original bytes).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 from pathlib import Path
 
@@ -90,12 +89,3 @@ def read_deaths(out: Path, shard_name: str) -> dict[str, int]:
     """source path → how many decode workers it killed, for the images of `shard_name`."""
     record = read_json(deaths_path(out, shard_name))
     return record if isinstance(record, dict) else {}
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in 4 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

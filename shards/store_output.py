@@ -36,6 +36,7 @@ from pipeline.location import (
     NoSuchObject,
     ObjectUrl,
     StoreError,
+    file_sha256,
     head,
     join,
     list_sizes,
@@ -47,7 +48,7 @@ from pipeline.shard_list import MANIFEST_FILE
 from shards.errors import BuildError
 from shards.output_dir import SHARD_FILE, differences
 from shards.parts import PARTS_DIR
-from shards.progress import PLAN_FILE, PROGRESS_DIR, file_sha256, json_bytes, progress_dir, read_json
+from shards.progress import PLAN_FILE, PROGRESS_DIR, json_bytes, progress_dir, read_json
 from shards.tar_writer import index_path
 
 TAR_SHA256 = "tar-sha256"

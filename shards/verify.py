@@ -14,10 +14,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from pipeline.location import download, is_remote, join, list_sizes
+from pipeline.location import download, file_sha256, is_remote, join, list_sizes
 from pipeline.shard_list import MANIFEST_FILE, ShardsDirError, read_manifest
 from shards.output_dir import SHARD_FILE
-from shards.progress import file_sha256, read_json, shard_record_path
+from shards.progress import read_json, shard_record_path
 from shards.tar_writer import index_path, make_index
 
 
